@@ -1,0 +1,14 @@
+"""tokenforget: token-level targeted unlearning for Hugging Face language models.
+
+Every CLI command is a Python call too:
+
+    from tokenforget import load_config, prepare
+    prepared = prepare(load_config(overrides=["prepare.retain_epochs=1"]))
+"""
+
+__version__ = "0.1.0"
+
+from tokenforget.config import Config, load_config
+from tokenforget.prepare import prepare
+
+__all__ = ["Config", "__version__", "load_config", "prepare"]

@@ -1,0 +1,243 @@
+"""The `tokenforget` command line: thin commands over the library (every one is a Python call too)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tokenforget.config import Config, config_keys, load_config
+from tokenforget.errors import DataError, TokenforgetError
+
+out = Console()
+err = Console(stderr=True)
+
+HELP = """\
+tokenforget: make a Hugging Face language model forget specific information (private facts,
+copyrighted passages) while keeping everything else, token by token.
+
+The workflow, each step a command and a Python call:
+
+\b
+  prepare   make the target and retain models of a benchmark (TOFU-mini ships inside the package)
+  run       the main job: prepare -> identify -> unlearn -> evaluate -> report, in runs/<name>/
+  data      validate your forget/retain files (JSONL or CSV) before anything reads them
+  config    list every setting, show the resolved config, print its JSON schema
+  model     convert the embedded default model (SmolLM2-135M-Instruct) once, show where it is
+
+\b
+Settings: every command takes --config FILE.yaml and any number of --set section.key=value
+(`tokenforget config keys` lists them all with defaults), e.g.
+  tokenforget prepare tofu-mini --set prepare.lr=5e-4 --set prepare.lora=null
+Models: 'smollm2-135m-instruct' (embedded, offline), a local save_pretrained folder, or a hub name.
+"""
+
+app = typer.Typer(help=HELP, no_args_is_help=True, rich_markup_mode=None, add_completion=False)
+data_app = typer.Typer(help="Validate and inspect data files.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect settings.", no_args_is_help=True)
+model_app = typer.Typer(help="The embedded default model.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(config_app, name="config")
+app.add_typer(model_app, name="model")
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML file with settings (applied first).")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", "-s", help="Override one setting: section.key=value (repeatable). See `config keys`."
+    ),
+]
+
+
+def _config(config: Path | None, overrides: list[str] | None, extra: list[str] | None = None) -> Config:
+    return load_config(config, [*(extra or []), *(overrides or [])])
+
+
+def _print_prepared(prepared: object) -> None:
+    from tokenforget.prepare import rouge_table
+
+    report = prepared.report  # type: ignore[attr-defined]
+    table = Table(title="Greedy ROUGE-L recall (answers vs ground truth)")
+    table.add_column("model")
+    for name in ("forget", "real_authors", "world_facts"):
+        table.add_column(name, justify="right")
+    for model, scores in rouge_table(report):
+        table.add_row(
+            model, *(f"{scores.get(k, float('nan')):.3f}" for k in ("forget", "real_authors", "world_facts"))
+        )
+    out.print(table)
+    out.print(f"retain model: {prepared.retain}\ntarget model: {prepared.target}")  # type: ignore[attr-defined]
+    out.print("seconds: " + json.dumps(report.get("seconds", {})))
+
+
+@app.command()
+def prepare(
+    benchmark: Annotated[
+        str, typer.Argument(help="tofu-mini (embedded, offline) or tofu (full; --set data.tofu=DIR|hub)")
+    ] = "tofu-mini",
+    model: Annotated[
+        str | None, typer.Option(help="Base model (default: the embedded SmolLM2-135M-Instruct).")
+    ] = None,
+    recipe: Annotated[
+        str | None, typer.Option(help="nested (default) or independent; see `config keys`.")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Fine-tune the base model into the benchmark's target and retain models (cached, resumable).
+
+    Kill it at any time and run it again: it continues from the last checkpoint. The models land in
+    $TOKENFORGET_CACHE/prepared/ (default ~/.cache/tokenforget) with the recipe next to them, and a
+    greedy ROUGE-L table shows that the target knows the forget set and the retain model does not.
+    """
+    from tokenforget.prepare import prepare as run_prepare
+
+    if benchmark not in {"tofu-mini", "tofu"}:
+        raise TokenforgetError(f"unknown benchmark {benchmark!r}: use tofu-mini or tofu")
+    extra = [f"run.benchmark={benchmark}"]
+    if model:
+        extra.append(f"model.name={model}")
+    if recipe:
+        extra.append(f"prepare.recipe={recipe}")
+    _print_prepared(run_prepare(_config(config, set_, extra)))
+
+
+@app.command()
+def run(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """The main job on TOFU-mini and the embedded default model, in runs/<run.name>/.
+
+    Stages run in order and each skips work already done (the run folder is the cache; a killed run
+    resumes). Available now: prepare (target and retain models). identify, unlearn, evaluate and
+    report plug in here as they land; the command says which stages it ran.
+    """
+    from tokenforget.prepare import prepare as run_prepare
+    from tokenforget.runs import open_run, write_json
+
+    cfg = _config(config, set_)
+    folder = open_run(cfg)
+    times: dict[str, float] = {}
+    started = time.perf_counter()
+    prepared = run_prepare(cfg)
+    times["prepare"] = round(time.perf_counter() - started, 1)
+    _print_prepared(prepared)
+    summary = {
+        "benchmark": cfg.run.benchmark,
+        "target_model": str(prepared.target),
+        "retain_model": str(prepared.retain),
+        "prepare_rougeL_recall": {m: s for m, s in _rouge_rows(prepared.report)},
+        "stage_seconds": times,
+        "stages_run": ["prepare"],
+        "stages_not_available_yet": ["identify", "unlearn", "eval", "report"],
+    }
+    write_json(folder / "summary.json", summary)
+    table = Table(title="stage times (s)")
+    table.add_column("stage")
+    table.add_column("seconds", justify="right")
+    for stage, seconds in times.items():
+        table.add_row(stage, f"{seconds:.1f}")
+    out.print(table)
+    out.print(f"run folder: {folder.resolve()}")
+
+
+def _rouge_rows(report: dict) -> list[tuple[str, dict[str, float]]]:
+    from tokenforget.prepare import rouge_table
+
+    return rouge_table(report)
+
+
+@data_app.command("check")
+def data_check(
+    path: Annotated[Path, typer.Argument(help="A JSONL, JSON or CSV file of question+answer or text rows.")],
+) -> None:
+    """Validate a data file and print what it holds, or its problems (exit code 2).
+
+    Rows: {"question": ..., "answer": ...} (QA) or {"text": ...} (raw text), optionally
+    "spans": [{"start": s, "end": e}, ...] = character offsets into the answer/text marking the
+    unwanted words. In CSV, spans is a JSON string in its column.
+    """
+    from tokenforget.data.records import describe, read_samples
+
+    samples = read_samples(path)
+    out.print_json(json.dumps({"file": str(path), "valid": True, **describe(samples)}))
+
+
+@config_app.command("keys")
+def config_keys_cmd() -> None:
+    """Every setting with its default and meaning (use as --set key=value)."""
+    table = Table(show_lines=False)
+    table.add_column("key", style="bold")
+    table.add_column("default")
+    table.add_column("meaning")
+    for key, default, description in config_keys():
+        table.add_row(key, default, description)
+    out.print(table)
+
+
+@config_app.command("show")
+def config_show(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """The fully resolved config (YAML), as a run folder's config.yaml would hold it."""
+    out.print(_config(config, set_).to_yaml(), end="", highlight=False)
+
+
+@config_app.command("schema")
+def config_schema() -> None:
+    """The JSON schema of the config file."""
+    out.print_json(json.dumps(Config.model_json_schema()))
+
+
+@model_app.command("convert")
+def model_convert(
+    force: Annotated[bool, typer.Option(help="Convert again even if a valid copy exists.")] = False,
+) -> None:
+    """Convert the embedded GGUF into a safetensors folder in the cache (done automatically on first use)."""
+    from tokenforget.models import ensure_embedded_model
+
+    out.print(str(ensure_embedded_model(force=force)))
+
+
+@model_app.command("path")
+def model_path() -> None:
+    """Where the converted embedded model lives (converting it if needed)."""
+    from tokenforget.models import ensure_embedded_model
+
+    out.print(str(ensure_embedded_model(log=False)))
+
+
+def main() -> None:
+    """Console entry point: user errors print a message and exit 2, without a traceback."""
+    from tokenforget.train import Interrupted
+
+    try:
+        app(standalone_mode=False)
+    except DataError as exc:
+        err.print(f"[red]invalid data[/]: {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except TokenforgetError as exc:
+        err.print(f"[red]error[/]: {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except Interrupted as exc:
+        err.print(f"[yellow]{exc}[/]")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors come through standalone_mode=False
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

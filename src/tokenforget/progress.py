@@ -1,0 +1,62 @@
+"""Progress bars (rich) for anything longer than a few seconds."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console(stderr=True)
+
+
+class _TrainingBar:
+    def __init__(self, progress: Progress, task: int):
+        self._progress = progress
+        self._task = task
+
+    def advance(self, loss: float, tokens_per_s: float, lr: float) -> None:
+        self._progress.update(
+            self._task, advance=1, loss=f"{loss:.4f}", tps=f"{tokens_per_s:.0f}", lr=f"{lr:.2e}"
+        )
+
+
+@contextlib.contextmanager
+def training_progress(label: str, total: int, done: int = 0) -> Iterator[_TrainingBar]:
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}  {task.fields[tps]} tok/s  lr {task.fields[lr]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+    with progress:
+        task = progress.add_task(label, total=total, completed=done, loss="-", tps="-", lr="-")
+        yield _TrainingBar(progress, task)
+
+
+@contextlib.contextmanager
+def task_progress(label: str, total: int) -> Iterator[Progress]:
+    """A plain bar; call `bar.advance(task_id)` through the yielded (progress, task) pair."""
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+    with progress:
+        progress.add_task(label, total=total)
+        yield progress

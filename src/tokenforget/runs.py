@@ -1,0 +1,51 @@
+"""Run folders: `runs/<name>/` holds everything one run produced (design.md), the folder is the cache.
+
+`config.yaml` is the full resolved config. Re-running the same config in the same folder resumes it;
+a different config in an existing folder is refused (it would mix results of two experiments).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tokenforget.config import Config
+from tokenforget.errors import ConfigError
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flatten(value, f"{prefix}{key}."))
+    return {k.rstrip("."): v for k, v in flat.items()}
+
+
+def open_run(cfg: Config) -> Path:
+    """Create (or reopen, when the config matches) the run folder and write config.yaml."""
+    folder = Path(cfg.run.runs_dir) / cfg.run.name
+    config_file = folder / "config.yaml"
+    resolved = cfg.model_dump(mode="json")
+    if config_file.is_file():
+        previous = yaml.safe_load(config_file.read_text()) or {}
+        old, new = _flatten(previous), _flatten(resolved)
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        if changed:
+            raise ConfigError(
+                f"{folder} was made with a different config (changed: {', '.join(changed[:8])}). "
+                f"Use another name (--set run.name=NAME) or delete {folder} to start over."
+            )
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(cfg.to_yaml())
+    return folder
+
+
+def write_json(path: Path, payload: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    tmp.replace(path)

@@ -1,0 +1,297 @@
+"""The training loop: answer-only forward, resumable checkpoints, progress.
+
+`prepare` fine-tunes with it (answer-only NLL); the unlearning methods plug their losses into the
+same forward. Logits are computed only at answer positions: the hidden states are sliced before
+the LM head, so the (B, T, V) tensor over the prompt is never built.
+
+Resumability: the data order is a pure function of (seed, step), so a checkpoint needs only the
+step, the trainable weights, the optimizer and scheduler states and the RNG state. A checkpoint is
+written to a temporary folder and renamed into place, so a kill at any moment leaves either the
+previous checkpoint or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from tokenforget.data.encode import IGNORE_INDEX, Encoded, pad_batch
+from tokenforget.models import Precision
+
+
+@dataclass
+class AnswerForward:
+    """What one policy forward yields at answer positions (flattened over the batch)."""
+
+    logits: torch.Tensor  # (N, V): logits that predict each answer token
+    targets: torch.Tensor  # (N,): the answer tokens
+    rows: torch.Tensor  # (N,): which sample of the batch each position belongs to
+    hidden: torch.Tensor | None = None  # (N, H) last hidden state at those positions, if asked
+
+
+def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers CausalLM inside an optional peft wrapper."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def answer_forward(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], keep_hidden: bool = False
+) -> AnswerForward:
+    """One forward; LM head applied only where a label follows (position t predicts token t+1)."""
+    lm = _causal_lm(model)
+    backbone = lm.get_decoder()
+    hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    where = targets != IGNORE_INDEX
+    picked = hidden[:, :-1][where]
+    logits = lm.get_output_embeddings()(picked)
+    rows = torch.arange(targets.shape[0], device=targets.device)[:, None].expand_as(targets)[where]
+    return AnswerForward(
+        logits=logits, targets=targets[where], rows=rows, hidden=picked if keep_hidden else None
+    )
+
+
+def token_nll(fwd: AnswerForward) -> torch.Tensor:
+    """Per answer token negative log-likelihood, (N,), in fp32."""
+    return torch.nn.functional.cross_entropy(fwd.logits.float(), fwd.targets, reduction="none")
+
+
+# ----------------------------------------------------------------------------- data order
+
+
+def batch_schedule(lengths: Sequence[int], batch_size: int, epochs: float, seed: int) -> list[list[int]]:
+    """Deterministic list of batches (sample indices) for the whole run.
+
+    Each epoch is a seeded permutation; within windows of 8 batches samples are sorted by length
+    (less padding), then the batches are shuffled again so lengths do not trend within an epoch.
+    """
+    n = len(lengths)
+    total = max(1, math.ceil(epochs * n / batch_size))
+    stream: list[int] = []
+    epoch = 0
+    while len(stream) < total * batch_size:
+        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        stream.extend(torch.randperm(n, generator=gen).tolist())
+        epoch += 1
+    stream = stream[: total * batch_size]
+    window = 8 * batch_size
+    batches: list[list[int]] = []
+    for start in range(0, len(stream), window):
+        chunk = sorted(stream[start : start + window], key=lambda i: lengths[i])
+        group = [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
+        gen = torch.Generator().manual_seed(seed * 7919 + start)
+        batches.extend(group[k] for k in torch.randperm(len(group), generator=gen).tolist())
+    return batches
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(
+    folder: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    state: dict,
+) -> None:
+    staging = folder.with_name(folder.name + ".tmp")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    weights = _trainable_state(model)
+    # Tied weights (embeddings = LM head) share storage: save each tensor once.
+    save_file({k: v.clone() for k, v in weights.items()}, staging / "trainable.safetensors")
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+        },
+        staging / "optimizer.pt",
+    )
+    (staging / "state.json").write_text(json.dumps(state, indent=2))
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        folder.replace(old)
+    staging.replace(folder)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def load_checkpoint(
+    folder: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> dict | None:
+    """Restore a checkpoint written by save_checkpoint; None when there is none."""
+    if not (folder / "state.json").is_file():
+        old = folder.with_name(folder.name + ".old")  # killed between the two renames
+        if (old / "state.json").is_file():
+            old.replace(folder)
+        else:
+            return None
+    weights = load_file(folder / "trainable.safetensors")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    # Our own file, written by save_checkpoint; weights_only refuses anything but tensors/containers.
+    blob = torch.load(folder / "optimizer.pt", weights_only=True)
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    torch.set_rng_state(blob["rng"])
+    return json.loads((folder / "state.json").read_text())
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class FitSettings:
+    epochs: float
+    lr: float
+    batch_size: int
+    micro_batch_size: int
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    seed: int = 0
+    checkpoint_every: int = 10
+
+
+@dataclass
+class FitResult:
+    steps: int
+    tokens: int
+    seconds: float
+    final_loss: float
+    losses: list[float] = field(default_factory=list)
+
+
+class _StopRequest:
+    """Ctrl-C sets a flag; the loop saves a checkpoint at the end of the step and exits."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self._previous = None
+
+    def __enter__(self) -> _StopRequest:
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread
+            self._previous = None
+        return self
+
+    def _handle(self, *_: object) -> None:
+        if self.stop:  # second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        self.stop = True
+
+    def __exit__(self, *_: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class Interrupted(Exception):
+    """Training stopped by Ctrl-C after saving a checkpoint; run the command again to resume."""
+
+
+def fit_nll(
+    model: torch.nn.Module,
+    encoded: Sequence[Encoded],
+    pad_id: int,
+    precision: Precision,
+    settings: FitSettings,
+    checkpoint_dir: Path,
+    label: str = "train",
+    on_step: Callable[[int, float], None] | None = None,
+) -> FitResult:
+    """Answer-only NLL fine-tuning (mean over the answer tokens of each optimizer step), resumable."""
+    from transformers import get_linear_schedule_with_warmup
+
+    from tokenforget.progress import training_progress
+
+    torch.manual_seed(settings.seed)
+    lengths = [len(e.input_ids) for e in encoded]
+    schedule = batch_schedule(lengths, settings.batch_size, settings.epochs, settings.seed)
+    total = len(schedule)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(settings.warmup_ratio * total), total)
+    state = load_checkpoint(checkpoint_dir, model, optimizer, scheduler) or {
+        "step": 0,
+        "losses": [],
+        "tokens": 0,
+    }
+    if state.get("total_steps", total) != total:
+        raise RuntimeError(
+            f"checkpoint in {checkpoint_dir} is for {state['total_steps']} steps, this run has "
+            f"{total}: the settings changed. Delete the folder to start over."
+        )
+    device = precision.device
+    model.train()
+    started = time.perf_counter()
+    tokens_now = 0
+    with _StopRequest() as stop, training_progress(label, total, state["step"]) as bar:
+        for step in range(state["step"], total):
+            indices = schedule[step]
+            n_tokens = sum(encoded[i].n_answer for i in indices)
+            step_loss = 0.0
+            for start in range(0, len(indices), settings.micro_batch_size):
+                micro = [encoded[i] for i in indices[start : start + settings.micro_batch_size]]
+                batch = {k: v.to(device) for k, v in pad_batch(micro, pad_id).items()}
+                with precision.autocast():
+                    fwd = answer_forward(model, batch)
+                loss = token_nll(fwd).sum() / n_tokens
+                loss.backward()
+                step_loss += loss.item()
+            if not math.isfinite(step_loss):
+                save_checkpoint(checkpoint_dir, model, optimizer, scheduler, {**state, "total_steps": total})
+                raise FloatingPointError(
+                    f"{label}: loss is {step_loss} at step {step + 1}; checkpoint kept "
+                    f"in {checkpoint_dir}. Lower the learning rate (--set prepare.lr=...)."
+                )
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            tokens_now += n_tokens
+            state["step"] = step + 1
+            state["tokens"] += n_tokens
+            state["losses"].append(round(step_loss, 5))
+            bar.advance(step_loss, tokens_now / (time.perf_counter() - started), scheduler.get_last_lr()[0])
+            if on_step is not None:
+                on_step(step + 1, step_loss)
+            last = step + 1 == total
+            if stop.stop or (not last and (step + 1) % settings.checkpoint_every == 0):
+                save_checkpoint(checkpoint_dir, model, optimizer, scheduler, {**state, "total_steps": total})
+            if stop.stop:
+                raise Interrupted(
+                    f"{label}: stopped at step {step + 1}/{total}; checkpoint saved. "
+                    "Run the same command again to resume."
+                )
+    return FitResult(
+        steps=total,
+        tokens=state["tokens"],
+        seconds=time.perf_counter() - started,
+        final_loss=state["losses"][-1] if state["losses"] else float("nan"),
+        losses=state["losses"],
+    )
+
+
+def iter_chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,118 @@
+"""Shared fixtures: the real SmolLM2 tokenizer/weights (converted once per cache), tiny random models.
+
+TOKENFORGET_CACHE defaults to a folder under the repository (`.cache/`, git-ignored) so the test
+suite never touches a user's cache, and the one-time conversion is shared by every test.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+TOFU_DIR = SHARED / "data" / "tofu"
+os.environ.setdefault("TOKENFORGET_CACHE", str(REPO / ".cache" / "tokenforget"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session")
+def smollm_dir() -> Path:
+    from tokenforget.models import ensure_embedded_model
+
+    return ensure_embedded_model()
+
+
+@pytest.fixture(scope="session")
+def smollm_tokenizer(smollm_dir):
+    from tokenforget.models import load_tokenizer
+
+    return load_tokenizer(str(smollm_dir))
+
+
+@pytest.fixture(scope="session")
+def bert_tokenizer(tmp_path_factory):
+    """A real WordPiece tokenizer (BERT layout) built from a small vocabulary."""
+    from transformers import BertTokenizerFast
+
+    words = [
+        "the",
+        "of",
+        "and",
+        "in",
+        "to",
+        "was",
+        "born",
+        "author",
+        "his",
+        "her",
+        "name",
+        "is",
+        "a",
+        "city",
+        "novel",
+        "book",
+        "wrote",
+        "year",
+        "paris",
+        "london",
+        "new",
+        "york",
+        "kuwait",
+        "basil",
+        "award",
+        "prize",
+        "father",
+        "mother",
+        "published",
+    ]
+    vocab = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        *list("abcdefghijklmnopqrstuvwxyz0123456789"),
+        *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"],
+        *list(".,'-!?:;()/\"&"),
+        *words,
+    ]
+    folder = tmp_path_factory.mktemp("bert")
+    (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    tokenizer.eos_token = "[SEP]"
+    return tokenizer
+
+
+def make_tiny_llama(folder: Path, tokenizer, seed: int = 0) -> Path:
+    """A 2-layer random Llama with the real SmolLM2 tokenizer, saved in save_pretrained layout."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, smollm_tokenizer) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), smollm_tokenizer)

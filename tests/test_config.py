@@ -1,0 +1,91 @@
+import pytest
+
+from tokenforget.config import Config, config_keys, load_config
+from tokenforget.errors import ConfigError
+
+
+def test_defaults_are_the_embedded_tofu_mini_job():
+    cfg = load_config()
+    assert cfg.model.name == "smollm2-135m-instruct"
+    assert cfg.run.benchmark == "tofu-mini"
+    assert cfg.prepare.recipe == "nested"
+
+
+def test_set_overrides_parse_yaml_scalars_and_nested_sections():
+    cfg = load_config(
+        overrides=[
+            "prepare.lr=2e-4",
+            "prepare.retain_epochs=1",
+            "prepare.lora.r=8",
+            "prompt.template=plain",
+            "model.trust_remote_code=true",
+        ]
+    )
+    assert cfg.prepare.lr == pytest.approx(2e-4)
+    assert cfg.prepare.retain_epochs == 1
+    assert cfg.prepare.lora.r == 8
+    assert cfg.prompt.template == "plain"
+    assert cfg.model.trust_remote_code is True
+    assert load_config(overrides=["prepare.lora=null"]).prepare.lora is None
+
+
+def test_yaml_file_then_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("prepare:\n  lr: 0.0005\n  batch_size: 8\n  micro_batch_size: 4\nrun:\n  name: mine\n")
+    cfg = load_config(path, ["prepare.lr=1e-5"])
+    assert cfg.prepare.lr == pytest.approx(1e-5)
+    assert cfg.prepare.batch_size == 8
+    assert cfg.run.name == "mine"
+    again = load_config(
+        overrides=[
+            f"{k}={v}"
+            for k, v in _flat(cfg.model_dump(mode="json")).items()
+            if v is not None and not isinstance(v, (dict, list))
+        ]
+    )
+    assert again.prepare.lr == cfg.prepare.lr
+
+
+def _flat(tree, prefix=""):
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("prepare.lrr=1", "prepare.lrr: unknown key"),
+        ("prepare.lr=-1", "prepare.lr: Input should be greater than 0"),
+        ("prepare.recipe=magic", "prepare.recipe"),
+        ("prepare.micro_batch_size=5", "must divide batch_size (16)"),
+        ("prompt.plain_format=Q: {q}", "must contain the placeholder {question}"),
+        ("prepare", "expected KEY=VALUE"),
+        ("prepare.lr.x=1", "prepare.lr: Input should be a valid number"),
+    ],
+)
+def test_bad_settings_say_which_key_and_why(override, fragment):
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[override])
+    assert fragment in str(info.value)
+
+
+def test_bad_yaml_file_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("prepare: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml is not valid YAML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_every_setting_is_documented():
+    rows = config_keys()
+    keys = {k for k, _, _ in rows}
+    assert {"model.name", "prepare.lr", "prepare.lora.r", "prompt.template", "run.name"} <= keys
+    assert not [k for k, _, d in rows if not d]
+    assert Config.model_json_schema()["title"] == "Config"
