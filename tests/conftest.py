@@ -34,7 +34,7 @@ def smollm_tokenizer(smollm_dir):
 
 
 @pytest.fixture(scope="session")
-def bert_tokenizer(tmp_path_factory):
+def bert_tokenizer():
     """A real WordPiece tokenizer (BERT layout) built from a small vocabulary."""
     from transformers import BertTokenizerFast
 
@@ -80,9 +80,9 @@ def bert_tokenizer(tmp_path_factory):
         *list(".,'-!?:;()/\"&"),
         *words,
     ]
-    folder = tmp_path_factory.mktemp("bert")
-    (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    tokenizer = BertTokenizerFast(
+        vocab={token: k for k, token in enumerate(dict.fromkeys(vocab))}, do_lower_case=True
+    )
     tokenizer.eos_token = "[SEP]"
     return tokenizer
 

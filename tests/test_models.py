@@ -1,0 +1,188 @@
+import json
+import urllib.request
+
+import pytest
+import torch
+
+from tokenforget import models
+from tokenforget.config import LoraSettings, ModelSettings
+from tokenforget.errors import ModelError
+
+
+def test_manifest_detects_truncation_extra_files_and_tampering(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"x" * 1000)
+    (folder / "config.json").write_text("{}")
+    assert not models.verify_manifest(folder)  # no manifest = unfinished
+    models.write_manifest(folder)
+    assert models.verify_manifest(folder)
+    (folder / "model.safetensors").write_bytes(b"x" * 999)  # a partial copy
+    assert not models.verify_manifest(folder)
+    models.write_manifest(folder)
+    (folder / "stray.bin").write_bytes(b"1")
+    assert not models.verify_manifest(folder)
+    (folder / "stray.bin").unlink()
+    (folder / models.MANIFEST).write_text("{not json")
+    assert not models.verify_manifest(folder)
+
+
+def test_corrupt_conversion_is_redone_valid_one_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKENFORGET_CACHE", str(tmp_path))
+    calls = []
+
+    def fake_convert(gguf, target):
+        calls.append(gguf)
+        target.mkdir(parents=True)
+        (target / "config.json").write_text("{}")
+        models.write_manifest(target)
+
+    monkeypatch.setattr(models, "convert_gguf", fake_convert)
+    target = models.embedded_model_dir()
+    target.mkdir(parents=True)
+    (target / "model.safetensors").write_bytes(b"half")  # a crash mid-conversion left this
+    assert models.ensure_embedded_model(log=False) == target
+    assert len(calls) == 1 and not (target / "model.safetensors").exists()
+    models.ensure_embedded_model(log=False)
+    assert len(calls) == 1  # valid: reused, not converted again
+    (target / "config.json").write_text('{"tampered": 1}')
+    models.ensure_embedded_model(log=False)
+    assert len(calls) == 2
+
+
+def test_converted_model_is_a_plain_float_checkpoint(smollm_dir):
+    config = json.loads((smollm_dir / "config.json").read_text())
+    assert "quantization_config" not in config
+    assert config["model_type"] == "llama"
+    assert models.verify_manifest(smollm_dir)
+    manifest = json.loads((smollm_dir / models.MANIFEST).read_text())
+    assert manifest["source"]["file"].endswith(".gguf")
+
+
+def test_resolve_model_errors_are_actionable(tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        models.resolve_model(str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="has no config.json"):
+        models.resolve_model(str(tmp_path / "empty"))
+    assert models.resolve_model("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
+
+
+def test_precision_auto_uses_autocast_only_with_native_bf16(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(models, "cpu_supports_bf16", lambda: False)
+    plan = models.resolve_precision("auto", cpu)
+    assert plan.weight_dtype == torch.float32 and plan.autocast_dtype is None and plan.label == "float32"
+    monkeypatch.setattr(models, "cpu_supports_bf16", lambda: True)
+    plan = models.resolve_precision("auto", cpu)
+    assert plan.autocast_dtype == torch.bfloat16 and plan.label == "float32+autocast-bfloat16"
+    assert models.resolve_precision("bf16", cpu).weight_dtype == torch.bfloat16
+    with pytest.raises(ModelError, match="no CUDA GPU"):
+        if not torch.cuda.is_available():
+            models.resolve_device("cuda")
+        else:
+            raise ModelError("no CUDA GPU (skip: a GPU is present)")
+
+
+def test_lora_wrap_then_merged_save_keeps_the_function(tmp_path, tiny_llama_dir):
+    model, tok, precision = models.load_model(ModelSettings(precision="fp32"), str(tiny_llama_dir))
+    wrapped = models.wrap_lora(model, LoraSettings(r=4, alpha=8))
+    trainable = [n for n, p in wrapped.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    with torch.no_grad():
+        for name, param in wrapped.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)  # make the adapter do something
+        ids = torch.tensor([[1, 500, 600, 700]])
+        expected = wrapped(input_ids=ids).logits
+    models.save_model(wrapped, tok, tmp_path / "merged")
+    reloaded, _, _ = models.load_model(ModelSettings(precision="fp32"), str(tmp_path / "merged"))
+    assert not any("lora" in k for k in reloaded.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(reloaded(input_ids=ids).logits, expected, atol=1e-4)
+
+
+def _llama_cpp_complete(server, ids: list[int], n: int) -> dict:
+    body = json.dumps(
+        {
+            "prompt": ids,
+            "n_predict": n,
+            "temperature": 0.0,
+            "top_k": 1,
+            "return_tokens": True,
+            "cache_prompt": False,
+            "ignore_eos": True,
+            "n_probs": 1,
+        }
+    ).encode()
+    request = urllib.request.Request(
+        f"{server.listening_address}/completion", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.slow
+def test_converted_model_greedy_equals_llama_cpp_on_the_same_gguf(smollm_dir):
+    """20 greedy tokens of the safetensors conversion == llama.cpp's own (xllamacpp server over HTTP).
+
+    Both get the same token ids. llama.cpp multiplies Q4_1 weights by 8-bit-quantised activations, so
+    its logits differ from the de-quantised float model by ~0.1 nats: where two candidates are closer
+    than that the two greedy paths may part. The fixed prompts below have no such near-tie in 20
+    tokens and must agree exactly; on every prompt, llama.cpp's log-prob of each token it chose must
+    match ours within 0.3 nats (a conversion bug, e.g. permuted q/k heads, breaks both checks).
+    """
+    xllamacpp = pytest.importorskip("xllamacpp")
+    params = xllamacpp.CommonParams()
+    params.model.path = str(models.embedded_gguf_path())
+    params.n_ctx = 256
+    params.n_parallel = 1
+    params.cpuparams.n_threads = 2
+    params.port = 0  # any free port
+    server = xllamacpp.Server(params)
+    model, tok, _ = models.load_model(ModelSettings(precision="fp32"), str(smollm_dir))
+
+    def chat(question):
+        return tok.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
+
+    exact = [
+        "The capital of France is Paris. The capital of Germany is",
+        chat("Who wrote Romeo and Juliet?"),
+        chat("What is 2+2?"),
+    ]
+    near_ties = [chat("What is the capital of Italy?")]
+    try:
+        for prompt in exact + near_ties:
+            ids = tok(prompt, add_special_tokens=False)["input_ids"]
+            reply = _llama_cpp_complete(server, ids, 20)
+            theirs = reply["tokens"]
+            assert len(theirs) == 20
+            with torch.no_grad():
+                out = model.generate(
+                    torch.tensor([ids]),
+                    max_new_tokens=20,
+                    min_new_tokens=20,
+                    do_sample=False,
+                    pad_token_id=tok.pad_token_id,
+                )
+                logp = model(torch.tensor([ids + theirs])).logits[0, len(ids) - 1 : -1].log_softmax(-1)
+            ours = out[0, len(ids) :].tolist()
+            if prompt in exact:
+                assert ours == theirs, (tok.decode(ours), tok.decode(theirs))
+            our_logp = logp[torch.arange(20), torch.tensor(theirs)]
+            their_logp = torch.tensor([c["logprob"] for c in reply["completion_probabilities"]])
+            assert (our_logp - their_logp).abs().max() < 0.3
+            assert (our_logp - their_logp).abs().mean() < 0.08
+    finally:
+        del server
+    assert "Berlin" in tok.decode(_first_tokens(model, tok, exact[0]))
+
+
+def _first_tokens(model, tok, prompt):
+    ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        return model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)[
+            0, ids.shape[1] :
+        ]
