@@ -63,7 +63,7 @@ def test_resolve_model_errors_are_actionable(tmp_path):
     with pytest.raises(ModelError, match="does not exist"):
         models.resolve_model(str(tmp_path / "nowhere"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelError, match="has no config.json"):
+    with pytest.raises(ModelError, match=r"has no config\.json"):
         models.resolve_model(str(tmp_path / "empty"))
     assert models.resolve_model("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
 
@@ -85,7 +85,7 @@ def test_precision_auto_uses_autocast_only_with_native_bf16(monkeypatch):
 
 
 def test_lora_wrap_then_merged_save_keeps_the_function(tmp_path, tiny_llama_dir):
-    model, tok, precision = models.load_model(ModelSettings(precision="fp32"), str(tiny_llama_dir))
+    model, tok, _ = models.load_model(ModelSettings(precision="fp32"), str(tiny_llama_dir))
     wrapped = models.wrap_lora(model, LoraSettings(r=4, alpha=8))
     trainable = [n for n, p in wrapped.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
