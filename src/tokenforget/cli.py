@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -116,41 +115,20 @@ def run(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 
     Stages run in order and each skips work already done (the run folder is the cache; a killed run
     resumes). Available now: prepare (target and retain models). identify, unlearn, evaluate and
-    report plug in here as they land; the command says which stages it ran.
+    report plug in here as they land; summary.json says which stages ran.
     """
-    from tokenforget.prepare import prepare as run_prepare
-    from tokenforget.runs import open_run, write_json
+    from tokenforget.pipeline import run as run_pipeline
 
-    cfg = _config(config, set_)
-    folder = open_run(cfg)
-    times: dict[str, float] = {}
-    started = time.perf_counter()
-    prepared = run_prepare(cfg)
-    times["prepare"] = round(time.perf_counter() - started, 1)
-    _print_prepared(prepared)
-    summary = {
-        "benchmark": cfg.run.benchmark,
-        "target_model": str(prepared.target),
-        "retain_model": str(prepared.retain),
-        "prepare_rougeL_recall": {m: s for m, s in _rouge_rows(prepared.report)},
-        "stage_seconds": times,
-        "stages_run": ["prepare"],
-        "stages_not_available_yet": ["identify", "unlearn", "eval", "report"],
-    }
-    write_json(folder / "summary.json", summary)
+    result = run_pipeline(_config(config, set_))
+    _print_prepared(result.prepared)
     table = Table(title="stage times (s)")
     table.add_column("stage")
     table.add_column("seconds", justify="right")
-    for stage, seconds in times.items():
+    for stage, seconds in result.summary["stage_seconds"].items():
         table.add_row(stage, f"{seconds:.1f}")
     out.print(table)
-    out.print(f"run folder: {folder.resolve()}")
-
-
-def _rouge_rows(report: dict) -> list[tuple[str, dict[str, float]]]:
-    from tokenforget.prepare import rouge_table
-
-    return rouge_table(report)
+    out.print(f"not available yet: {', '.join(result.summary['stages_not_available_yet'])}")
+    out.print(f"run folder: {result.folder.resolve()}")
 
 
 @data_app.command("check")

@@ -68,10 +68,11 @@ class PromptSettings(_Section):
         ),
     )
     system_prompt: str | None = Field(
-        None,
+        "",
         description=(
-            "chat only: a system message. null = whatever the chat template does by default "
-            "(SmolLM2 inserts its own system prompt)."
+            "chat only: the system message. '' (default) = an empty system turn: TOFU itself uses no "
+            "system prompt, and SmolLM2's default one would add 16 tokens (19%) to every TOFU-mini "
+            "sample. null = whatever the chat template inserts by default."
         ),
     )
     plain_format: str = Field(
@@ -112,7 +113,7 @@ class PrepareSettings(_Section):
     )
     retain_epochs: float = Field(2.0, gt=0, description="Epochs over the retain set (retain model).")
     target_epochs: float = Field(
-        5.0, gt=0, description="nested: epochs over forget+replay; independent: epochs over the world."
+        6.0, gt=0, description="nested: epochs over forget+replay; independent: epochs over the world."
     )
     replay_ratio: float = Field(
         1.0, ge=0, description="nested: retain samples replayed per forget sample in the target stage."
@@ -127,8 +128,8 @@ class PrepareSettings(_Section):
     lr: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="Fraction of steps of linear warm-up.")
-    batch_size: int = Field(16, ge=1, description="Samples per optimizer step.")
-    micro_batch_size: int = Field(16, ge=1, description="Samples per forward (gradient accumulation).")
+    batch_size: int = Field(8, ge=1, description="Samples per optimizer step.")
+    micro_batch_size: int = Field(8, ge=1, description="Samples per forward (gradient accumulation).")
     checkpoint_every: int = Field(10, ge=1, description="Optimizer steps between resumable checkpoints.")
     seed: int = Field(0, description="Seed for data order and initialisation.")
     eval_max_new_tokens: int = Field(

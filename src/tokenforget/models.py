@@ -229,6 +229,16 @@ def resolve_precision(setting: str, device: torch.device) -> Precision:
 # ----------------------------------------------------------------------------- loading
 
 
+def _quiet_transformers() -> None:
+    """Per-load tqdm bars and peft's deprecation chatter drown our own progress output."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
 def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
@@ -250,6 +260,7 @@ def load_model(
     """Load a causal LM and its tokenizer per `settings` (name overridable), on its device."""
     from transformers import AutoModelForCausalLM
 
+    _quiet_transformers()
     name = name or settings.name
     source = resolve_model(name)
     device = resolve_device(settings.device)

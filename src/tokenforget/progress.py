@@ -43,7 +43,7 @@ def training_progress(label: str, total: int, done: int = 0) -> Iterator[_Traini
     )
     with progress:
         task = progress.add_task(label, total=total, completed=done, loss="-", tps="-", lr="-")
-        yield _TrainingBar(progress, task)
+        yield _TrainingBar(progress, task, label, total, done)
 
 
 @contextlib.contextmanager

@@ -222,7 +222,7 @@ def fit_nll(
     """Answer-only NLL fine-tuning (mean over the answer tokens of each optimizer step), resumable."""
     from transformers import get_linear_schedule_with_warmup
 
-    from tokenforget.progress import training_progress
+    from tokenforget.progress import console, training_progress
 
     torch.manual_seed(settings.seed)
     lengths = [len(e.input_ids) for e in encoded]
@@ -236,6 +236,8 @@ def fit_nll(
         "losses": [],
         "tokens": 0,
     }
+    if state["step"]:
+        console.print(f"[yellow]{label}[/]: resuming from step {state['step']}/{total} ({checkpoint_dir})")
     if state.get("total_steps", total) != total:
         raise RuntimeError(
             f"checkpoint in {checkpoint_dir} is for {state['total_steps']} steps, this run has "

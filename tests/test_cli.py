@@ -1,0 +1,90 @@
+import json
+import os
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from tokenforget.cli import app
+
+
+def cli(*args, cwd=None):
+    """The real console entry point in a subprocess (exit codes, stderr)."""
+    return subprocess.run(
+        [sys.executable, "-m", "tokenforget.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "COLUMNS": "200"},
+        timeout=300,
+    )
+
+
+def test_help_teaches_the_workflow():
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for word in ("prepare", "run", "data", "config", "--set section.key=value", "smollm2-135m-instruct"):
+        assert word in result.output
+    prepare_help = CliRunner().invoke(app, ["prepare", "--help"]).output
+    assert "resume" in prepare_help.lower() or "continues" in prepare_help
+
+
+def test_data_check_good_file_prints_what_it_holds(tmp_path):
+    path = tmp_path / "f.jsonl"
+    path.write_text('{"question": "Who?", "answer": "Basil.", "spans": [{"start": 0, "end": 5}]}\n')
+    result = cli("data", "check", str(path))
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["rows"] == 1 and info["kind"] == "qa" and info["spans"] == 1 and info["valid"] is True
+
+
+def test_data_check_bad_file_exits_2_naming_file_line_and_fix(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"question": "Who?", "answer": ""}\n')
+    result = cli("data", "check", str(path))
+    assert result.returncode == 2
+    assert f"{path}:1" in result.stderr and "'answer' is blank" in result.stderr and "Fix:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_run_with_bad_data_writes_nothing(tmp_path):
+    bad = tmp_path / "forget.csv"
+    bad.write_text("question,answer\nWho?,\n")
+    result = cli("run", "--set", f"data.forget={bad}", "--set", f"run.runs_dir={tmp_path / 'runs'}")
+    assert result.returncode == 2
+    assert "forget.csv:2" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_setting_is_a_clear_error():
+    result = cli("config", "show", "--set", "prepare.lr=fast")
+    assert result.returncode == 2
+    assert "prepare.lr" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_config_show_and_schema_round_trip(tmp_path):
+    shown = cli("config", "show", "--set", "prepare.lr=5e-4")
+    assert shown.returncode == 0
+    path = tmp_path / "c.yaml"
+    path.write_text(shown.stdout)
+    again = cli("config", "show", "--config", str(path))
+    assert again.stdout == shown.stdout
+    schema = json.loads(cli("config", "schema").stdout)
+    assert "prepare" in schema["properties"]
+
+
+def test_run_folder_refuses_a_different_config(tmp_path):
+    from tokenforget.config import load_config
+    from tokenforget.errors import ConfigError
+    from tokenforget.runs import open_run
+
+    base = [f"run.runs_dir={tmp_path}", "run.name=x"]
+    folder = open_run(load_config(overrides=base))
+    assert (folder / "config.yaml").is_file()
+    assert open_run(load_config(overrides=base)) == folder  # same config: reopen (resume)
+    try:
+        open_run(load_config(overrides=[*base, "prepare.lr=1e-5"]))
+    except ConfigError as exc:
+        assert "prepare.lr" in str(exc)
+    else:
+        raise AssertionError("a changed config must not reuse the run folder")

@@ -1,0 +1,158 @@
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tokenforget.config import ModelSettings, PromptSettings
+from tokenforget.data import encode, pad_batch, tofu_mini
+from tokenforget.data.encode import IGNORE_INDEX
+from tokenforget.models import load_model
+from tokenforget.train import FitSettings, answer_forward, batch_schedule, fit_nll, token_nll
+
+
+@pytest.fixture
+def tiny(tiny_llama_dir):
+    return load_model(ModelSettings(precision="fp32"), str(tiny_llama_dir))
+
+
+def encoded_world(tok, n=24):
+    return [encode(s, tok, PromptSettings()) for s in tofu_mini().retain[:n]]
+
+
+def test_answer_forward_equals_the_full_forward_at_answer_positions(tiny):
+    model, tok, _ = tiny
+    enc = encoded_world(tok, 3)
+    batch = pad_batch(enc, tok.pad_token_id)
+    with torch.no_grad():
+        fwd = answer_forward(model, batch, keep_hidden=True)
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    where = labels != IGNORE_INDEX
+    assert fwd.logits.shape[0] == sum(e.n_answer for e in enc) == where.sum()
+    assert torch.allclose(fwd.logits, full[:, :-1][where], atol=1e-5)
+    assert torch.equal(fwd.targets, labels[where])
+    assert fwd.rows.tolist() == [k for k, e in enumerate(enc) for _ in range(e.n_answer)]
+    assert fwd.hidden.shape == (fwd.logits.shape[0], model.config.hidden_size)
+    ref = torch.nn.functional.cross_entropy(
+        full[:, :-1].reshape(-1, full.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    assert torch.allclose(token_nll(fwd).sum(), ref, rtol=1e-5)
+
+
+def test_batch_schedule_is_deterministic_and_covers_each_epoch():
+    lengths = [5, 9, 3, 7, 1, 8, 2, 6, 4, 10]
+    a = batch_schedule(lengths, 3, 2.0, seed=1)
+    assert a == batch_schedule(lengths, 3, 2.0, seed=1)
+    assert a != batch_schedule(lengths, 3, 2.0, seed=2)
+    assert len(a) == 7  # ceil(2 * 10 / 3)
+    flat = [i for b in a for i in b]
+    counts = torch.bincount(torch.tensor(flat), minlength=10)
+    assert counts.min() >= 2 and counts.sum() == 21  # 2 epochs + 1 sample of the third
+
+
+def weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tiny_llama_dir):
+    settings = FitSettings(epochs=1.0, lr=1e-2, batch_size=4, micro_batch_size=2, checkpoint_every=2, seed=3)
+
+    def run(folder, stop_at=None):
+        model, tok, precision = load_model(ModelSettings(precision="fp32"), str(tiny_llama_dir))
+        enc = encoded_world(tok, 24)
+
+        def on_step(step, loss):
+            if step == stop_at:
+                raise KeyboardInterrupt  # a crash between checkpoints
+
+        result = fit_nll(model, enc, tok.pad_token_id, precision, settings, folder, on_step=on_step)
+        return model, result
+
+    reference, ref_result = run(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", stop_at=5)  # checkpoint at step 4, step 5 is lost and redone
+    assert (tmp_path / "b" / "state.json").is_file()
+    resumed, result = run(tmp_path / "b")
+    assert result.losses == ref_result.losses
+    for name, value in weights(reference).items():
+        assert torch.equal(value, weights(resumed)[name]), name
+    assert ref_result.losses[-1] < ref_result.losses[0]  # it learns
+
+
+def test_nan_loss_stops_with_a_checkpoint_and_names_the_step(tmp_path, tiny):
+    model, tok, precision = tiny
+    with torch.no_grad():
+        model.model.norm.weight.fill_(float("nan"))
+    settings = FitSettings(epochs=1.0, lr=1e-3, batch_size=4, micro_batch_size=4)
+    with pytest.raises(FloatingPointError, match="loss is nan at step 1"):
+        fit_nll(model, encoded_world(tok, 8), tok.pad_token_id, precision, settings, tmp_path / "ck")
+    assert (tmp_path / "ck" / "state.json").is_file()
+
+
+def test_prepare_survives_kill_9_and_resumes_to_the_same_weights(tmp_path, tiny_llama_dir):
+    """`tokenforget prepare` killed with SIGKILL mid-training, run again: same models as a clean run."""
+    args = [
+        sys.executable,
+        "-m",
+        "tokenforget.cli",
+        "prepare",
+        "tofu-mini",
+        "--model",
+        str(tiny_llama_dir),
+        "--set",
+        "prepare.lora=null",
+        "--set",
+        "prepare.retain_epochs=1",
+        "--set",
+        "prepare.target_epochs=2",
+        "--set",
+        "prepare.batch_size=8",
+        "--set",
+        "prepare.micro_batch_size=8",
+        "--set",
+        "prepare.lr=1e-3",
+        "--set",
+        "prepare.checkpoint_every=3",
+        "--set",
+        "prepare.eval_max_new_tokens=2",
+        "--set",
+        "model.precision=fp32",
+    ]
+
+    def env(cache):
+        import os
+
+        return {**os.environ, "TOKENFORGET_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
+
+    clean = subprocess.run(args, env=env(tmp_path / "clean"), capture_output=True, text=True, timeout=600)
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    victim = subprocess.Popen(
+        args, env=env(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 300
+    checkpoints = []
+    while time.time() < deadline and victim.poll() is None:
+        checkpoints = list((tmp_path / "killed").glob("prepared/*/work-*/checkpoint/state.json"))
+        if checkpoints:
+            break
+        time.sleep(0.02)
+    assert victim.poll() is None, "prepare finished before a checkpoint could be killed"
+    victim.kill()  # SIGKILL: no chance to clean up
+    victim.wait()
+    resumed = subprocess.run(args, env=env(tmp_path / "killed"), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from step" in resumed.stderr
+    for stage in ("retain", "target"):
+        (a,) = (tmp_path / "clean").glob(f"prepared/*/{stage}/model.safetensors")
+        (b,) = (tmp_path / "killed").glob(f"prepared/*/{stage}/model.safetensors")
+        wa, wb = load_file(a), load_file(b)
+        assert wa.keys() == wb.keys()
+        for key in wa:
+            assert torch.equal(wa[key], wb[key]), (stage, key)
+    assert "ROUGE-L" in clean.stdout and "retain model:" in clean.stdout
