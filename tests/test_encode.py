@@ -50,13 +50,18 @@ def test_prompt_ending_in_space_gives_the_space_to_the_answer_token(smollm_token
     assert enc.n_answer == 2  # " Paris" + EOS
 
 
-def test_chat_prompt_matches_the_generation_prompt(smollm_tokenizer):
+@pytest.mark.parametrize("system", [None, "", "Be brief."])
+def test_chat_prompt_matches_the_generation_prompt(smollm_tokenizer, system):
     tok = smollm_tokenizer
-    enc = encode(QA, tok, CHAT)
-    expected = tok.apply_chat_template([{"role": "user", "content": QA.question}], add_generation_prompt=True)
+    enc = encode(QA, tok, PromptSettings(system_prompt=system))
+    messages = [] if system is None else [{"role": "system", "content": system}]
+    messages.append({"role": "user", "content": QA.question})
+    expected = tok.apply_chat_template(messages, add_generation_prompt=True)
     expected = expected["input_ids"] if hasattr(expected, "keys") else expected
     assert enc.prompt_ids == list(expected)
     assert tok.decode(enc.prompt_ids).endswith("<|im_start|>assistant\n")
+    has_default_system = "You are a helpful AI assistant" in tok.decode(enc.prompt_ids)
+    assert has_default_system == (system is None)
 
 
 def test_raw_text_every_token_is_an_answer_token(smollm_tokenizer):

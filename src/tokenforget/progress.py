@@ -19,14 +19,27 @@ console = Console(stderr=True)
 
 
 class _TrainingBar:
-    def __init__(self, progress: Progress, task: int):
+    """A live bar on a terminal; a plain line every ~5 % of the steps otherwise (logs, CI)."""
+
+    def __init__(self, progress: Progress, task: int, label: str, total: int, done: int):
         self._progress = progress
         self._task = task
+        self._label = label
+        self._total = total
+        self._step = done
+        self._every = max(1, total // 20)
 
     def advance(self, loss: float, tokens_per_s: float, lr: float) -> None:
+        self._step += 1
         self._progress.update(
             self._task, advance=1, loss=f"{loss:.4f}", tps=f"{tokens_per_s:.0f}", lr=f"{lr:.2e}"
         )
+        if not console.is_terminal and (self._step % self._every == 0 or self._step == self._total):
+            console.print(
+                f"{self._label} step {self._step}/{self._total} loss {loss:.4f} "
+                f"{tokens_per_s:.0f} answer-tok/s lr {lr:.2e}",
+                highlight=False,
+            )
 
 
 @contextlib.contextmanager
