@@ -27,6 +27,7 @@ The workflow, each step a command and a Python call:
   prepare   make the target and retain models of a benchmark (TOFU-mini ships inside the package)
   run       the main job: prepare -> identify -> unlearn -> evaluate -> report, in runs/<name>/
   data      validate your forget/retain files (JSONL or CSV) before anything reads them
+  eval      summarise TOFU eval logs (ours, the published ones, open-unlearning's)
   config    list every setting, show the resolved config, print its JSON schema
   model     convert the embedded default model (SmolLM2-135M-Instruct) once, show where it is
 
@@ -41,9 +42,13 @@ app = typer.Typer(help=HELP, no_args_is_help=True, rich_markup_mode=None, add_co
 data_app = typer.Typer(help="Validate and inspect data files.", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect settings.", no_args_is_help=True)
 model_app = typer.Typer(help="The embedded default model.", no_args_is_help=True)
+eval_app = typer.Typer(
+    help="Evaluate models and summarise eval logs (TOFU; ours or published).", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
 app.add_typer(model_app, name="model")
+app.add_typer(eval_app, name="eval")
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML file with settings (applied first).")
@@ -129,6 +134,34 @@ def run(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     out.print(table)
     out.print(f"not available yet: {', '.join(result.summary['stages_not_available_yet'])}")
     out.print(f"run folder: {result.folder.resolve()}")
+
+
+@eval_app.command("summary")
+def eval_summary(
+    logs: Annotated[
+        Path,
+        typer.Option(
+            help="Eval logs: a folder with the four TOFU files, an "
+            "eval_log_aggregated.json, or open-unlearning's TOFU_EVAL.json."
+        ),
+    ],
+    retain_logs: Annotated[
+        Path | None, typer.Option(help="The retain model's logs (for forget quality).")
+    ] = None,
+    truth_ratio: Annotated[
+        str, typer.Option(help="geometric (published aggregation) or legacy-arithmetic.")
+    ] = "geometric",
+) -> None:
+    """Forget quality, model utility and the 12 component numbers as one JSON object.
+
+    Numbers follow the published TOFU aggregation script; keys follow open-unlearning's names. A
+    number that cannot be computed is null, with the reason under "unavailable".
+    """
+    from tokenforget.evaluate.tofu import summarize_paths
+
+    if truth_ratio not in ("geometric", "legacy-arithmetic"):
+        raise TokenforgetError(f"--truth-ratio {truth_ratio!r}: use geometric or legacy-arithmetic")
+    out.print_json(json.dumps(summarize_paths(logs, retain_logs, truth_ratio)))  # type: ignore[arg-type]
 
 
 @data_app.command("check")

@@ -1,7 +1,7 @@
 """Typed configuration: one pydantic model per stage, loadable from YAML, overridable by `--set`.
 
 Overrides use one syntax everywhere: `--set section.key=value`, where `value` is read as a YAML
-scalar (`--set prepare.lr=2e-4`, `--set model.lora.r=8`, `--set model.lora=null`). A config file
+scalar (`--set prepare.lr=2e-4`, `--set prepare.lora.r=8`, `--set prepare.lora=null`). A config file
 (`--config run.yaml`) is applied first, then every `--set` in order, then the whole config is
 validated, so an error names the key, the bad value and what is allowed.
 """
@@ -56,7 +56,6 @@ class ModelSettings(_Section):
     trust_remote_code: bool = Field(
         False, description="Run code shipped with a hub model. Off unless you trust its authors."
     )
-    lora: LoraSettings | None = Field(None, description="LoRA settings; null = full fine-tuning.")
 
 
 class PromptSettings(_Section):
