@@ -136,6 +136,40 @@ def run(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     out.print(f"run folder: {result.folder.resolve()}")
 
 
+@eval_app.command("tofu")
+def eval_tofu(
+    model: Annotated[
+        str, typer.Option(help="Model to evaluate: a folder, a hub name or smollm2-135m-instruct.")
+    ],
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Folder for the four published eval-log files and summary.json.")
+    ],
+    retain_logs: Annotated[
+        Path | None, typer.Option(help="The retain model's eval folder (forget quality).")
+    ] = None,
+    benchmark: Annotated[
+        str, typer.Option(help="tofu-mini (bundled) or tofu (--set data.tofu=DIR|hub).")
+    ] = "tofu-mini",
+    split: Annotated[str, typer.Option(help="Full TOFU only: forget01, forget05 or forget10.")] = "forget01",
+    profile: Annotated[str | None, typer.Option(help="tofu-mini, openunlearning or tofu-legacy.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Evaluate a model on TOFU: per-question logs under the published file names, then the summary.
+
+    Resumable per split; a folder evaluated with the same settings is not evaluated again.
+    """
+    from tokenforget.data.benchmarks import load_benchmark
+    from tokenforget.evaluate.tofu_run import evaluate_tofu
+
+    extra = [f"run.benchmark={benchmark}", f"run.tofu_split={split}"]
+    if profile:
+        extra.append(f"eval.profile={profile}")
+    cfg = _config(config, set_, extra)
+    summary = evaluate_tofu(cfg, model, load_benchmark(cfg), out_dir, retain_logs)
+    out.print_json(json.dumps(summary))
+
+
 @eval_app.command("summary")
 def eval_summary(
     logs: Annotated[

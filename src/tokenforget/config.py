@@ -145,6 +145,24 @@ class PrepareSettings(_Section):
         return value
 
 
+class EvalSettings(_Section):
+    profile: Literal["tofu-mini", "openunlearning", "tofu-legacy"] = Field(
+        "tofu-mini",
+        description=(
+            "tofu-mini: all forget rows, the first `retain_rows` retain rows, 48 new tokens (about a "
+            "minute per model on 2 cores); openunlearning: all rows, max_new_tokens=200; tofu-legacy: "
+            "the published TOFU eval (first 300 rows, generation to max_length=200 tokens in total)."
+        ),
+    )
+    retain_rows: int = Field(40, ge=1, description="tofu-mini profile: retain rows evaluated.")
+    include_eos: bool = Field(True, description="Count the answer's EOS token in answer losses.")
+    truth_ratio: Literal["geometric", "legacy-arithmetic"] = Field(
+        "geometric",
+        description="geometric: the published aggregation; legacy-arithmetic: TOFU's training-time code.",
+    )
+    batch_size: int = Field(32, ge=1, description="Sequences per scoring / generation batch.")
+
+
 class RunSettings(_Section):
     name: str = Field("tofu-mini", description="Run folder name under runs_dir.")
     runs_dir: str = Field("runs", description="Where run folders are created.")
@@ -161,6 +179,7 @@ class Config(_Section):
     prompt: PromptSettings = PromptSettings()
     data: DataSettings = DataSettings()
     prepare: PrepareSettings = PrepareSettings()
+    eval: EvalSettings = EvalSettings()
     run: RunSettings = RunSettings()
 
     def to_yaml(self) -> str:

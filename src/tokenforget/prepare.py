@@ -26,7 +26,7 @@ import torch
 
 from tokenforget import __version__
 from tokenforget.config import Config
-from tokenforget.data.benchmarks import QABenchmark, tofu, tofu_mini
+from tokenforget.data.benchmarks import QABenchmark, load_benchmark
 from tokenforget.data.encode import encode
 from tokenforget.data.records import Sample
 from tokenforget.evaluate import answer_questions, mean, rouge_recall
@@ -52,12 +52,6 @@ class Prepared:
     retain: Path
     target: Path
     report: dict[str, Any]
-
-
-def load_benchmark(cfg: Config) -> QABenchmark:
-    if cfg.run.benchmark == "tofu-mini":
-        return tofu_mini()
-    return tofu(cfg.data.tofu, cfg.run.tofu_split)
 
 
 def _fingerprint(cfg: Config, bench: QABenchmark, base: str) -> str:

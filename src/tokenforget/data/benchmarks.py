@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from tokenforget.config import Config
 from tokenforget.data.records import Sample, read_samples, samples_from_rows
 from tokenforget.errors import DataError, DataIssue
 
@@ -99,6 +100,13 @@ def tofu(source: str = TOFU_HUB, forget_split: str = "forget01") -> QABenchmark:
         eval_real_authors=load_tofu_split("real_authors_perturbed", source),
         eval_world_facts=load_tofu_split("world_facts_perturbed", source),
     )
+
+
+def load_benchmark(cfg: Config) -> QABenchmark:
+    """The benchmark a config names: `run.benchmark` (tofu-mini, or tofu with `run.tofu_split`)."""
+    if cfg.run.benchmark == "tofu-mini":
+        return tofu_mini()
+    return tofu(cfg.data.tofu, cfg.run.tofu_split)
 
 
 def _bundled(name: str) -> list[Sample]:

@@ -27,8 +27,12 @@ def generate_greedy(
     precision: Precision,
     max_new_tokens: int = 64,
     batch_size: int = 32,
+    max_length: int | None = None,
 ) -> list[str]:
-    """Greedy continuations (decoded, special tokens dropped) of tokenised prompts, in input order."""
+    """Greedy continuations (decoded, special tokens dropped) of tokenised prompts, in input order.
+
+    max_length (legacy TOFU) bounds the padded prompt plus the generation, not the new tokens alone.
+    """
     from tokenforget.progress import task_progress
 
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths pad less
@@ -41,10 +45,12 @@ def generate_greedy(
                 k: v.to(precision.device)
                 for k, v in pad_prompts_left([prompts[i] for i in chunk], pad).items()
             }
+            width = batch["input_ids"].shape[1]
+            new_tokens = max_new_tokens if max_length is None else max(1, max_length - width)
             with precision.autocast():
                 out = model.generate(
                     **batch,
-                    max_new_tokens=max_new_tokens,
+                    max_new_tokens=new_tokens,
                     do_sample=False,
                     pad_token_id=pad,
                     eos_token_id=tokenizer.eos_token_id,
@@ -52,7 +58,7 @@ def generate_greedy(
                     top_p=None,
                     top_k=None,
                 )
-            new = out[:, batch["input_ids"].shape[1] :]
+            new = out[:, width:]
             for row, index in enumerate(chunk):
                 outputs[index] = tokenizer.decode(new[row], skip_special_tokens=True).strip()
             bar.advance(bar.task_ids[0], len(chunk))
@@ -67,10 +73,11 @@ def answer_questions(
     precision: Precision,
     max_new_tokens: int = 64,
     batch_size: int = 32,
+    max_length: int | None = None,
 ) -> list[str]:
     """Greedy answers to the samples' questions, with the same prompt format as training."""
     prompts = [encode(s, tokenizer, prompt).prompt_ids for s in samples]
-    return generate_greedy(model, tokenizer, prompts, precision, max_new_tokens, batch_size)
+    return generate_greedy(model, tokenizer, prompts, precision, max_new_tokens, batch_size, max_length)
 
 
 _SCORER = None

@@ -1,0 +1,169 @@
+"""`tokenforget eval tofu`: evaluate a model on a QA benchmark and write the published TOFU logs.
+
+Per split, one teacher-forced pass scores every distinct (question, answer) text (true answer,
+paraphrase, perturbed options) and one batched greedy pass generates the answers; the log is written
+under its published file name as soon as the split is done, so an interrupted evaluation resumes at
+the next split and a finished model is never evaluated twice (`eval_settings.json` records what
+produced the folder; other settings start over).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tokenforget.config import Config, EvalSettings
+from tokenforget.data.benchmarks import QABenchmark
+from tokenforget.data.records import Sample
+from tokenforget.evaluate.generation import answer_questions, rouge_recall
+from tokenforget.evaluate.scoring import answer_losses
+from tokenforget.evaluate.tofu import (
+    LOG_FILES,
+    SplitStats,
+    normalize_log,
+    read_json,
+    summarize,
+    write_eval_log,
+)
+from tokenforget.models import load_model
+from tokenforget.progress import console
+
+
+@dataclass(frozen=True)
+class Profile:
+    ds_size: int | None  # first rows of every split (None = all)
+    retain_rows: int | None  # retain split only
+    max_new_tokens: int
+    max_length: int | None  # legacy: prompt + generation
+
+
+def resolve_profile(settings: EvalSettings) -> Profile:
+    if settings.profile == "tofu-legacy":
+        return Profile(ds_size=300, retain_rows=None, max_new_tokens=200, max_length=200)
+    if settings.profile == "openunlearning":
+        return Profile(ds_size=None, retain_rows=None, max_new_tokens=200, max_length=None)
+    return Profile(ds_size=None, retain_rows=settings.retain_rows, max_new_tokens=48, max_length=None)
+
+
+def split_rows(bench: QABenchmark, profile: Profile) -> dict[str, list[Sample]]:
+    rows = {}
+    for split, samples in bench.eval_sets().items():
+        limit = profile.retain_rows if split == "retain" and profile.retain_rows else profile.ds_size
+        rows[split] = samples[:limit] if limit else samples
+    return rows
+
+
+def split_log(
+    model: Any, tokenizer: Any, samples: list[Sample], cfg: Config, precision: Any, profile: Profile
+) -> dict[str, list]:
+    """The published per-question fields of one split."""
+
+    def base(s: Sample) -> str:
+        return s.meta.get("paraphrased_answer") or s.answer  # real_authors/world_facts: no paraphrase
+
+    pairs = []
+    for s in samples:
+        pairs += [(s.question, s.answer), (s.question, base(s))]
+        pairs += [(s.question, p) for p in s.meta.get("perturbed_answer", [])]
+    losses = answer_losses(
+        model, tokenizer, pairs, cfg.prompt, precision, cfg.eval.include_eos, cfg.eval.batch_size
+    )
+    generated = answer_questions(
+        model,
+        tokenizer,
+        samples,
+        cfg.prompt,
+        precision,
+        profile.max_new_tokens,
+        cfg.eval.batch_size,
+        profile.max_length,
+    )
+    rouge = rouge_recall(generated, [s.answer for s in samples])
+    from tokenforget.data.encode import format_prompt
+
+    log: dict[str, list] = {
+        k: []
+        for k in (
+            "avg_gt_loss",
+            "gt_loss",
+            "num_token_gt",
+            "generated_text",
+            "rouge1_recall",
+            "rougeL_recall",
+            "average_perturb_loss",
+            "avg_paraphrased_loss",
+            "truth_ratio",
+            "paraphrased_loss",
+            "perturb_loss",
+            "num_token_paraphrased",
+            "num_token_perturb",
+        )
+    }
+    for s, text, scores in zip(samples, generated, rouge, strict=True):
+        gt, para = losses[(s.question, s.answer)], losses[(s.question, base(s))]
+        perturbed = [losses[(s.question, p)] for p in s.meta.get("perturbed_answer", [])]
+        log["avg_gt_loss"].append(gt.mean)
+        log["gt_loss"].append(gt.total)
+        log["num_token_gt"].append(gt.tokens)
+        log["generated_text"].append([format_prompt(s.question, tokenizer, cfg.prompt), text, s.answer])
+        log["rouge1_recall"].append(scores["rouge1_recall"])
+        log["rougeL_recall"].append(scores["rougeL_recall"])
+        log["average_perturb_loss"].append([p.mean for p in perturbed])
+        log["avg_paraphrased_loss"].append(para.mean)
+        mean_perturbed = sum(p.mean for p in perturbed) / len(perturbed) if perturbed else float("nan")
+        log["truth_ratio"].append(math.exp(para.mean - mean_perturbed))  # as published: p_perturbed/p_base
+        log["paraphrased_loss"].append(para.total)
+        log["perturb_loss"].append([p.total for p in perturbed])
+        log["num_token_paraphrased"].append(para.tokens)
+        log["num_token_perturb"].append([p.tokens for p in perturbed])
+    return log
+
+
+def evaluate_tofu(
+    cfg: Config, model_name: str, bench: QABenchmark, out: Path, retain_logs: Path | None = None
+) -> dict[str, Any]:
+    """Evaluate `model_name` on `bench`, write the four published log files and summary.json in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = {
+        "model": str(model_name),
+        "benchmark": bench.name,
+        "eval": cfg.eval.model_dump(),
+        "prompt": cfg.prompt.model_dump(),
+    }
+    stamp_file = out / "eval_settings.json"
+    if stamp_file.is_file() and json.loads(stamp_file.read_text()) != stamp:
+        for name in LOG_FILES.values():
+            (out / name).unlink(missing_ok=True)  # other settings: these logs do not apply
+    stamp_file.write_text(json.dumps(stamp, indent=2))
+    profile = resolve_profile(cfg.eval)
+    rows = split_rows(bench, profile)
+    seconds: dict[str, float] = {}
+    model = tokenizer = precision = None
+    for split, name in LOG_FILES.items():
+        if (out / name).is_file():
+            continue
+        if model is None:
+            model, tokenizer, precision = load_model(cfg.model, model_name)
+        console.print(f"[bold]eval[/] {split}: {len(rows[split])} questions")
+        started = time.perf_counter()
+        write_eval_log(out / name, split_log(model, tokenizer, rows[split], cfg, precision, profile))
+        seconds[split] = round(time.perf_counter() - started, 1)
+    logs = {
+        split: SplitStats.from_log(normalize_log(read_json(out / name), str(out / name)), str(out / name))
+        for split, name in LOG_FILES.items()
+    }
+    retain = None
+    if retain_logs is not None:
+        from tokenforget.evaluate.tofu import read_tofu_logs
+
+        retain = read_tofu_logs(retain_logs)
+    summary = summarize(logs, retain, cfg.eval.truth_ratio)
+    previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
+    summary["eval_seconds"] = {**previous.get("eval_seconds", {}), **seconds}
+    summary["profile"] = cfg.eval.profile
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

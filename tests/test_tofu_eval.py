@@ -1,0 +1,75 @@
+"""`eval tofu` on a tiny model: batched scoring is exact, logs are in the published layout, resume works."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from tokenforget.config import ModelSettings, PromptSettings, load_config
+from tokenforget.data import Sample, encode, tofu_mini
+from tokenforget.evaluate.scoring import answer_losses
+from tokenforget.evaluate.tofu import LOG_FILES, read_tofu_logs, summarize
+from tokenforget.evaluate.tofu_run import evaluate_tofu
+from tokenforget.models import load_model
+
+
+def direct_loss(model, tok, question, answer, include_eos=True):
+    enc = encode(Sample(answer=answer, question=question), tok, PromptSettings())
+    ids = torch.tensor([enc.input_ids])
+    with torch.no_grad():
+        logp = model(input_ids=ids).logits[0].log_softmax(-1)
+    end = len(enc.input_ids) if include_eos else len(enc.input_ids) - 1
+    nll = [-logp[t - 1, enc.input_ids[t]].item() for t in range(enc.prompt_len, end)]
+    return sum(nll), len(nll)
+
+
+@pytest.mark.parametrize("include_eos", [True, False])
+def test_batched_padded_scoring_equals_one_sequence_at_a_time(tiny_llama_dir, include_eos):
+    model, tok, precision = load_model(ModelSettings(precision="fp32"), str(tiny_llama_dir))
+    rows = tofu_mini().eval_forget[:3]
+    pairs = [(s.question, a) for s in rows for a in [s.answer, *s.meta["perturbed_answer"]]]
+    pairs.append(pairs[0])  # a duplicate is scored once
+    losses = answer_losses(model, tok, pairs, PromptSettings(), precision, include_eos, batch_size=4)
+    assert len(losses) == len(pairs) - 1
+    for q, a in pairs:
+        total, count = direct_loss(model, tok, q, a, include_eos)
+        assert losses[(q, a)].tokens == count
+        assert losses[(q, a)].total == pytest.approx(total, rel=1e-4)
+
+
+def test_eval_tofu_writes_published_logs_and_resumes(tmp_path, tiny_llama_dir):
+    cfg = load_config(overrides=["model.precision=fp32", "eval.retain_rows=4", "eval.batch_size=16"])
+    bench = tofu_mini()
+    bench.eval_real_authors = bench.eval_real_authors[:6]  # keep the tiny run short
+    bench.eval_world_facts = bench.eval_world_facts[:6]
+    bench.eval_forget = bench.eval_forget[:8]
+    summary = evaluate_tofu(cfg, str(tiny_llama_dir), bench, tmp_path / "eval")
+    for name in LOG_FILES.values():
+        log = json.loads((tmp_path / "eval" / name).read_text())
+        assert set(log["avg_gt_loss"]) == {str(i) for i in range(len(log["avg_gt_loss"]))}
+        for i in log["avg_gt_loss"]:
+            assert log["avg_gt_loss"][i] == pytest.approx(log["gt_loss"][i] / log["num_token_gt"][i])
+            pert = log["average_perturb_loss"][i]
+            assert log["truth_ratio"][i] == pytest.approx(
+                math.exp(log["avg_paraphrased_loss"][i] - sum(pert) / len(pert))
+            )
+            assert len(log["generated_text"][i]) == 3
+    forget = json.loads((tmp_path / "eval" / "eval_log_forget.json").read_text())
+    assert len(forget["avg_gt_loss"]) == 8 and len(forget["average_perturb_loss"]["0"]) == 5
+    ra = json.loads((tmp_path / "eval" / "eval_real_author_wo_options.json").read_text())
+    assert ra["avg_paraphrased_loss"] == ra["avg_gt_loss"]  # no paraphrase: the answer is the base
+    assert summary == {
+        **summarize(read_tofu_logs(tmp_path / "eval")),
+        "eval_seconds": summary["eval_seconds"],
+        "profile": "tofu-mini",
+    }
+    assert set(summary["eval_seconds"]) == set(LOG_FILES)
+    (tmp_path / "eval" / "eval_log.json").unlink()  # as if killed before the retain split finished
+    again = evaluate_tofu(cfg, str(tiny_llama_dir), bench, tmp_path / "eval")
+    assert again["model_utility"] == pytest.approx(summary["model_utility"])
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text())["eval_seconds"].keys() == set(
+        LOG_FILES
+    )
+    with_retain = evaluate_tofu(cfg, str(tiny_llama_dir), bench, tmp_path / "eval", tmp_path / "eval")
+    assert with_retain["forget_quality"] == pytest.approx(1.0)  # the same model as its own retain model
