@@ -50,6 +50,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(model_app, name="model")
 app.add_typer(eval_app, name="eval")
 
+HEADLINE = ("forget_quality", "model_utility", "forget_Q_A_ROUGE", "forget_truth_ratio", "retain_Q_A_ROUGE")
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML file with settings (applied first).")
 ]
@@ -119,13 +120,22 @@ def run(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """The main job on TOFU-mini and the embedded default model, in runs/<run.name>/.
 
     Stages run in order and each skips work already done (the run folder is the cache; a killed run
-    resumes). Available now: prepare (target and retain models). identify, unlearn, evaluate and
+    resumes). Available now: prepare (target and retain models) and eval (TOFU logs and summary of
+    both; the target's forget quality against the retain model). identify, unlearn and
     report plug in here as they land; summary.json says which stages ran.
     """
     from tokenforget.pipeline import run as run_pipeline
 
     result = run_pipeline(_config(config, set_))
     _print_prepared(result.prepared)
+    evals = result.summary["eval"]
+    table = Table(title=f"TOFU ({result.summary['benchmark']}) summary, logs in {evals['logs']}")
+    table.add_column("model")
+    for key in HEADLINE:
+        table.add_column(key, justify="right")
+    for name in ("target", "retain"):
+        table.add_row(name, *(_fmt(evals[name].get(k)) for k in HEADLINE))
+    out.print(table)
     table = Table(title="stage times (s)")
     table.add_column("stage")
     table.add_column("seconds", justify="right")
@@ -196,6 +206,14 @@ def eval_summary(
     if truth_ratio not in ("geometric", "legacy-arithmetic"):
         raise TokenforgetError(f"--truth-ratio {truth_ratio!r}: use geometric or legacy-arithmetic")
     out.print_json(json.dumps(summarize_paths(logs, retain_logs, truth_ratio)))  # type: ignore[arg-type]
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.3g}" if value < 1e-3 else f"{value:.4f}"
+    return str(value)
 
 
 @data_app.command("check")
