@@ -7,10 +7,30 @@ import sys
 
 
 def test_run_end_to_end_then_rerun_reuses_the_run_folder(tmp_path, tiny_llama_dir):
-    args = [sys.executable, "-m", "tokenforget.cli", "run", "--set", f"model.name={tiny_llama_dir}",
-            "--set", "model.precision=fp32", "--set", "prepare.lora=null", "--set", "prepare.retain_epochs=0.25",
-            "--set", "prepare.target_epochs=1", "--set", "prepare.eval_max_new_tokens=2",
-            "--set", "eval.retain_rows=4", "--set", f"run.runs_dir={tmp_path / 'runs'}", "--set", "run.name=e2e"]
+    args = [
+        sys.executable,
+        "-m",
+        "tokenforget.cli",
+        "run",
+        "--set",
+        f"model.name={tiny_llama_dir}",
+        "--set",
+        "model.precision=fp32",
+        "--set",
+        "prepare.lora=null",
+        "--set",
+        "prepare.retain_epochs=0.25",
+        "--set",
+        "prepare.target_epochs=1",
+        "--set",
+        "prepare.eval_max_new_tokens=2",
+        "--set",
+        "eval.retain_rows=4",
+        "--set",
+        f"run.runs_dir={tmp_path / 'runs'}",
+        "--set",
+        "run.name=e2e",
+    ]
     env = {**os.environ, "TOKENFORGET_CACHE": str(tmp_path / "cache"), "COLUMNS": "200"}
     first = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
