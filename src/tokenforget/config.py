@@ -149,8 +149,8 @@ class EvalSettings(_Section):
     profile: Literal["tofu-mini", "openunlearning", "tofu-legacy"] = Field(
         "tofu-mini",
         description=(
-            "tofu-mini: all forget rows, the first `retain_rows` retain rows, 48 new tokens (about a "
-            "minute per model on 2 cores); openunlearning: all rows, max_new_tokens=200; tofu-legacy: "
+            "tofu-mini: all forget rows, the first `retain_rows` retain rows, 48 new tokens (the "
+            "cheap profile); openunlearning: all rows, max_new_tokens=200; tofu-legacy: "
             "the published TOFU eval (first 300 rows, generation to max_length=200 tokens in total)."
         ),
     )

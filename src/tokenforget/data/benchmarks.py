@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from tokenforget.config import Config
-from tokenforget.data.records import Sample, read_samples, samples_from_rows
+from tokenforget.data.records import Sample, read_json_file, read_samples, samples_from_rows
 from tokenforget.errors import DataError, DataIssue
 
 TOFU_HUB = "locuslab/TOFU"
@@ -163,32 +162,7 @@ class MuseNews:
 
 
 def _json_file(path: Path) -> Any:
-    if not path.is_file():
-        raise DataError(
-            [
-                DataIssue(
-                    str(path),
-                    None,
-                    None,
-                    "is missing",
-                    "give a folder in MUSE's News layout (knowmem/, verbmem/, privleak/, raw/)",
-                )
-            ]
-        )
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(
-            [
-                DataIssue(
-                    str(path),
-                    getattr(exc, "lineno", None),
-                    None,
-                    f"is not valid JSON ({exc})",
-                    "restore the file from the MUSE release",
-                )
-            ]
-        ) from exc
+    return read_json_file(path, "give a folder in MUSE's News layout (knowmem/, verbmem/, privleak/, raw/)")
 
 
 def _string_list(path: Path) -> list[str]:

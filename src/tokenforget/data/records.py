@@ -339,6 +339,17 @@ def samples_from_rows(rows: list[tuple[int, Any]], issues: _Collector | str) -> 
     return samples
 
 
+def read_json_file(path: Path, fix: str) -> Any:
+    """One JSON document; a missing or unreadable file is a DataError that says `fix`."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise DataError([DataIssue(str(path), None, None, "is missing", fix)]) from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        line = getattr(exc, "lineno", None)
+        raise DataError([DataIssue(str(path), line, None, f"is not valid JSON ({exc})", fix)]) from exc
+
+
 def describe(samples: list[Sample]) -> dict[str, Any]:
     """What a validated file holds (for `tokenforget data check`)."""
     extra = sorted({k for s in samples for k in s.meta})

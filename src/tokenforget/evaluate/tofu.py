@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy.stats import hmean, ks_2samp
 
+from tokenforget.data.records import read_json_file
 from tokenforget.errors import DataError, DataIssue
 
 SPLITS = ("forget", "retain", "real_authors", "world_facts")
@@ -222,22 +223,7 @@ def normalize_log(raw: dict[str, Any], where: str) -> dict[str, list]:
 
 
 def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise DataError([DataIssue(str(path), None, None, "does not exist", "check the path")]) from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(
-            [
-                DataIssue(
-                    str(path),
-                    getattr(exc, "lineno", None),
-                    None,
-                    f"is not valid JSON ({exc})",
-                    "give the eval log as written by the evaluator",
-                )
-            ]
-        ) from exc
+    return read_json_file(path, "give the eval log as written by the evaluator")
 
 
 def write_eval_log(path: Path, log: dict[str, list]) -> None:
