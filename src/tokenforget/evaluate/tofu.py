@@ -337,49 +337,33 @@ def _openunlearning_path(path: Path) -> Path | None:
     return None
 
 
-def _forget_ratios(path: Path, kind: TruthRatioKind) -> np.ndarray | None:
+def _load_for_summary(path: Path, kind: TruthRatioKind) -> tuple[dict[str, Any], np.ndarray | None]:
+    """(summary without forget quality, per-question forget truth ratios or None) of any log format."""
     ou = _openunlearning_path(path)
     if ou is not None:
-        return read_openunlearning_eval(ou).get("forget_R")
-    logs = read_tofu_logs(path)
-    return truth_ratio(logs["forget"], kind) if "forget" in logs else None
+        values = read_openunlearning_eval(ou)
+        ratios = values.pop("forget_R", None)
+        return {"forget_quality": None, **values, "truth_ratio_kind": "openunlearning"}, ratios
+    stats = read_tofu_logs(path)
+    ratios = truth_ratio(stats["forget"], kind) if "forget" in stats else None
+    out = summarize(stats, None, kind)
+    out.get("unavailable", {}).pop("forget_quality", None)
+    return out, ratios
 
 
 def summarize_paths(
     logs: str | Path, retain_logs: str | Path | None = None, kind: TruthRatioKind = "geometric"
 ) -> dict[str, Any]:
     """`tokenforget eval summary`: our logs, the published TOFU logs, or open-unlearning's TOFU_EVAL.json."""
-    logs = Path(logs)
-    ou = _openunlearning_path(logs)
-    if ou is None:
-        out = summarize(read_tofu_logs(logs), None, kind)
-        ratios = (
-            truth_ratio(read_tofu_logs(logs)["forget"], kind)
-            if out.get("forget_truth_ratio") is not None
-            else None
-        )
+    out, ratios = _load_for_summary(Path(logs), kind)
+    retain_ratios = _load_for_summary(Path(retain_logs), kind)[1] if retain_logs is not None else None
+    unavailable = out.pop("unavailable", {})
+    if ratios is None:
+        unavailable["forget_quality"] = "no per-question forget truth ratios in these logs"
+    elif retain_ratios is None:
+        unavailable["forget_quality"] = "needs the retain model's forget-split log (--retain-logs)"
     else:
-        values = read_openunlearning_eval(ou)
-        ratios = values.pop("forget_R", None)
-        out = {
-            "forget_quality": None,
-            "model_utility": values.get("model_utility"),
-            **values,
-            "unavailable": {},
-            "truth_ratio_kind": "openunlearning",
-        }
-        out["unavailable"].pop("forget_quality", None)
-    if retain_logs is not None and ratios is not None:
-        retain_ratios = _forget_ratios(Path(retain_logs), kind)
-        if retain_ratios is not None:
-            out["forget_quality"], out["forget_ks_statistic"] = forget_quality(ratios, retain_ratios)
-            out.get("unavailable", {}).pop("forget_quality", None)
-    elif out.get("forget_quality") is None:
-        out.setdefault("unavailable", {})["forget_quality"] = (
-            "needs the retain model's forget-split log (--retain-logs)"
-            if ratios is not None
-            else "no per-question forget truth ratios in these logs"
-        )
-    if not out.get("unavailable"):
-        out.pop("unavailable", None)
+        out["forget_quality"], out["forget_ks_statistic"] = forget_quality(ratios, retain_ratios)
+    if unavailable:
+        out["unavailable"] = unavailable
     return out
