@@ -34,7 +34,9 @@ from tokenforget.models import (
     MANIFEST,
     cache_dir,
     load_model,
+    resolve_device,
     resolve_model,
+    resolve_precision,
     save_model,
     verify_manifest,
     wrap_lora,
@@ -67,7 +69,8 @@ def _fingerprint(cfg: Config, bench: QABenchmark, base: str) -> str:
         "base": base_id,
         "recipe": recipe,
         "prompt": cfg.prompt.model_dump(),
-        "precision": cfg.model.precision,
+        # "auto" means bf16 on a GPU and fp32 on most CPUs: the resolved dtypes are what shaped the weights
+        "precision": resolve_precision(cfg.model.precision, resolve_device(cfg.model.device)).label,
         "data": [[s.question, s.answer] for s in bench.world],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
