@@ -1,0 +1,93 @@
+"""Per-sample metrics as pure functions of token statistics (tensors in, tensors/floats out).
+
+Membership attacks return a *membership score* per sample: higher = more likely seen in training.
+- LOSS (Yeom et al.): minus the mean token NLL.
+- ZLib (Carlini et al. 2021): minus the summed NLL divided by the zlib-compressed length of the text.
+- Min-K% (Shi et al. 2024): mean log-prob of the k% least likely tokens.
+- Min-K%++ (Zhang et al. 2024): per token z_t = (log p(x_t) - mu_t) / sigma_t, with mu_t and sigma_t
+  the mean and standard deviation of log p(.) under the model's own next-token distribution; the
+  score is the mean of the k% lowest z_t.
+AUC separates members (label 1) from non-members with scikit-learn's roc_auc_score.
+
+Over-forgetting: KL(theta0 || theta) per token, from both models' logits on the same text.
+Token-level forgetting: change of log-probability of UW and GW tokens, and the UW leak rate (the
+fraction of unwanted words still produced, whole word, case-insensitive).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from collections.abc import Sequence
+
+import torch
+
+
+def loss_score(token_nll: torch.Tensor) -> float:
+    return -float(token_nll.mean())
+
+
+def zlib_score(token_nll: torch.Tensor, text: str) -> float:
+    return -float(token_nll.sum()) / len(zlib.compress(text.encode("utf-8")))
+
+
+def _lowest_fraction_mean(values: torch.Tensor, k: float) -> float:
+    # int(k * n) as in Shi et al.'s code; at least one token so very short texts get a score
+    count = max(1, int(k * values.numel()))
+    return float(torch.sort(values).values[:count].mean())
+
+
+def min_k_score(token_logp: torch.Tensor, k: float = 0.4) -> float:
+    """Mean of the k fraction lowest token log-probs (MUSE uses k = 0.4)."""
+    return _lowest_fraction_mean(token_logp, k)
+
+
+def min_k_plus_plus_score(logits: torch.Tensor, targets: torch.Tensor, k: float = 0.4) -> float:
+    """logits (T, V) at the positions predicting targets (T,)."""
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    probs = logp.exp()
+    mu = (probs * logp).sum(-1)
+    sigma = ((probs * logp.square()).sum(-1) - mu.square()).clamp_min(1e-12).sqrt()
+    z = (logp.gather(-1, targets[:, None]).squeeze(-1) - mu) / sigma
+    return _lowest_fraction_mean(z, k)
+
+
+def auc(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    labels = [1] * len(member_scores) + [0] * len(nonmember_scores)
+    return float(roc_auc_score(labels, [*member_scores, *nonmember_scores]))
+
+
+def privleak(auc_unlearned: float, auc_retrained: float) -> float:
+    """MUSE PrivLeak in percent: (AUC_unlearned - AUC_retrained) / AUC_retrained * 100."""
+    return (auc_unlearned - auc_retrained) / auc_retrained * 100
+
+
+def token_kl(reference_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(p_ref || p) per position, (T,), from (T, V) logits of both models."""
+    ref = torch.log_softmax(reference_logits.double(), dim=-1)
+    new = torch.log_softmax(logits.double(), dim=-1)
+    return (ref.exp() * (ref - new)).sum(-1)
+
+
+def masked_mean_delta(logp: torch.Tensor, reference_logp: torch.Tensor, mask: torch.Tensor) -> float | None:
+    """Mean of logp - reference_logp over the masked tokens (None when the mask is empty)."""
+    if not bool(mask.any()):
+        return None
+    return float((logp - reference_logp)[mask].double().mean())
+
+
+def leaked_words(words: Sequence[str], generated: str) -> list[bool]:
+    """Per unwanted word: does it occur in the generation as a whole word (case-insensitive)?"""
+    return [bool(re.search(rf"(?<!\w){re.escape(w)}(?!\w)", generated, re.IGNORECASE)) for w in words]
+
+
+def leak_rate(words_per_sample: Sequence[Sequence[str]], generations: Sequence[str]) -> float | None:
+    flags = [
+        f
+        for words, text in zip(words_per_sample, generations, strict=True)
+        for f in leaked_words(words, text)
+    ]
+    return sum(flags) / len(flags) if flags else None
