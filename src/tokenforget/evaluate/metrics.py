@@ -16,7 +16,6 @@ fraction of unwanted words still produced, whole word, case-insensitive).
 
 from __future__ import annotations
 
-import math
 import re
 import zlib
 from collections.abc import Sequence
