@@ -60,11 +60,18 @@ def weights(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tiny_llama_dir):
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tiny_llama_dir, lora):
+    from tokenforget.config import LoraSettings
+    from tokenforget.models import wrap_lora
+
     settings = FitSettings(epochs=1.0, lr=1e-2, batch_size=4, micro_batch_size=2, checkpoint_every=2, seed=3)
 
     def run(folder, stop_at=None):
         model, tok, precision = load_model(ModelSettings(precision="fp32"), str(tiny_llama_dir))
+        torch.manual_seed(len(str(folder)) + (stop_at or 0))  # a different global RNG state per run
+        if lora:
+            model = wrap_lora(model, LoraSettings(r=4, alpha=8), seed=7)
         enc = encoded_world(tok, 24)
 
         def on_step(step, loss):
@@ -156,3 +163,43 @@ def test_prepare_survives_kill_9_and_resumes_to_the_same_weights(tmp_path, tiny_
         for key in wa:
             assert torch.equal(wa[key], wb[key]), (stage, key)
     assert "ROUGE-L" in clean.stdout and "retain model:" in clean.stdout
+
+
+def test_independent_recipe_trains_both_models_from_the_base(tmp_path, tiny_llama_dir, monkeypatch):
+    import json
+
+    from tokenforget.config import load_config
+    from tokenforget.prepare import prepare
+
+    monkeypatch.setenv("TOKENFORGET_CACHE", str(tmp_path))
+    cfg = load_config(
+        overrides=[
+            f"model.name={tiny_llama_dir}",
+            "model.precision=fp32",
+            "prepare.lora=null",
+            "prepare.recipe=independent",
+            "prepare.retain_epochs=0.05",
+            "prepare.target_epochs=0.05",
+            "prepare.eval_max_new_tokens=1",
+        ]
+    )
+    prepared = prepare(cfg)
+    retain_log = json.loads((prepared.retain / "train_log.json").read_text())
+    target_log = json.loads((prepared.target / "train_log.json").read_text())
+    assert retain_log["samples"] == 360 and target_log["samples"] == 400  # target: the whole world
+    recipe = json.loads((prepared.folder / "recipe.json").read_text())
+    assert recipe["prepare"]["recipe"] == "independent"
+    nested = prepare(load_config(overrides=[*cfg_overrides(cfg), "prepare.recipe=nested"]))
+    assert nested.folder != prepared.folder  # a different recipe never reuses the other's models
+    assert json.loads((nested.target / "train_log.json").read_text())["samples"] == 80  # forget + replay
+
+
+def cfg_overrides(cfg):
+    return [
+        f"model.name={cfg.model.name}",
+        "model.precision=fp32",
+        "prepare.lora=null",
+        "prepare.retain_epochs=0.05",
+        "prepare.target_epochs=0.05",
+        "prepare.eval_max_new_tokens=1",
+    ]

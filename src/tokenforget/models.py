@@ -276,8 +276,12 @@ def load_model(
     return model, tokenizer, precision
 
 
-def wrap_lora(model: PreTrainedModel, lora: LoraSettings) -> PreTrainedModel:
-    """Add a trainable LoRA adapter (peft); the base weights are frozen."""
+def wrap_lora(model: PreTrainedModel, lora: LoraSettings, seed: int = 0) -> PreTrainedModel:
+    """Add a trainable LoRA adapter (peft); the base weights are frozen.
+
+    The adapter's random initialisation is drawn from `seed` (without touching the global RNG), so
+    the same settings give the same adapter in every process.
+    """
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -287,7 +291,9 @@ def wrap_lora(model: PreTrainedModel, lora: LoraSettings) -> PreTrainedModel:
         target_modules=lora.target_modules,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_peft_model(model, config)
 
 
 def save_model(

@@ -97,7 +97,7 @@ def _train_stage(
     """Fine-tune start_from on samples; write a merged save_pretrained folder with a manifest."""
     model, tokenizer, precision = load_model(cfg.model, start_from)
     if cfg.prepare.lora is not None:
-        model = wrap_lora(model, cfg.prepare.lora)
+        model = wrap_lora(model, cfg.prepare.lora, cfg.prepare.seed)
     encoded = [encode(s, tokenizer, cfg.prompt, cfg.data.max_length) for s in samples]
     settings = FitSettings(
         epochs=epochs,
