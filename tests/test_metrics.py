@@ -13,6 +13,7 @@ from tokenforget.evaluate.metrics import (
     loss_score,
     masked_mean_delta,
     min_k_plus_plus_score,
+    min_k_plus_plus_z,
     min_k_score,
     privleak,
     token_kl,
@@ -48,8 +49,10 @@ def test_min_k_plus_plus_by_hand():
         mu = float((p * lp).sum())
         sigma = math.sqrt(float((p * lp * lp).sum()) - mu * mu)
         z.append((float(lp[t]) - mu) / sigma)
-    assert min_k_plus_plus_score(logits, targets, k=0.5) == pytest.approx(min(z))
-    assert min_k_plus_plus_score(logits, targets, k=1.0) == pytest.approx(sum(z) / 2)
+    token_z = min_k_plus_plus_z(logits, targets)
+    assert token_z.tolist() == pytest.approx(z)
+    assert min_k_plus_plus_score(token_z, k=0.5) == pytest.approx(min(z))
+    assert min_k_plus_plus_score(token_z, k=1.0) == pytest.approx(sum(z) / 2)
 
 
 def test_auc_and_privleak():

@@ -27,7 +27,7 @@ The workflow, each step a command and a Python call:
   prepare   make the target and retain models of a benchmark (TOFU-mini ships inside the package)
   run       the main job: prepare -> identify -> unlearn -> evaluate -> report, in runs/<name>/
   data      validate your forget/retain files (JSONL or CSV) before anything reads them
-  eval      summarise TOFU eval logs (ours, the published ones, open-unlearning's)
+  eval      TOFU logs + summary, membership attacks, KL to the original; summarise any TOFU logs
   config    list every setting, show the resolved config, print its JSON schema
   model     convert the embedded default model (SmolLM2-135M-Instruct) once, show where it is
 
@@ -178,6 +178,70 @@ def eval_tofu(
     cfg = _config(config, set_, extra)
     summary = evaluate_tofu(cfg, model, load_benchmark(cfg), out_dir, retain_logs)
     out.print_json(json.dumps(summary))
+
+
+@eval_app.command("mia")
+def eval_mia(
+    model: Annotated[
+        str, typer.Option(help="Model to attack: a folder, a hub name or smollm2-135m-instruct.")
+    ],
+    members: Annotated[Path, typer.Option(help="Texts or QA pairs the model was trained on (JSONL/CSV).")],
+    nonmembers: Annotated[Path, typer.Option(help="Texts or QA pairs it never saw (a holdout set).")],
+    k: Annotated[float, typer.Option(help="Fraction of tokens for Min-K% and Min-K%++.")] = 0.4,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Write the JSON (with per-sample scores) here.")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Membership attacks (LOSS, ZLib, Min-K%, Min-K%++): AUC of members vs non-members.
+
+    AUC near 0.5: the model does not tell them apart (what unlearning aims for on the forget set
+    vs a holdout); near 1: it still recognises its training data.
+    """
+    from tokenforget.data.records import read_samples
+    from tokenforget.evaluate.attacks import membership_attack
+    from tokenforget.models import load_model
+
+    cfg = _config(config, set_)
+    inside, outside = read_samples(members), read_samples(nonmembers)
+    lm, tokenizer, precision = load_model(cfg.model, model)
+    result = membership_attack(lm, tokenizer, inside, outside, cfg.prompt, precision, k, cfg.eval.batch_size)
+    _emit(result, out_file, {"auc": result["auc"], "k": k})
+
+
+@eval_app.command("kl")
+def eval_kl(
+    model: Annotated[str, typer.Option(help="The unlearned model.")],
+    reference: Annotated[str, typer.Option(help="The original model (theta0).")],
+    data: Annotated[Path, typer.Option(help="Texts or QA pairs to compare on, usually the retain set.")],
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Write the JSON (with per-sample KL) here.")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Over-forgetting: mean per-token KL(original || unlearned) on answer tokens. Loads both models."""
+    from tokenforget.data.records import read_samples
+    from tokenforget.evaluate.attacks import kl_to_reference
+    from tokenforget.models import load_model
+
+    cfg = _config(config, set_)
+    samples = read_samples(data)
+    lm, tokenizer, precision = load_model(cfg.model, model)
+    ref, _, _ = load_model(cfg.model, reference)
+    result = kl_to_reference(lm, ref, tokenizer, samples, cfg.prompt, precision, cfg.eval.batch_size)
+    _emit(result, out_file, {"mean_token_kl": result["mean_token_kl"]})
+
+
+def _emit(result: dict, out_file: Path | None, headline: dict) -> None:
+    """Print the headline numbers; the whole result (per-sample values) goes to --out or stdout."""
+    if out_file is None:
+        out.print_json(json.dumps(result))
+        return
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_text(json.dumps(result, indent=2))
+    out.print_json(json.dumps({**headline, "written": str(out_file)}))
 
 
 @eval_app.command("summary")

@@ -42,14 +42,18 @@ def min_k_score(token_logp: torch.Tensor, k: float = 0.4) -> float:
     return _lowest_fraction_mean(token_logp, k)
 
 
-def min_k_plus_plus_score(logits: torch.Tensor, targets: torch.Tensor, k: float = 0.4) -> float:
-    """logits (T, V) at the positions predicting targets (T,)."""
+def min_k_plus_plus_z(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-token Min-K%++ z = (log p(x_t) - mu_t) / sigma_t; logits (T, V) predict targets (T,)."""
     logp = torch.log_softmax(logits.double(), dim=-1)
     probs = logp.exp()
     mu = (probs * logp).sum(-1)
     sigma = ((probs * logp.square()).sum(-1) - mu.square()).clamp_min(1e-12).sqrt()
-    z = (logp.gather(-1, targets[:, None]).squeeze(-1) - mu) / sigma
-    return _lowest_fraction_mean(z, k)
+    return (logp.gather(-1, targets[:, None]).squeeze(-1) - mu) / sigma
+
+
+def min_k_plus_plus_score(token_z: torch.Tensor, k: float = 0.4) -> float:
+    """Mean of the k fraction lowest Min-K%++ z-scores of a text."""
+    return _lowest_fraction_mean(token_z, k)
 
 
 def auc(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -> float:

@@ -16,6 +16,7 @@ import torch
 from tokenforget.config import PromptSettings
 from tokenforget.data.encode import IGNORE_INDEX, encode, pad_batch
 from tokenforget.data.records import Sample
+from tokenforget.evaluate.metrics import min_k_plus_plus_z
 from tokenforget.models import Precision, eval_mode
 from tokenforget.train import answer_forward, token_nll
 
@@ -25,8 +26,18 @@ if TYPE_CHECKING:
 
 @dataclass
 class AnswerLoss:
-    total: float  # summed NLL over the answer tokens
-    tokens: int
+    """Per-token statistics of one answer under one model."""
+
+    token_nll: torch.Tensor  # (tokens,) float64
+    token_z: torch.Tensor | None = None  # Min-K%++ z per token, when asked for
+
+    @property
+    def total(self) -> float:
+        return float(self.token_nll.sum())
+
+    @property
+    def tokens(self) -> int:
+        return self.token_nll.numel()
 
     @property
     def mean(self) -> float:
@@ -41,8 +52,13 @@ def answer_losses(
     precision: Precision,
     include_eos: bool = True,
     batch_size: int = 32,
+    with_distribution: bool = False,
 ) -> dict[tuple[str | None, str], AnswerLoss]:
-    """NLL of each distinct (question, answer) pair's answer tokens (EOS counted when include_eos)."""
+    """Token NLLs of each distinct (question, answer) pair's answer (EOS counted when include_eos).
+
+    with_distribution adds the Min-K%++ z-score of every token (needs a softmax over the vocabulary
+    at each answer position, computed batch by batch and not kept).
+    """
     from tokenforget.progress import task_progress
 
     unique = list(dict.fromkeys(pairs))
@@ -61,12 +77,15 @@ def answer_losses(
                 batch["labels"][torch.arange(len(chunk)), lengths - 1] = IGNORE_INDEX
             with precision.autocast():
                 fwd = answer_forward(model, batch)
-            nll = token_nll(fwd)
-            sums = torch.zeros(len(chunk), dtype=torch.float64).index_add_(
-                0, fwd.rows.cpu(), nll.double().cpu()
+            nll = token_nll(fwd).double().cpu()
+            counts = torch.bincount(fwd.rows.cpu(), minlength=len(chunk)).tolist()
+            per_row = torch.split(nll, counts)  # positions are grouped by row, in order
+            z_rows = (
+                torch.split(min_k_plus_plus_z(fwd.logits, fwd.targets).cpu(), counts)
+                if with_distribution
+                else [None] * len(chunk)
             )
-            counts = torch.bincount(fwd.rows.cpu(), minlength=len(chunk))
             for row, index in enumerate(chunk):
-                results[unique[index]] = AnswerLoss(float(sums[row]), int(counts[row]))
+                results[unique[index]] = AnswerLoss(per_row[row], z_rows[row])
             bar.advance(bar.task_ids[0], len(chunk))
     return results
