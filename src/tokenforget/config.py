@@ -120,8 +120,8 @@ class PrepareSettings(_Section):
     lora: LoraSettings | None = Field(
         LoraSettings(r=32, alpha=64),
         description=(
-            "Train a LoRA adapter and merge it into the saved weights (1.6x faster per step than full "
-            "fine-tuning on a 2-core CPU, and gentler on what the base model knew); null = full fine-tune."
+            "Train a LoRA adapter and merge it into the saved weights (a step takes ~0.5x the time of a full "
+            "fine-tuning step on a 2-core CPU, benchmarks/results/); null = full fine-tune."
         ),
     )
     lr: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW).")
