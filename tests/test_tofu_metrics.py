@@ -165,3 +165,26 @@ def test_eval_summary_command_on_published_and_openunlearning_logs(tmp_path):
     assert ou["forget_quality"] == pytest.approx(1.834e-21, rel=1e-3)
     alone = run("--logs", str(FULL))
     assert alone["forget_quality"] is None and "--retain-logs" in alone["unavailable"]["forget_quality"]
+
+
+def test_aggregate_csv_has_the_published_header_and_values(tmp_path):
+    import csv
+
+    from tokenforget.evaluate.tofu import write_aggregate_csv
+
+    summary = summarize(read_tofu_logs(FULL), read_tofu_logs(RETAIN90))
+    write_aggregate_csv(tmp_path / "agg.csv", summary, "target", "tokenforget")
+    with open(tmp_path / "agg.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    header = list(rows[0])
+    # aggregate_eval_stat.py: f"{metric} {task}" for task in (Real Authors, Real World, Retain, Forget)
+    # and metric in (ROUGE, Prob., Truth Ratio), then Model Utility, Forget Quality, Method, Submitted By
+    assert header == [
+        f"{m} {t}"
+        for t in ("Real Authors", "Real World", "Retain", "Forget")
+        for m in ("ROUGE", "Prob.", "Truth Ratio")
+    ] + ["Model Utility", "Forget Quality", "Method", "Submitted By"]
+    assert float(rows[0]["Model Utility"]) == pytest.approx(0.6226774, abs=1e-6)
+    assert float(rows[0]["Forget Quality"]) == pytest.approx(1.834e-21, rel=1e-3)
+    assert float(rows[0]["Truth Ratio Forget"]) == pytest.approx(summary["forget_truth_ratio"])
+    assert rows[0]["Method"] == "target"

@@ -259,6 +259,11 @@ def eval_summary(
     truth_ratio: Annotated[
         str, typer.Option(help="geometric (published aggregation) or legacy-arithmetic.")
     ] = "geometric",
+    csv_file: Annotated[
+        Path | None, typer.Option("--csv", help="Also write the published aggregate CSV (one row) here.")
+    ] = None,
+    method: Annotated[str, typer.Option(help="CSV 'Method' column.")] = "",
+    submitted_by: Annotated[str, typer.Option(help="CSV 'Submitted By' column.")] = "",
 ) -> None:
     """Forget quality, model utility and the 12 component numbers as one JSON object.
 
@@ -269,7 +274,12 @@ def eval_summary(
 
     if truth_ratio not in ("geometric", "legacy-arithmetic"):
         raise TokenforgetError(f"--truth-ratio {truth_ratio!r}: use geometric or legacy-arithmetic")
-    out.print_json(json.dumps(summarize_paths(logs, retain_logs, truth_ratio)))  # type: ignore[arg-type]
+    summary = summarize_paths(logs, retain_logs, truth_ratio)  # type: ignore[arg-type]
+    if csv_file is not None:
+        from tokenforget.evaluate.tofu import write_aggregate_csv
+
+        write_aggregate_csv(csv_file, summary, method, submitted_by)
+    out.print_json(json.dumps(summary))
 
 
 def _fmt(value: object) -> str:

@@ -367,3 +367,32 @@ def summarize_paths(
     if unavailable:
         out["unavailable"] = unavailable
     return out
+
+
+# The published aggregation script's CSV: its column names, in its order, from our summary keys.
+AGGREGATE_COLUMNS = [
+    (f"{metric} {task}", key)
+    for task, prefix in (
+        ("Real Authors", "ra"),
+        ("Real World", "wf"),
+        ("Retain", "retain"),
+        ("Forget", "forget"),
+    )
+    for metric, key in (
+        ("ROUGE", f"{prefix}_Q_A_ROUGE"),
+        ("Prob.", f"{prefix}_Q_A_Prob" + ("_normalised" if prefix in ("ra", "wf") else "")),
+        ("Truth Ratio", "forget_truth_ratio" if prefix == "forget" else f"{prefix}_Truth_Ratio"),
+    )
+] + [("Model Utility", "model_utility"), ("Forget Quality", "forget_quality")]
+
+
+def write_aggregate_csv(path: Path, summary: dict[str, Any], method: str, submitted_by: str) -> None:
+    """One row with the published header (aggregate_eval_stat.py), then Method and Submitted By."""
+    import csv
+
+    row = {column: summary.get(key) for column, key in AGGREGATE_COLUMNS}
+    row.update({"Method": method, "Submitted By": submitted_by})
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(row))
+        writer.writeheader()
+        writer.writerow(row)
