@@ -130,14 +130,23 @@ def model_utility(values: list[float]) -> float:
     return float(hmean(values))
 
 
-def split_metrics(stats: SplitStats, split: str, kind: TruthRatioKind = "geometric") -> dict[str, float]:
+def metric_keys(split: str) -> dict[str, str]:
+    """Summary key of each metric of a split, as open-unlearning names them."""
     prefix = PREFIX[split]
-    prob_key = f"{prefix}_Q_A_Prob" + ("_normalised" if split in ("real_authors", "world_facts") else "")
-    tr_key = "forget_truth_ratio" if split == "forget" else f"{prefix}_Truth_Ratio"
+    normalised = "_normalised" if split in ("real_authors", "world_facts") else ""
     return {
-        prob_key: probability(stats, split),
-        f"{prefix}_Q_A_ROUGE": float(np.mean(stats.rougeL_recall)),
-        tr_key: truth_ratio_score(truth_ratio(stats, kind), split),
+        "ROUGE": f"{prefix}_Q_A_ROUGE",
+        "Prob.": f"{prefix}_Q_A_Prob{normalised}",
+        "Truth Ratio": "forget_truth_ratio" if split == "forget" else f"{prefix}_Truth_Ratio",
+    }
+
+
+def split_metrics(stats: SplitStats, split: str, kind: TruthRatioKind = "geometric") -> dict[str, float]:
+    keys = metric_keys(split)
+    return {
+        keys["Prob."]: probability(stats, split),
+        keys["ROUGE"]: float(np.mean(stats.rougeL_recall)),
+        keys["Truth Ratio"]: truth_ratio_score(truth_ratio(stats, kind), split),
     }
 
 
@@ -372,17 +381,13 @@ def summarize_paths(
 # The published aggregation script's CSV: its column names, in its order, from our summary keys.
 AGGREGATE_COLUMNS = [
     (f"{metric} {task}", key)
-    for task, prefix in (
-        ("Real Authors", "ra"),
-        ("Real World", "wf"),
+    for task, split in (
+        ("Real Authors", "real_authors"),
+        ("Real World", "world_facts"),
         ("Retain", "retain"),
         ("Forget", "forget"),
     )
-    for metric, key in (
-        ("ROUGE", f"{prefix}_Q_A_ROUGE"),
-        ("Prob.", f"{prefix}_Q_A_Prob" + ("_normalised" if prefix in ("ra", "wf") else "")),
-        ("Truth Ratio", "forget_truth_ratio" if prefix == "forget" else f"{prefix}_Truth_Ratio"),
-    )
+    for metric, key in metric_keys(split).items()
 ] + [("Model Utility", "model_utility"), ("Forget Quality", "forget_quality")]
 
 

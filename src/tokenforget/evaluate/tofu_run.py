@@ -18,17 +18,11 @@ from typing import Any
 
 from tokenforget.config import Config, EvalSettings
 from tokenforget.data.benchmarks import QABenchmark
+from tokenforget.data.encode import format_prompt
 from tokenforget.data.records import Sample
 from tokenforget.evaluate.generation import answer_questions, rouge_recall
 from tokenforget.evaluate.scoring import answer_losses
-from tokenforget.evaluate.tofu import (
-    LOG_FILES,
-    SplitStats,
-    normalize_log,
-    read_json,
-    summarize,
-    write_eval_log,
-)
+from tokenforget.evaluate.tofu import LOG_FILES, read_tofu_logs, summarize, write_eval_log
 from tokenforget.models import load_model
 from tokenforget.progress import console
 
@@ -83,7 +77,6 @@ def split_log(
         profile.max_length,
     )
     rouge = rouge_recall(generated, [s.answer for s in samples])
-    from tokenforget.data.encode import format_prompt
 
     log: dict[str, list] = {
         k: []
@@ -152,16 +145,8 @@ def evaluate_tofu(
         started = time.perf_counter()
         write_eval_log(out / name, split_log(model, tokenizer, rows[split], cfg, precision, profile))
         seconds[split] = round(time.perf_counter() - started, 1)
-    logs = {
-        split: SplitStats.from_log(normalize_log(read_json(out / name), str(out / name)), str(out / name))
-        for split, name in LOG_FILES.items()
-    }
-    retain = None
-    if retain_logs is not None:
-        from tokenforget.evaluate.tofu import read_tofu_logs
-
-        retain = read_tofu_logs(retain_logs)
-    summary = summarize(logs, retain, cfg.eval.truth_ratio)
+    retain = read_tofu_logs(retain_logs) if retain_logs is not None else None
+    summary = summarize(read_tofu_logs(out), retain, cfg.eval.truth_ratio)
     previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
     summary["eval_seconds"] = {**previous.get("eval_seconds", {}), **seconds}
     summary["profile"] = cfg.eval.profile
