@@ -10,6 +10,7 @@ removed and converted again, never loaded.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -229,6 +230,7 @@ def resolve_precision(setting: str, device: torch.device) -> Precision:
 # ----------------------------------------------------------------------------- loading
 
 
+@functools.cache
 def _quiet_transformers() -> None:
     """Per-load tqdm bars and peft's deprecation chatter drown our own progress output."""
     import warnings
