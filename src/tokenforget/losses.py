@@ -1,0 +1,427 @@
+"""Unlearning losses as pure functions of per-token statistics, and the method registry.
+
+A loss sees tensors only: `TokenStats` (what one policy forward yields at answer positions) and
+`RefStats` (the frozen model theta0's numbers at the same positions, usually read from the reference
+cache). It never sees a model, a file or a device decision. Every method returns `LossTerms`: the
+total to minimise and named parts for the progress bar, the training log and the report.
+
+Methods (`METHODS[name]`) = one forget loss + a retain term (none, NLL or KL to theta0):
+
+    tpo       LPL on UW + lambda * PL on GW (methods.md 1b, faithful defaults)   retain: none
+    tpo_gd    TPO + retain NLL                                                   retain: nll
+    ga        gradient ascent on the forget NLL                                  retain: none
+    graddiff  GA + retain NLL                                                    retain: nll
+    ga_kl     GA + KL(theta0 || theta) on retain ("KL" in TOFU)                  retain: kl
+    npo       -(2/b) mean log sig(-b (log p(a) - log p0(a)))                     retain: none
+    npo_rt    NPO + retain NLL                                                   retain: nll
+    simnpo    -(2/b) mean log sig(-(b/|a|) log p(a) - delta), reference-free     retain: nll
+    idkpo     DPO preferring an "I don't know" answer over the true one          retain: nll
+    wga       -mean[sg(p^b) nll]           (weighted GA, G-effect)               retain: nll
+    satimp    -mean[sg(p^b1 (1-p)^b2) nll] (saturation x importance)             retain: nll
+    tnpo      -mean[sg(2 p^b / (p^b + p0^b)) nll] (token-level NPO weight)       retain: nll
+    undial    CE(p, softmax(z0 - b onehot(y))) (self-distillation, target lowered) retain: nll
+    rmu       ||h_l(forget) - c u||^2 + alpha ||h_l(retain) - h0_l(retain)||^2   retain: rmu
+
+Token selection (`tokens`) for every forget loss but TPO (which splits UW/GW by definition):
+`all` every answer token, `uw` only the unwanted-word tokens ("GA on UW only" separates the
+identifier's effect from the loss's), `weighted` soft weights w_t in [0, 1] (identifier scores or
+ATWU). Token-mean losses become sum(w x) / sum(w) over the micro-batch; sequence-level losses (NPO,
+SimNPO, IdkPO) use the weighted sum over the selected tokens as the sequence log-probability, soft
+weights rescaled so they add up to the answer length. A sample with no selected token is left out;
+a micro-batch with none at all gives a loss of exactly 0 (never NaN), still connected to the graph.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+TokenMode = Literal["all", "uw", "weighted"]
+
+
+@dataclass
+class TokenStats:
+    """One policy forward at answer positions, flattened over the micro-batch (N tokens)."""
+
+    logits: torch.Tensor  # (N, V): the logits that predict each answer token
+    targets: torch.Tensor  # (N,)
+    rows: torch.Tensor  # (N,) sample index in the micro-batch, grouped and in order
+    n_rows: int
+    uw: torch.Tensor  # (N,) bool: unwanted-word token
+    eos: torch.Tensor  # (N,) bool: the answer's end-of-sequence token
+    weights: torch.Tensor | None = None  # (N,) soft forget weights in [0, 1]
+    hidden: torch.Tensor | None = None  # (N, H) hidden states at a chosen layer (RMU, ATWU)
+    _logp: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def gold_logit(self) -> torch.Tensor:
+        """Raw logit of the true next token, (N,), fp32."""
+        return self.logits.float().gather(-1, self.targets[:, None]).squeeze(-1)
+
+    @property
+    def logp(self) -> torch.Tensor:
+        """log p(a_t | q, a_<t), (N,), fp32 (computed once)."""
+        if self._logp is None:
+            self._logp = -F.cross_entropy(self.logits.float(), self.targets, reduction="none")
+        return self._logp
+
+
+@dataclass
+class RefStats:
+    """theta0 at the same positions as a TokenStats (from the reference cache or a loaded theta0)."""
+
+    gold_logit: torch.Tensor | None = None  # (N,)
+    logp: torch.Tensor | None = None  # (N,)
+    logits: torch.Tensor | None = None  # (N, V): only for losses that need theta0's distribution
+    hidden: torch.Tensor | None = None  # (N, H): RMU's retain anchor
+
+
+@dataclass
+class LossInputs:
+    forget: TokenStats
+    forget_ref: RefStats | None = None
+    retain: TokenStats | None = None
+    retain_ref: RefStats | None = None
+    alt: TokenStats | None = None  # IdkPO: the preferred ("I don't know") answers, one per forget row
+    alt_ref: RefStats | None = None
+
+
+@dataclass
+class LossSettings:
+    """Every number a loss reads; `unlearn.*` settings fill it (method defaults where unset)."""
+
+    beta: float = 0.1
+    lam: float = 1.0  # TPO: weight of PL
+    gamma: float = 1.0  # weight of the forget term
+    alpha: float = 1.0  # weight of the retain term
+    tokens: TokenMode = "all"
+    lpl_reduction: Literal["batch", "sample"] = "batch"
+    pl_reduction: Literal["sum", "mean"] = "sum"
+    lpl_space: Literal["logit", "logprob"] = "logit"
+    delta: float = 0.0  # SimNPO margin
+    delta_inside_beta: bool = False  # SimNPO: the TPO repo's form, log sig(b (-lp/|a| - delta))
+    beta2: float = 1.0  # SatImp: exponent of (1 - p)
+    steering: float = 6.5  # RMU: c, the norm of the control vector
+    control: torch.Tensor | None = None  # RMU: the fixed random unit vector u, (H,)
+
+
+@dataclass
+class LossTerms:
+    total: torch.Tensor
+    parts: dict[str, torch.Tensor]
+
+
+def _zero(stats: TokenStats) -> torch.Tensor:
+    """An exact 0 that keeps the graph connected (backward works, gradients are 0)."""
+    return stats.logits.sum() * 0.0
+
+
+def _row_sum(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    return torch.zeros(n_rows, dtype=values.dtype, device=values.device).index_add(0, rows, values)
+
+
+def token_weights(stats: TokenStats, mode: TokenMode) -> torch.Tensor:
+    """Per-token selection weights (N,) in fp32 for `mode` (all / uw / weighted)."""
+    if mode == "all":
+        return torch.ones_like(stats.targets, dtype=torch.float32)
+    if mode == "uw":
+        return stats.uw.float()
+    if stats.weights is None:
+        raise ValueError(
+            "tokens=weighted needs per-token weights: give spans with scores (identify) or use ATWU"
+        )
+    return stats.weights.float()
+
+
+def weighted_token_mean(values: torch.Tensor, weights: torch.Tensor, stats: TokenStats) -> torch.Tensor:
+    """sum(w x) / sum(w) over the micro-batch; exactly 0 when no token is selected."""
+    total = weights.sum()
+    if float(total) == 0.0:
+        return _zero(stats)
+    return (weights * values).sum() / total
+
+
+def sequence_logp(logp: torch.Tensor, weights: torch.Tensor, stats: TokenStats) -> tuple:
+    """(per-row weighted log-prob sum, per-row selected length, rows that have a selected token).
+
+    Soft weights are rescaled per row so they add up to the row's answer length (atwu.md: scored NPO)."""
+    length = _row_sum(torch.ones_like(logp), stats.rows, stats.n_rows)
+    mass = _row_sum(weights, stats.rows, stats.n_rows)
+    has = mass > 0
+    if not bool(((weights == 0) | (weights == 1)).all()):
+        scale = torch.where(has, length / mass.clamp_min(1e-12), torch.zeros_like(mass))
+        weights = weights * scale[stats.rows]
+        mass = torch.where(has, length, mass)
+    return _row_sum(weights * logp, stats.rows, stats.n_rows), mass, has
+
+
+# ----------------------------------------------------------------------------- forget losses
+
+
+def _need(ref: RefStats | None, what: str, method: str) -> torch.Tensor:
+    value = getattr(ref, what) if ref is not None else None
+    if value is None:
+        raise ValueError(f"{method} needs theta0's {what} (the reference cache or a loaded theta0)")
+    return value
+
+
+def tpo_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
+    """Targeted Preference Optimization (methods.md 1b): LPL on UW tokens + lambda * PL on GW tokens.
+
+    Faithful defaults: raw gold logits, per-sample UW means averaged over the micro-batch *inside*
+    the log-sigmoid (one Delta per micro-batch, so Delta depends on the micro-batch by definition),
+    PL a per-sample sum over GW + EOS then a batch mean, lambda = 1. Samples without UW are left out
+    of LPL; a micro-batch with none gives LPL = 0.
+    """
+    stats, ref = inputs.forget, inputs.forget_ref
+    if cfg.lpl_space == "logit":
+        now, before = stats.gold_logit, _need(ref, "gold_logit", "tpo")
+    else:
+        now, before = stats.logp, _need(ref, "logp", "tpo (lpl_space=logprob)")
+    uw = stats.uw.float()
+    count = _row_sum(uw, stats.rows, stats.n_rows)
+    has = count > 0
+    if bool(has.any()):
+        mean_now = _row_sum(uw * now, stats.rows, stats.n_rows)[has] / count[has]
+        mean_before = _row_sum(uw * before, stats.rows, stats.n_rows)[has] / count[has]
+        if cfg.lpl_reduction == "batch":
+            delta = mean_before.mean() - mean_now.mean()
+            lpl = -(2.0 / cfg.beta) * F.logsigmoid(cfg.beta * delta)
+        else:
+            delta = (mean_before - mean_now).mean()
+            lpl = (-(2.0 / cfg.beta) * F.logsigmoid(cfg.beta * (mean_before - mean_now))).mean()
+    else:
+        delta = lpl = _zero(stats)
+    gw = (~stats.uw).float()  # EOS is never UW, so it is part of GW here
+    nll = -stats.logp
+    per_row = _row_sum(gw * nll, stats.rows, stats.n_rows)
+    if cfg.pl_reduction == "mean":
+        per_row = per_row / _row_sum(gw, stats.rows, stats.n_rows).clamp_min(1.0)
+    pl = per_row.mean()
+    parts = {"lpl": lpl, "pl": pl, "delta": delta.detach()}
+    if ref is not None and ref.logp is not None and bool(stats.uw.any()):
+        parts["uw_dlogp"] = (stats.logp - ref.logp)[stats.uw].mean().detach()
+    return LossTerms(total=lpl + cfg.lam * pl, parts=parts)
+
+
+def ga_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
+    """Gradient ascent: minimise minus the (selected-token) mean NLL of the forget answers."""
+    stats = inputs.forget
+    forget = -weighted_token_mean(-stats.logp, token_weights(stats, cfg.tokens), stats)
+    return LossTerms(total=forget, parts={"forget": forget})
+
+
+def npo_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
+    """NPO: -(2/beta) mean_i log sigma(-beta (log p(a_i) - log p0(a_i))), sequence log-probs."""
+    stats = inputs.forget
+    weights = token_weights(stats, cfg.tokens)
+    now, _, has = sequence_logp(stats.logp, weights, stats)
+    before, _, _ = sequence_logp(_need(inputs.forget_ref, "logp", "npo"), weights, stats)
+    if not bool(has.any()):
+        zero = _zero(stats)
+        return LossTerms(total=zero, parts={"forget": zero})
+    ratio = (now - before)[has]
+    forget = (-(2.0 / cfg.beta) * F.logsigmoid(-cfg.beta * ratio)).mean()
+    return LossTerms(total=forget, parts={"forget": forget, "log_ratio": ratio.mean().detach()})
+
+
+def simnpo_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
+    """SimNPO (paper form): -(2/beta) mean_i log sigma(-(beta/|a_i|) log p(a_i) - delta); no theta0."""
+    stats = inputs.forget
+    now, length, has = sequence_logp(stats.logp, token_weights(stats, cfg.tokens), stats)
+    if not bool(has.any()):
+        zero = _zero(stats)
+        return LossTerms(total=zero, parts={"forget": zero})
+    normalised = now[has] / length[has]
+    if cfg.delta_inside_beta:
+        margin = cfg.beta * (-normalised - cfg.delta)
+    else:
+        margin = -cfg.beta * normalised - cfg.delta
+    forget = (-(2.0 / cfg.beta) * F.logsigmoid(margin)).mean()
+    return LossTerms(total=forget, parts={"forget": forget})
+
+
+def idkpo_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
+    """DPO with the "I don't know" answer preferred over the true one (IdkPO):
+    -(2/beta) mean_i log sigma(beta [(log p(w) - log p0(w)) - (log p(l) - log p0(l))])."""
+    if inputs.alt is None:
+        raise ValueError("idkpo needs the preferred answers (alt) in the batch")
+    lose, win = inputs.forget, inputs.alt
+    weights = token_weights(lose, cfg.tokens)
+    lose_now, _, has = sequence_logp(lose.logp, weights, lose)
+    lose_before, _, _ = sequence_logp(_need(inputs.forget_ref, "logp", "idkpo"), weights, lose)
+    ones = torch.ones_like(win.logp)
+    win_now, _, _ = sequence_logp(win.logp, ones, win)
+    win_before, _, _ = sequence_logp(_need(inputs.alt_ref, "logp", "idkpo"), ones, win)
+    if not bool(has.any()):
+        zero = _zero(lose)
+        return LossTerms(total=zero, parts={"forget": zero})
+    margin = ((win_now - win_before) - (lose_now - lose_before))[has]
+    forget = (-(2.0 / cfg.beta) * F.logsigmoid(cfg.beta * margin)).mean()
+    return LossTerms(total=forget, parts={"forget": forget, "margin": margin.mean().detach()})
+
+
+def _weighted_ascent(inputs: LossInputs, cfg: LossSettings, factor: torch.Tensor) -> LossTerms:
+    stats = inputs.forget
+    values = factor.detach() * (-stats.logp)
+    forget = -weighted_token_mean(values, token_weights(stats, cfg.tokens), stats)
+    return LossTerms(total=forget, parts={"forget": forget})
+
+
+def wga_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
+    """Weighted GA (Wang et al. 2025): -mean_t[sg(p_t^beta) nll_t]; confident tokens weigh more."""
+    return _weighted_ascent(inputs, cfg, (cfg.beta * inputs.forget.logp).exp())
+
+
+def satimp_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
+    """SatImp (Yang et al. 2025): -mean_t[sg(p_t^beta1 (1 - p_t)^beta2) nll_t]; beta1 = beta."""
+    p = inputs.forget.logp.exp()
+    return _weighted_ascent(inputs, cfg, p.pow(cfg.beta) * (1 - p).pow(cfg.beta2))
+
+
+def tnpo_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
+    """TNPO (Wang et al. 2025): -mean_t[sg(w_t) nll_t], w_t = 2 p_t^b / (p_t^b + p0_t^b)."""
+    now = cfg.beta * inputs.forget.logp
+    before = cfg.beta * _need(inputs.forget_ref, "logp", "tnpo")
+    weight = 2 * torch.sigmoid(now - before)  # = 2 p^b / (p^b + p0^b), stable in log space
+    return _weighted_ascent(inputs, cfg, weight)
+
+
+def undial_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
+    """UNDIAL (Dong et al. 2025): mean_t CE(p_theta, softmax(z0_t - beta onehot(a_t)))."""
+    stats = inputs.forget
+    ref_logits = _need(inputs.forget_ref, "logits", "undial").float()
+    target = ref_logits.scatter_add(
+        -1, stats.targets[:, None], torch.full_like(ref_logits[:, :1], -cfg.beta)
+    ).softmax(-1)
+    ce = -(target * stats.logits.float().log_softmax(-1)).sum(-1)
+    forget = weighted_token_mean(ce, token_weights(stats, cfg.tokens), stats)
+    return LossTerms(total=forget, parts={"forget": forget})
+
+
+def rmu_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
+    """RMU (Li et al. 2024): push layer-l hidden states of forget tokens towards c*u (a fixed random
+    unit vector u scaled by c = steering); the retain anchor is its own term (see `rmu_retain`)."""
+    stats = inputs.forget
+    if stats.hidden is None or cfg.control is None:
+        raise ValueError("rmu needs hidden states at its layer and the control vector")
+    goal = cfg.steering * cfg.control.to(stats.hidden)
+    distance = (stats.hidden.float() - goal.float()).square().mean(-1)
+    forget = weighted_token_mean(distance, token_weights(stats, cfg.tokens), stats)
+    return LossTerms(total=forget, parts={"forget": forget})
+
+
+# ----------------------------------------------------------------------------- retain terms
+
+
+def retain_nll(inputs: LossInputs, cfg: LossSettings) -> torch.Tensor:
+    """Mean NLL over the retain micro-batch's answer tokens."""
+    return -_require_retain(inputs).logp.mean()
+
+
+def retain_kl(inputs: LossInputs, cfg: LossSettings) -> torch.Tensor:
+    """Mean over retain tokens of KL(p_theta0 || p_theta) (needs theta0's logits on the retain batch)."""
+    stats = _require_retain(inputs)
+    ref = _need(inputs.retain_ref, "logits", "the kl retain term").float().log_softmax(-1)
+    now = stats.logits.float().log_softmax(-1)
+    return (ref.exp() * (ref - now)).sum(-1).mean()
+
+
+def rmu_retain(inputs: LossInputs, cfg: LossSettings) -> torch.Tensor:
+    """RMU's retain anchor: mean squared distance of layer-l hidden states to theta0's."""
+    stats = _require_retain(inputs)
+    ref = _need(inputs.retain_ref, "hidden", "the rmu retain term")
+    return (stats.hidden.float() - ref.float()).square().mean(-1).mean()
+
+
+def _require_retain(inputs: LossInputs) -> TokenStats:
+    if inputs.retain is None:
+        raise ValueError("this retain term needs a retain batch (--retain)")
+    return inputs.retain
+
+
+RETAIN_TERMS: dict[str, Callable[[LossInputs, LossSettings], torch.Tensor]] = {
+    "nll": retain_nll,
+    "kl": retain_kl,
+    "rmu": rmu_retain,
+}
+
+# ----------------------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered unlearning method: its forget loss, default retain term and default numbers."""
+
+    name: str
+    forget: Callable[[LossInputs, LossSettings], LossTerms]
+    retain: Literal["none", "nll", "kl", "rmu"]
+    summary: str
+    defaults: dict[str, float] = field(default_factory=dict)
+    needs_ref_logp: bool = False  # per-token theta0 log-probs on the forget set (reference cache)
+    needs_ref_logit: bool = False  # per-token theta0 gold logits (reference cache)
+    needs_ref_model: bool = False  # theta0 loaded during training (full distributions / hidden states)
+    needs_alt: bool = False  # "I don't know" answers
+    needs_hidden: bool = False  # hidden states at `unlearn.layer`
+    uses_tokens: bool = True  # honours --tokens (TPO splits UW/GW itself)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    if method.name in METHODS:
+        raise ValueError(f"method {method.name!r} registered twice")
+    METHODS[method.name] = method
+    return method
+
+
+for _m in (
+    Method("tpo", tpo_loss, "none", "Targeted Preference Optimization: LPL on UW + lambda*PL on GW",
+           {"beta": 0.3}, needs_ref_logp=True, needs_ref_logit=True, uses_tokens=False),
+    Method("tpo_gd", tpo_loss, "nll", "TPO + retain NLL", {"beta": 0.3},
+           needs_ref_logp=True, needs_ref_logit=True, uses_tokens=False),
+    Method("ga", ga_loss, "none", "gradient ascent on the forget answers"),
+    Method("graddiff", ga_loss, "nll", "GA + retain NLL (gradient difference)"),
+    Method("ga_kl", ga_loss, "kl", "GA + KL(theta0||theta) on retain (TOFU's 'KL')", needs_ref_model=True),
+    Method("npo", npo_loss, "none", "negative preference optimization", {"beta": 0.1}, needs_ref_logp=True),
+    Method("npo_rt", npo_loss, "nll", "NPO + retain NLL", {"beta": 0.1}, needs_ref_logp=True),
+    Method("simnpo", simnpo_loss, "nll", "SimNPO: reference-free, length-normalised NPO",
+           {"beta": 4.5, "gamma": 0.125, "delta": 0.0}),
+    Method("idkpo", idkpo_loss, "nll", "DPO preferring an 'I don't know' answer", {"beta": 0.1},
+           needs_ref_logp=True, needs_alt=True),
+    Method("wga", wga_loss, "nll", "weighted gradient ascent, sg(p^beta) token weights", {"beta": 1.0}),
+    Method("satimp", satimp_loss, "nll", "SatImp, sg(p^beta (1-p)^beta2) token weights",
+           {"beta": 5.0, "beta2": 1.0}),
+    Method("tnpo", tnpo_loss, "nll", "token-level NPO weights on gradient ascent", {"beta": 0.1},
+           needs_ref_logp=True),
+    Method("undial", undial_loss, "nll", "UNDIAL self-distillation with the true token lowered",
+           {"beta": 10.0}, needs_ref_model=True),
+    Method("rmu", rmu_loss, "rmu", "RMU: scramble layer-l states of forget tokens, anchor retain",
+           {"alpha": 100.0, "steering": 6.5}, needs_ref_model=True, needs_hidden=True),
+):  # fmt: skip
+    register(_m)
+
+
+def compute(method: Method, inputs: LossInputs, cfg: LossSettings, retain: str | None = None) -> LossTerms:
+    """gamma * forget loss + alpha * retain term (the method's default term unless `retain` says)."""
+    terms = method.forget(inputs, cfg)
+    total = cfg.gamma * terms.total
+    parts = dict(terms.parts)
+    term = retain or method.retain
+    if term != "none":
+        value = RETAIN_TERMS[term](inputs, cfg)
+        parts[f"retain_{term}"] = value
+        total = total + cfg.alpha * value
+    parts = {"loss": total, **parts}
+    return LossTerms(total=total, parts=parts)
+
+
+def at_reference(beta: float) -> float:
+    """The value of LPL and NPO at theta = theta0: (2/beta) log 2 (a step-0 identity tests check)."""
+    return 2.0 / beta * math.log(2.0)

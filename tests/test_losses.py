@@ -1,0 +1,305 @@
+"""Every loss against a hand computation on a tiny tensor, edge cases, gradient directions."""
+
+import math
+
+import pytest
+import torch
+
+from tokenforget.losses import (
+    METHODS,
+    LossInputs,
+    LossSettings,
+    RefStats,
+    TokenStats,
+    at_reference,
+    compute,
+)
+
+# Two forget samples over a 3-word vocabulary. Sample 0: tokens (UW, GW, EOS); sample 1: (GW, EOS).
+LOGITS = [[2.0, 0.5, -1.0], [0.0, 1.0, 0.3], [0.2, 0.1, 1.5], [1.2, -0.4, 0.0], [0.3, 0.9, -0.2]]
+TARGETS = [0, 1, 2, 1, 2]
+ROWS = [0, 0, 0, 1, 1]
+UW = [True, False, False, False, False]
+EOS = [False, False, True, False, True]
+REF_LOGITS = [[2.5, 0.5, -1.0], [0.0, 0.8, 0.3], [0.1, 0.1, 1.2], [1.0, -0.2, 0.0], [0.3, 0.7, -0.2]]
+
+
+def logp(logits, target):
+    return logits[target] - math.log(sum(math.exp(v) for v in logits))
+
+
+def stats(logits=LOGITS, uw=UW, weights=None, requires_grad=False):
+    t = torch.tensor(logits, requires_grad=requires_grad)
+    return TokenStats(
+        logits=t,
+        targets=torch.tensor(TARGETS),
+        rows=torch.tensor(ROWS),
+        n_rows=2,
+        uw=torch.tensor(uw),
+        eos=torch.tensor(EOS),
+        weights=None if weights is None else torch.tensor(weights),
+    )
+
+
+def ref_stats(logits=REF_LOGITS):
+    return RefStats(
+        gold_logit=torch.tensor([row[t] for row, t in zip(logits, TARGETS, strict=True)]),
+        logp=torch.tensor([logp(row, t) for row, t in zip(logits, TARGETS, strict=True)]),
+        logits=torch.tensor(logits),
+    )
+
+
+def nll(k, logits=LOGITS):
+    return -logp(logits[k], TARGETS[k])
+
+
+def lsig(x):
+    return -math.log1p(math.exp(-x))
+
+
+def run(name, inputs, **settings):
+    method = METHODS[name]
+    cfg = LossSettings(**{**method.defaults, **settings})
+    return method.forget(inputs, cfg)
+
+
+def test_tpo_faithful_matches_hand_computation():
+    beta = 0.3
+    terms = run("tpo", LossInputs(stats(), ref_stats()), beta=beta)
+    # Only sample 0 has a UW token (its first); Delta = z0 - z at that token.
+    delta = REF_LOGITS[0][0] - LOGITS[0][0]
+    lpl = -(2 / beta) * lsig(beta * delta)
+    pl = ((nll(1) + nll(2)) + (nll(3) + nll(4))) / 2  # per-sample sum over GW + EOS, batch mean
+    assert terms.parts["delta"].item() == pytest.approx(delta, abs=1e-6)
+    assert terms.parts["lpl"].item() == pytest.approx(lpl, rel=1e-6)
+    assert terms.parts["pl"].item() == pytest.approx(pl, rel=1e-6)
+    assert terms.total.item() == pytest.approx(lpl + pl, rel=1e-6)
+    uw_dlogp = logp(LOGITS[0], 0) - logp(REF_LOGITS[0], 0)
+    assert terms.parts["uw_dlogp"].item() == pytest.approx(uw_dlogp, rel=1e-5)
+
+
+def test_tpo_batch_vs_sample_reduction_and_pl_mean():
+    uw = [True, True, False, True, False]  # both samples have UW
+    z = [LOGITS[k][TARGETS[k]] for k in range(5)]
+    z0 = [REF_LOGITS[k][TARGETS[k]] for k in range(5)]
+    d0 = (z0[0] + z0[1]) / 2 - (z[0] + z[1]) / 2
+    d1 = z0[3] - z[3]
+    beta, lam = 0.5, 0.25
+    batch = run("tpo", LossInputs(stats(uw=uw), ref_stats()), beta=beta, lam=lam)
+    assert batch.parts["lpl"].item() == pytest.approx(-(2 / beta) * lsig(beta * (d0 + d1) / 2), rel=1e-6)
+    sample = run("tpo", LossInputs(stats(uw=uw), ref_stats()), beta=beta, lpl_reduction="sample")
+    expected = (-(2 / beta) * lsig(beta * d0) - (2 / beta) * lsig(beta * d1)) / 2
+    assert sample.parts["lpl"].item() == pytest.approx(expected, rel=1e-6)
+    mean_pl = run("tpo", LossInputs(stats(uw=uw), ref_stats()), beta=beta, pl_reduction="mean", lam=lam)
+    assert mean_pl.parts["pl"].item() == pytest.approx((nll(2) / 1 + (nll(4)) / 1) / 2, rel=1e-6)
+    assert mean_pl.total.item() == pytest.approx(batch.parts["lpl"].item() + lam * mean_pl.parts["pl"].item())
+    space = run("tpo", LossInputs(stats(uw=uw), ref_stats()), beta=beta, lpl_space="logprob")
+    lp = [logp(LOGITS[k], TARGETS[k]) for k in range(5)]
+    lp0 = [logp(REF_LOGITS[k], TARGETS[k]) for k in range(5)]
+    dl = ((lp0[0] + lp0[1]) / 2 + lp0[3]) / 2 - ((lp[0] + lp[1]) / 2 + lp[3]) / 2
+    assert space.parts["lpl"].item() == pytest.approx(-(2 / beta) * lsig(beta * dl), rel=1e-5)
+
+
+def test_micro_batch_without_uw_gives_exact_zero_and_clean_gradients():
+    s = stats(uw=[False] * 5, requires_grad=True)
+    for name in ("tpo", "ga", "npo", "simnpo", "wga", "satimp", "tnpo", "undial"):
+        settings = {} if name == "tpo" else {"tokens": "uw"}
+        terms = run(name, LossInputs(s, ref_stats()), **settings)
+        value = terms.parts.get("lpl", terms.total)
+        assert value.item() == 0.0, name
+        assert torch.isfinite(terms.total), name
+        s.logits.grad = None
+        terms.total.backward()
+        assert torch.isfinite(s.logits.grad).all(), name
+    # TPO's PL still trains the GW tokens of a UW-free micro-batch
+    assert run("tpo", LossInputs(stats(uw=[False] * 5), ref_stats())).parts["pl"].item() > 0
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.3, 2.0])
+def test_step_zero_identity_lpl_equals_npo_equals_two_over_beta_log_two(beta):
+    same = ref_stats(LOGITS)
+    tpo = run("tpo", LossInputs(stats(), same), beta=beta)
+    npo = run("npo", LossInputs(stats(), same), beta=beta)
+    assert tpo.parts["lpl"].item() == pytest.approx(at_reference(beta), rel=1e-6)
+    assert npo.total.item() == pytest.approx(at_reference(beta), rel=1e-6)
+    assert at_reference(beta) == pytest.approx(2 / beta * math.log(2))
+
+
+def test_lpl_gradient_lowers_uw_gold_logits_only():
+    s = stats(requires_grad=True)
+    terms = run("tpo", LossInputs(s, ref_stats()), lam=0.0)
+    terms.total.backward()
+    grad = s.logits.grad
+    assert grad[0, TARGETS[0]] > 0  # descent lowers the UW token's gold logit
+    assert torch.all(grad[1:] == 0)  # GW tokens are not pushed by LPL
+    assert torch.all(grad[0, 1:] == 0)  # only the gold logit moves: raw-logit LPL leaves the rest alone
+
+
+def test_ga_all_and_uw_only():
+    all_tokens = run("ga", LossInputs(stats()))
+    assert all_tokens.total.item() == pytest.approx(-sum(nll(k) for k in range(5)) / 5, rel=1e-6)
+    uw_only = run("ga", LossInputs(stats(uw=[True, False, False, True, False])), tokens="uw")
+    assert uw_only.total.item() == pytest.approx(-(nll(0) + nll(3)) / 2, rel=1e-6)
+    weights = [1.0, 0.5, 0.0, 0.25, 0.0]
+    weighted = run("ga", LossInputs(stats(weights=weights)), tokens="weighted")
+    expected = -sum(w * nll(k) for k, w in enumerate(weights)) / sum(weights)
+    assert weighted.total.item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="needs per-token weights"):
+        run("ga", LossInputs(stats()), tokens="weighted")
+
+
+def test_npo_matches_hand_computation_and_uw_masked_form():
+    beta = 0.1
+    seq = [-(nll(0) + nll(1) + nll(2)), -(nll(3) + nll(4))]
+    seq0 = [-(nll(0, REF_LOGITS) + nll(1, REF_LOGITS) + nll(2, REF_LOGITS)),
+            -(nll(3, REF_LOGITS) + nll(4, REF_LOGITS))]  # fmt: skip
+    expected = sum(-(2 / beta) * lsig(-beta * (a - b)) for a, b in zip(seq, seq0, strict=True)) / 2
+    assert run("npo", LossInputs(stats(), ref_stats())).total.item() == pytest.approx(expected, rel=1e-6)
+    # UW only: sample 1 has no UW token and is left out
+    ratio = -nll(0) + nll(0, REF_LOGITS)
+    uw = run("npo", LossInputs(stats(), ref_stats()), tokens="uw")
+    assert uw.total.item() == pytest.approx(-(2 / beta) * lsig(-beta * ratio), rel=1e-6)
+
+
+def test_npo_soft_weights_are_rescaled_to_the_answer_length():
+    weights = [0.5, 0.5, 0.0, 1.0, 1.0]
+    beta = 0.1
+    # sample 0: mass 1.0 over 3 tokens -> scale 3; sample 1: weights already binary-like but soft mode
+    s0 = 3 * (0.5 * -nll(0) + 0.5 * -nll(1))
+    s0_ref = 3 * (0.5 * -nll(0, REF_LOGITS) + 0.5 * -nll(1, REF_LOGITS))
+    s1, s1_ref = -(nll(3) + nll(4)), -(nll(3, REF_LOGITS) + nll(4, REF_LOGITS))
+    expected = (-(2 / beta) * lsig(-beta * (s0 - s0_ref)) - (2 / beta) * lsig(-beta * (s1 - s1_ref))) / 2
+    got = run("npo", LossInputs(stats(weights=weights), ref_stats()), tokens="weighted")
+    assert got.total.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_simnpo_paper_form_and_inside_beta_form():
+    beta, delta = 4.5, 0.5
+    norm = [-(nll(0) + nll(1) + nll(2)) / 3, -(nll(3) + nll(4)) / 2]
+    paper = sum(-(2 / beta) * lsig(-beta * x - delta) for x in norm) / 2
+    inside = sum(-(2 / beta) * lsig(beta * (-x - delta)) for x in norm) / 2
+    got = run("simnpo", LossInputs(stats()), delta=delta)
+    assert got.total.item() == pytest.approx(paper, rel=1e-6)
+    got = run("simnpo", LossInputs(stats()), delta=delta, delta_inside_beta=True)
+    assert got.total.item() == pytest.approx(inside, rel=1e-6)
+    assert METHODS["simnpo"].needs_ref_logp is False  # reference-free
+
+
+def test_idkpo_matches_hand_computation():
+    beta = 0.1
+    alt_logits = [[0.1, 0.2, 0.3], [1.0, 0.0, 0.0], [0.0, 0.0, 2.0], [0.5, 0.5, 0.5], [0.0, 2.0, 0.0]]
+    alt = stats(alt_logits)
+    alt_ref = ref_stats([[0.0, 0.2, 0.3], [1.0, 0.1, 0.0], [0.0, 0.0, 1.0], [0.5, 0.4, 0.5], [0.0, 1.0, 0.0]])
+
+    def seq(logits, rows):
+        return sum(-nll(k, logits) for k in rows)
+
+    margins = []
+    for rows in ([0, 1, 2], [3, 4]):
+        win = seq(alt_logits, rows) - seq(alt_ref.logits.tolist(), rows)
+        lose = seq(LOGITS, rows) - seq(REF_LOGITS, rows)
+        margins.append(win - lose)
+    expected = sum(-(2 / beta) * lsig(beta * m) for m in margins) / 2
+    got = run("idkpo", LossInputs(stats(), ref_stats(), alt=alt, alt_ref=alt_ref))
+    assert got.total.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_wga_satimp_tnpo_values_and_stop_gradient_weights():
+    p = [math.exp(-nll(k)) for k in range(5)]
+    p0 = [math.exp(-nll(k, REF_LOGITS)) for k in range(5)]
+    cases = {
+        "wga": ({"beta": 2.0}, [pk**2.0 for pk in p]),
+        "satimp": ({"beta": 3.0, "beta2": 2.0}, [pk**3.0 * (1 - pk) ** 2.0 for pk in p]),
+        "tnpo": ({"beta": 0.5}, [2 * pk**0.5 / (pk**0.5 + qk**0.5) for pk, qk in zip(p, p0, strict=True)]),
+    }
+    for name, (settings, weight) in cases.items():
+        s = stats(requires_grad=True)
+        got = run(name, LossInputs(s, ref_stats()), **settings)
+        expected = -sum(w * nll(k) for k, w in enumerate(weight)) / 5
+        assert got.total.item() == pytest.approx(expected, rel=1e-5), name
+        got.total.backward()
+        # the weight is a constant: the gradient equals weight/5 times the gradient of -nll
+        plain = stats(requires_grad=True)
+        ((plain.logp * torch.tensor(weight)).sum() / 5).backward()  # -mean(w nll) with w constant
+        assert torch.allclose(s.logits.grad, plain.logits.grad, atol=1e-6), name
+
+
+def test_undial_target_lowers_the_true_token():
+    beta = 10.0
+    expected = 0.0
+    for k in range(5):
+        z0 = list(REF_LOGITS[k])
+        z0[TARGETS[k]] -= beta
+        norm = sum(math.exp(v) for v in z0)
+        target = [math.exp(v) / norm for v in z0]
+        lse = math.log(sum(math.exp(v) for v in LOGITS[k]))
+        expected += -sum(t * (LOGITS[k][j] - lse) for j, t in enumerate(target))
+    got = run("undial", LossInputs(stats(), ref_stats()))
+    assert got.total.item() == pytest.approx(expected / 5, rel=1e-6)
+
+
+def test_retain_terms_and_compute_weights():
+    retain = stats(REF_LOGITS)
+    inputs = LossInputs(stats(), ref_stats(), retain=retain, retain_ref=ref_stats(LOGITS))
+    method = METHODS["graddiff"]
+    cfg = LossSettings(gamma=0.5, alpha=2.0)
+    terms = compute(method, inputs, cfg)
+    ga = -sum(nll(k) for k in range(5)) / 5
+    rnll = sum(nll(k, REF_LOGITS) for k in range(5)) / 5
+    assert terms.parts["retain_nll"].item() == pytest.approx(rnll, rel=1e-6)
+    assert terms.total.item() == pytest.approx(0.5 * ga + 2.0 * rnll, rel=1e-6)
+    kl = compute(METHODS["ga_kl"], inputs, LossSettings()).parts["retain_kl"].item()
+    expected = 0.0
+    for k in range(5):
+        p = [math.exp(v) for v in LOGITS[k]]
+        q = [math.exp(v) for v in REF_LOGITS[k]]
+        p = [v / sum(p) for v in p]
+        q = [v / sum(q) for v in q]
+        expected += sum(a * math.log(a / b) for a, b in zip(p, q, strict=True))
+    assert kl == pytest.approx(expected / 5, rel=1e-5)
+    assert compute(method, LossInputs(stats(), retain=retain), cfg, retain="none").parts.keys() == {
+        "loss",
+        "forget",
+    }
+
+
+def test_rmu_pulls_forget_states_to_the_control_and_anchors_retain():
+    h = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 0.0], [0.0, 0.0]])
+    s = stats()
+    s.hidden = h
+    retain = stats()
+    retain.hidden = h + 1.0
+    control = torch.tensor([0.6, 0.8])
+    cfg = LossSettings(**{**METHODS["rmu"].defaults, "steering": 2.0, "alpha": 3.0}, control=control)
+    inputs = LossInputs(s, retain=retain, retain_ref=RefStats(hidden=h))
+    terms = compute(METHODS["rmu"], inputs, cfg)
+    goal = [1.2, 1.6]
+    forget = sum(((row[0] - goal[0]) ** 2 + (row[1] - goal[1]) ** 2) / 2 for row in h.tolist()) / 5
+    assert terms.parts["forget"].item() == pytest.approx(forget, rel=1e-6)
+    assert terms.parts["retain_rmu"].item() == pytest.approx(1.0, rel=1e-6)
+    assert terms.total.item() == pytest.approx(forget + 3.0, rel=1e-6)
+
+
+def test_every_method_is_documented_and_runs_on_real_shaped_inputs():
+    torch.manual_seed(0)
+    n, v, h = 7, 11, 4
+    forget = TokenStats(
+        logits=torch.randn(n, v, requires_grad=True),
+        targets=torch.randint(0, v, (n,)),
+        rows=torch.tensor([0, 0, 0, 1, 1, 1, 1]),
+        n_rows=2,
+        uw=torch.tensor([1, 0, 0, 0, 1, 1, 0], dtype=torch.bool),
+        eos=torch.tensor([0, 0, 1, 0, 0, 0, 1], dtype=torch.bool),
+        weights=torch.rand(n),
+        hidden=torch.randn(n, h),
+    )
+    ref = RefStats(
+        gold_logit=torch.randn(n), logp=-torch.rand(n) * 3, logits=torch.randn(n, v), hidden=torch.randn(n, h)
+    )
+    for name, method in METHODS.items():
+        assert method.summary and method.forget.__doc__, name
+        cfg = LossSettings(**method.defaults, control=torch.ones(h) / 2)
+        inputs = LossInputs(forget, ref, retain=forget, retain_ref=ref, alt=forget, alt_ref=ref)
+        terms = compute(method, inputs, cfg)
+        assert torch.isfinite(terms.total), name
+        assert set(terms.parts) >= {"loss"}, name
