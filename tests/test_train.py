@@ -97,7 +97,7 @@ def test_nan_loss_stops_with_a_checkpoint_and_names_the_step(tmp_path, tiny):
     with torch.no_grad():
         model.model.norm.weight.fill_(float("nan"))
     settings = FitSettings(epochs=1.0, lr=1e-3, batch_size=4, micro_batch_size=4)
-    with pytest.raises(FloatingPointError, match="loss is nan at step 1"):
+    with pytest.raises(FloatingPointError, match="loss term 'loss' is nan at step 1"):
         fit_nll(model, encoded_world(tok, 8), tok.pad_token_id, precision, settings, tmp_path / "ck")
     assert (tmp_path / "ck" / "state.json").is_file()
 

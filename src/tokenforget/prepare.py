@@ -31,9 +31,9 @@ from tokenforget.data.encode import encode
 from tokenforget.data.records import Sample
 from tokenforget.evaluate import answer_questions, mean, rouge_recall
 from tokenforget.models import (
-    MANIFEST,
     cache_dir,
     load_model,
+    model_identity,
     resolve_device,
     resolve_model,
     resolve_precision,
@@ -57,13 +57,7 @@ class Prepared:
 
 
 def _fingerprint(cfg: Config, bench: QABenchmark, base: str) -> str:
-    base_path = Path(base)
-    if (base_path / MANIFEST).is_file():
-        base_id = json.loads((base_path / MANIFEST).read_text())["files"]
-    elif (base_path / "config.json").is_file():
-        base_id = {p.name: p.stat().st_size for p in sorted(base_path.iterdir()) if p.is_file()}
-    else:
-        base_id = base
+    base_id = model_identity(base)
     recipe = cfg.prepare.model_dump(exclude={"checkpoint_every", "eval_max_new_tokens", "eval_batch_size"})
     payload = {
         "base": base_id,

@@ -29,14 +29,14 @@ class _TrainingBar:
         self._step = done
         self._every = max(1, total // 20)
 
-    def advance(self, loss: float, tokens_per_s: float, lr: float) -> None:
+    def advance(self, parts: dict[str, float], tokens_per_s: float, lr: float) -> None:
+        """One optimizer step done; `parts` are the loss terms to show (`loss` first)."""
         self._step += 1
-        self._progress.update(
-            self._task, advance=1, loss=f"{loss:.4f}", tps=f"{tokens_per_s:.0f}", lr=f"{lr:.2e}"
-        )
+        terms = "  ".join(f"{name} {value:.4g}" for name, value in parts.items())
+        self._progress.update(self._task, advance=1, terms=terms, tps=f"{tokens_per_s:.0f}", lr=f"{lr:.2e}")
         if not console.is_terminal and (self._step % self._every == 0 or self._step == self._total):
             console.print(
-                f"{self._label} step {self._step}/{self._total} loss {loss:.4f} "
+                f"{self._label} step {self._step}/{self._total} {terms} "
                 f"{tokens_per_s:.0f} answer-tok/s lr {lr:.2e}",
                 highlight=False,
             )
@@ -48,14 +48,14 @@ def training_progress(label: str, total: int, done: int = 0) -> Iterator[_Traini
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}  {task.fields[tps]} tok/s  lr {task.fields[lr]}"),
+        TextColumn("{task.fields[terms]}  {task.fields[tps]} tok/s  lr {task.fields[lr]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
         transient=False,
     )
     with progress:
-        task = progress.add_task(label, total=total, completed=done, loss="-", tps="-", lr="-")
+        task = progress.add_task(label, total=total, completed=done, terms="-", tps="-", lr="-")
         yield _TrainingBar(progress, task, label, total, done)
 
 

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -209,6 +210,105 @@ class Interrupted(Exception):
     """Training stopped by Ctrl-C after saving a checkpoint; run the command again to resume."""
 
 
+StepFn = Callable[[int], tuple[dict[str, float], int]]
+
+
+@dataclass
+class LoopState:
+    """Where a run stands; checkpointed as JSON next to the weights."""
+
+    step: int = 0
+    tokens: int = 0
+    losses: list[float] = field(default_factory=list)
+
+
+def run_steps(
+    model: torch.nn.Module,
+    total: int,
+    step_fn: StepFn,
+    settings: FitSettings,
+    checkpoint_dir: Path,
+    label: str,
+    on_step: Callable[[int, dict[str, float], float], None] | None = None,
+    accelerator: Any = None,
+    max_grad_norm: float = 1.0,
+) -> FitResult:
+    """The optimisation loop every trainer shares: AdamW + linear warm-up, resumable checkpoints,
+    a NaN/inf guard that names the step and the loss term, Ctrl-C that saves, a progress bar.
+
+    `step_fn(step)` runs the forward and backward passes of one optimizer step (all its
+    micro-batches) and returns ({term: value}, answer tokens); the term "loss" is the one optimised.
+    With an `accelerator` (distributed runs) only the main process writes checkpoints.
+    `on_step(step, parts, lr)` sees every finished step (training logs).
+    """
+    from transformers import get_linear_schedule_with_warmup
+
+    from tokenforget.progress import console, training_progress
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(settings.warmup_ratio * total), total)
+    saved = load_checkpoint(checkpoint_dir, model, optimizer, scheduler)
+    if saved is not None and saved.get("total_steps", total) != total:
+        raise RuntimeError(
+            f"checkpoint in {checkpoint_dir} is for {saved['total_steps']} steps, this run has "
+            f"{total}: the settings changed. Delete the folder to start over."
+        )
+    state = LoopState(**{k: saved[k] for k in ("step", "tokens", "losses")}) if saved else LoopState()
+    main = accelerator is None or accelerator.is_main_process
+
+    def checkpoint() -> None:
+        if main:
+            save_checkpoint(
+                checkpoint_dir, model, optimizer, scheduler, {**vars(state), "total_steps": total}
+            )
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
+
+    if state.step and main:
+        console.print(f"[yellow]{label}[/]: resuming from step {state.step}/{total} ({checkpoint_dir})")
+    model.train()
+    started = time.perf_counter()
+    tokens_now = 0
+    with _StopRequest() as stop, training_progress(label, total, state.step) as bar:
+        for step in range(state.step, total):
+            parts, n_tokens = step_fn(step)
+            bad = [name for name, value in parts.items() if not math.isfinite(value)]
+            if bad:
+                checkpoint()  # the weights before this step: resume after lowering the learning rate
+                raise FloatingPointError(
+                    f"{label}: loss term {bad[0]!r} is {parts[bad[0]]} at step {step + 1}; checkpoint "
+                    f"(before this step) kept in {checkpoint_dir}. Lower the learning rate and run again."
+                )
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            tokens_now += n_tokens
+            state.step = step + 1
+            state.tokens += n_tokens
+            state.losses.append(round(parts["loss"], 5))
+            lr = scheduler.get_last_lr()[0]
+            bar.advance(parts, tokens_now / (time.perf_counter() - started), lr)
+            if on_step is not None:
+                on_step(step + 1, parts, lr)
+            last = step + 1 == total
+            if stop.stop or (not last and (step + 1) % settings.checkpoint_every == 0):
+                checkpoint()
+            if stop.stop:
+                raise Interrupted(
+                    f"{label}: stopped at step {step + 1}/{total}; checkpoint saved. "
+                    "Run the same command again to resume."
+                )
+    return FitResult(
+        steps=total,
+        tokens=state.tokens,
+        seconds=time.perf_counter() - started,
+        final_loss=state.losses[-1] if state.losses else float("nan"),
+        losses=state.losses,
+    )
+
+
 def fit_nll(
     model: torch.nn.Module,
     encoded: Sequence[Encoded],
@@ -220,78 +320,26 @@ def fit_nll(
     on_step: Callable[[int, float], None] | None = None,
 ) -> FitResult:
     """Answer-only NLL fine-tuning (mean over the answer tokens of each optimizer step), resumable."""
-    from transformers import get_linear_schedule_with_warmup
-
-    from tokenforget.progress import console, training_progress
-
     torch.manual_seed(settings.seed)
     lengths = [len(e.input_ids) for e in encoded]
     schedule = batch_schedule(lengths, settings.batch_size, settings.epochs, settings.seed)
-    total = len(schedule)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, round(settings.warmup_ratio * total), total)
-    state = load_checkpoint(checkpoint_dir, model, optimizer, scheduler) or {
-        "step": 0,
-        "losses": [],
-        "tokens": 0,
-    }
-    if state["step"]:
-        console.print(f"[yellow]{label}[/]: resuming from step {state['step']}/{total} ({checkpoint_dir})")
-    if state.get("total_steps", total) != total:
-        raise RuntimeError(
-            f"checkpoint in {checkpoint_dir} is for {state['total_steps']} steps, this run has "
-            f"{total}: the settings changed. Delete the folder to start over."
-        )
-    device = precision.device
-    model.train()
-    started = time.perf_counter()
-    tokens_now = 0
-    with _StopRequest() as stop, training_progress(label, total, state["step"]) as bar:
-        for step in range(state["step"], total):
-            indices = schedule[step]
-            n_tokens = sum(encoded[i].n_answer for i in indices)
-            step_loss = 0.0
-            for start in range(0, len(indices), settings.micro_batch_size):
-                micro = [encoded[i] for i in indices[start : start + settings.micro_batch_size]]
-                batch = {k: v.to(device) for k, v in pad_batch(micro, pad_id).items()}
-                with precision.autocast():
-                    fwd = answer_forward(model, batch)
-                loss = token_nll(fwd).sum() / n_tokens
-                loss.backward()
-                step_loss += loss.item()
-            if not math.isfinite(step_loss):
-                save_checkpoint(checkpoint_dir, model, optimizer, scheduler, {**state, "total_steps": total})
-                raise FloatingPointError(
-                    f"{label}: loss is {step_loss} at step {step + 1}; checkpoint kept "
-                    f"in {checkpoint_dir}. Lower the learning rate (--set prepare.lr=...)."
-                )
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            tokens_now += n_tokens
-            state["step"] = step + 1
-            state["tokens"] += n_tokens
-            state["losses"].append(round(step_loss, 5))
-            bar.advance(step_loss, tokens_now / (time.perf_counter() - started), scheduler.get_last_lr()[0])
-            if on_step is not None:
-                on_step(step + 1, step_loss)
-            last = step + 1 == total
-            if stop.stop or (not last and (step + 1) % settings.checkpoint_every == 0):
-                save_checkpoint(checkpoint_dir, model, optimizer, scheduler, {**state, "total_steps": total})
-            if stop.stop:
-                raise Interrupted(
-                    f"{label}: stopped at step {step + 1}/{total}; checkpoint saved. "
-                    "Run the same command again to resume."
-                )
-    return FitResult(
-        steps=total,
-        tokens=state["tokens"],
-        seconds=time.perf_counter() - started,
-        final_loss=state["losses"][-1] if state["losses"] else float("nan"),
-        losses=state["losses"],
-    )
+
+    def step_fn(step: int) -> tuple[dict[str, float], int]:
+        indices = schedule[step]
+        n_tokens = sum(encoded[i].n_answer for i in indices)
+        step_loss = 0.0
+        for start in range(0, len(indices), settings.micro_batch_size):
+            micro = [encoded[i] for i in indices[start : start + settings.micro_batch_size]]
+            batch = {k: v.to(precision.device) for k, v in pad_batch(micro, pad_id).items()}
+            with precision.autocast():
+                fwd = answer_forward(model, batch)
+            loss = token_nll(fwd).sum() / n_tokens
+            loss.backward()
+            step_loss += loss.item()
+        return {"loss": step_loss}, n_tokens
+
+    report = None if on_step is None else (lambda step, parts, lr: on_step(step, parts["loss"]))
+    return run_steps(model, len(schedule), step_fn, settings, checkpoint_dir, label, report)
 
 
 def iter_chunks(items: Sequence, size: int) -> Iterator[Sequence]:

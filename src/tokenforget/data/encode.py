@@ -34,6 +34,7 @@ class Encoded:
     prompt_len: int
     answer_offsets: list[tuple[int, int]]  # per answer token, answer-relative chars; EOS = (n, n)
     uw: list[bool] | None  # per answer token (EOS included, always False); None = no spans given
+    weights: list[float] | None = None  # per answer token: the best score of the spans it overlaps
 
     @property
     def labels(self) -> list[int]:
@@ -142,13 +143,29 @@ def encode(
             ]
         )
     chosen = sample.spans if spans is None else tuple(spans)
-    uw = None if chosen is None else [*span_mask(answer_offsets[:-1], chosen), False]
-    return Encoded(input_ids=ids, prompt_len=prompt_len, answer_offsets=answer_offsets, uw=uw)
+    uw = weights = None
+    if chosen is not None:
+        uw = [*span_mask(answer_offsets[:-1], chosen), False]
+        weights = [*span_weights(answer_offsets[:-1], chosen), 0.0]
+    return Encoded(
+        input_ids=ids, prompt_len=prompt_len, answer_offsets=answer_offsets, uw=uw, weights=weights
+    )
 
 
 def span_mask(token_offsets: Sequence[tuple[int, int]], spans: Sequence[Span]) -> list[bool]:
     """True for every token whose characters overlap any span (all sub-tokens of a marked word)."""
     return [any(s < sp.end and e > sp.start for sp in spans) and e > s for s, e in token_offsets]
+
+
+def span_weights(token_offsets: Sequence[tuple[int, int]], spans: Sequence[Span]) -> list[float]:
+    """Per token, the highest score of the spans it overlaps (a span without a score counts 1), else 0."""
+    return [
+        max(
+            (1.0 if sp.score is None else sp.score for sp in spans if s < sp.end and e > sp.start and e > s),
+            default=0.0,
+        )
+        for s, e in token_offsets
+    ]
 
 
 def pad_batch(encoded: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
@@ -160,6 +177,7 @@ def pad_batch(encoded: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor
     labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)
     attention = torch.zeros((batch, width), dtype=torch.long)
     uw = torch.zeros((batch, width), dtype=torch.bool)
+    weights = torch.zeros((batch, width), dtype=torch.float32)
     for row, item in enumerate(encoded):
         n = len(item.input_ids)
         input_ids[row, :n] = torch.tensor(item.input_ids)
@@ -167,7 +185,15 @@ def pad_batch(encoded: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor
         attention[row, :n] = 1
         if item.uw is not None:
             uw[row, item.prompt_len : n] = torch.tensor(item.uw)
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention, "uw_mask": uw}
+        if item.weights is not None:
+            weights[row, item.prompt_len : n] = torch.tensor(item.weights)
+    return {
+        "input_ids": input_ids,
+        "labels": labels,
+        "attention_mask": attention,
+        "uw_mask": uw,
+        "token_weights": weights,
+    }
 
 
 def pad_prompts_left(prompts: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -28,9 +28,13 @@ class Span:
 
     start: int
     end: int
+    score: float | None = field(default=None, compare=False)  # identifier confidence in [0, 1]
 
-    def to_dict(self) -> dict[str, int]:
-        return {"start": self.start, "end": self.end}
+    def to_dict(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"start": self.start, "end": self.end}
+        if self.score is not None:
+            row["score"] = self.score
+        return row
 
 
 @dataclass
@@ -138,8 +142,14 @@ def _check_spans(raw: Any, text: str, line: int, issues: _Collector, fld: str) -
                 f"offsets count characters of the {fld}, from 0 to {len(text)}",
             )
             continue
-        spans.append(Span(start, end))
-    return tuple(sorted(set(spans)))
+        score = item.get("score")
+        if score is not None and (
+            isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= 1
+        ):
+            issues.add(line, name, f"score must be a number in [0, 1], got {score!r}", "drop it or rescale")
+            continue
+        spans.append(Span(start, end, None if score is None else float(score)))
+    return tuple(sorted(dict.fromkeys(spans)))
 
 
 _STRING_FIELDS = ("question", "answer", "text")
