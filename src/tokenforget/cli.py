@@ -27,6 +27,7 @@ The workflow, each step a command and a Python call:
   prepare   make the target and retain models of a benchmark (TOFU-mini ships inside the package)
   run       the main job: prepare -> identify -> unlearn -> evaluate -> report, in runs/<name>/
   data      validate your forget/retain files (JSONL or CSV) before anything reads them
+  unlearn   make a model forget a forget set (TPO and every baseline), resumable, DDP-ready
   eval      TOFU logs + summary, membership attacks, KL to the original; summarise any TOFU logs
   config    list every setting, show the resolved config, print its JSON schema
   model     convert the embedded default model (SmolLM2-135M-Instruct) once, show where it is
@@ -144,6 +145,62 @@ def run(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     out.print(table)
     out.print(f"not available yet: {', '.join(result.summary['stages_not_available_yet'])}")
     out.print(f"run folder: {result.folder.resolve()}")
+
+
+def _methods_help() -> str:
+    from tokenforget.losses import METHODS
+
+    rows = []
+    for m in METHODS.values():
+        numbers = ", ".join(f"{k}={v}" for k, v in m.defaults.items())
+        rows.append(f"  {m.name:<9} {m.summary} [retain: {m.retain}{'; ' + numbers if numbers else ''}]")
+    return "\n".join(rows)
+
+
+@app.command(
+    help=f"""Make a model forget a forget set; writes OUT/model (save_pretrained, safetensors).
+
+\b
+Methods (--method), with their default retain term and numbers:
+{_methods_help()}
+
+\b
+The forget set is an identified set (`tokenforget identify`, or the paper's published layout with
+target_words/common_words) or any JSONL/CSV with `spans` marking the unwanted words. TPO and
+--tokens uw|weighted need those spans; --tokens all (the default for baselines) does not.
+Numbers: --set unlearn.beta=0.1, unlearn.lam, unlearn.alpha (retain weight), unlearn.gamma
+(forget weight), unlearn.lr, unlearn.epochs, unlearn.lora.r=16 (LoRA), ... (`config keys`).
+MUSE recipe of the TPO paper: --method tpo_gd --set unlearn.gamma=0.1 --set unlearn.lam=0.
+
+\b
+Resumable: kill it and run the same command again. OUT/train_log.jsonl has every loss term per
+step. Multi-process: `accelerate launch -m tokenforget.cli unlearn ...` (DDP)."""
+)
+def unlearn(
+    forget: Annotated[Path, typer.Option(help="Forget set: identified.jsonl or JSONL/CSV (with spans).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Run folder for the model, log and checkpoints.")],
+    method: Annotated[str, typer.Option(help="Unlearning method (see above).")] = "tpo",
+    model: Annotated[
+        str | None, typer.Option(help="Model to unlearn (default: the embedded SmolLM2-135M-Instruct).")
+    ] = None,
+    retain: Annotated[
+        str | None, typer.Option(help="Retain set (JSONL/CSV), or tofu-mini for the bundled one.")
+    ] = None,
+    tokens: Annotated[str | None, typer.Option(help="all, uw or weighted (not TPO).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    from tokenforget.unlearn import unlearn as run_unlearn
+
+    extra = [f"unlearn.method={method}", f"data.forget={forget}"]
+    if model:
+        extra.append(f"model.name={model}")
+    if retain:
+        extra.append(f"data.retain={retain}")
+    if tokens:
+        extra.append(f"unlearn.tokens={tokens}")
+    result = run_unlearn(_config(config, set_, extra), out_dir)
+    out.print_json(json.dumps({**result.summary, "model": str(result.model_dir)}))
 
 
 @eval_app.command("tofu")

@@ -163,6 +163,74 @@ class EvalSettings(_Section):
     batch_size: int = Field(32, ge=1, description="Sequences per scoring / generation batch.")
 
 
+class UnlearnSettings(_Section):
+    """`tokenforget unlearn`: the method, its numbers (null = the method's published default), training."""
+
+    method: str = Field(
+        "tpo", description="Unlearning method (`tokenforget unlearn --help` lists them with their defaults)."
+    )
+    tokens: Literal["all", "uw", "weighted"] = Field(
+        "all",
+        description=(
+            "Which answer tokens a forget loss acts on (not TPO, which splits UW/GW itself): all; uw = "
+            "only unwanted-word tokens (GA/NPO on UW only); weighted = soft weights from span scores."
+        ),
+    )
+    beta: float | None = Field(
+        None, gt=0, description="Inverse temperature (TPO 0.3, NPO 0.1, SimNPO 4.5, ...)."
+    )
+    lam: float = Field(
+        1.0, ge=0, description="TPO: weight of the preservation loss on GW (published code: 1)."
+    )
+    gamma: float | None = Field(
+        None, ge=0, description="Weight of the forget term (default 1; SimNPO 0.125)."
+    )
+    alpha: float | None = Field(None, ge=0, description="Weight of the retain term (default 1; RMU 100).")
+    retain_loss: Literal["auto", "none", "nll", "kl"] = Field(
+        "auto", description="Retain term: auto = the method's own (e.g. graddiff: nll, npo: none)."
+    )
+    lpl_reduction: Literal["batch", "sample"] = Field(
+        "batch", description="TPO: batch = one Delta per micro-batch inside the log-sigmoid (faithful)."
+    )
+    pl_reduction: Literal["sum", "mean"] = Field(
+        "sum", description="TPO: PL per sample, sum (faithful) or mean."
+    )
+    lpl_space: Literal["logit", "logprob"] = Field(
+        "logit", description="TPO: LPL on raw gold logits (faithful) or on log-probabilities."
+    )
+    delta: float | None = Field(None, description="SimNPO margin (default 0).")
+    delta_inside_beta: bool = Field(False, description="SimNPO: the TPO repo's form beta*(-lp/|a| - delta).")
+    beta2: float | None = Field(None, ge=0, description="SatImp: exponent of (1 - p) (default 1).")
+    steering: float | None = Field(None, gt=0, description="RMU: norm of the control vector (default 6.5).")
+    layer: int | None = Field(None, ge=0, description="RMU: hidden layer (default: the middle block).")
+    lr: float = Field(1e-5, gt=0, description="Peak learning rate (AdamW).")
+    epochs: float = Field(10.0, gt=0, description="Epochs over the forget set.")
+    batch_size: int = Field(
+        8, ge=1, description="Forget samples per optimizer step (all processes together)."
+    )
+    micro_batch_size: int = Field(8, ge=1, description="Forget samples per forward and process.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(
+        0.1, ge=0, le=1, description="Fraction of steps of linear warm-up (1 epoch of 10)."
+    )
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
+    lora: LoraSettings | None = Field(
+        None, description="Train a LoRA adapter (peft); null = full fine-tuning."
+    )
+    merge_lora: bool = Field(True, description="With LoRA: write merged weights (false: the adapter only).")
+    checkpoint_every: int = Field(5, ge=1, description="Optimizer steps between resumable checkpoints.")
+    seed: int = Field(0, description="Seed for data order, IdkPO answers and RMU's control vector.")
+
+    @field_validator("method")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        from tokenforget.losses import METHODS
+
+        if value not in METHODS:
+            raise ValueError(f"unknown method {value!r}; choose one of {', '.join(METHODS)}")
+        return value
+
+
 class RunSettings(_Section):
     name: str = Field("tofu-mini", description="Run folder name under runs_dir.")
     runs_dir: str = Field("runs", description="Where run folders are created.")
@@ -180,6 +248,7 @@ class Config(_Section):
     data: DataSettings = DataSettings()
     prepare: PrepareSettings = PrepareSettings()
     eval: EvalSettings = EvalSettings()
+    unlearn: UnlearnSettings = UnlearnSettings()
     run: RunSettings = RunSettings()
 
     def to_yaml(self) -> str:

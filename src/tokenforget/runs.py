@@ -26,8 +26,12 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def open_run(cfg: Config) -> Path:
-    """Create (or reopen, when the config matches) the run folder and write config.yaml."""
-    folder = Path(cfg.run.runs_dir) / cfg.run.name
+    """Create (or reopen, when the config matches) runs/<run.name>/ and write config.yaml."""
+    return open_folder(Path(cfg.run.runs_dir) / cfg.run.name, cfg)
+
+
+def open_folder(folder: Path, cfg: Config) -> Path:
+    """Create (or reopen, when the config matches) a run folder and write config.yaml."""
     config_file = folder / "config.yaml"
     resolved = cfg.model_dump(mode="json")
     if config_file.is_file():
@@ -37,7 +41,7 @@ def open_run(cfg: Config) -> Path:
         if changed:
             raise ConfigError(
                 f"{folder} was made with a different config (changed: {', '.join(changed[:8])}). "
-                f"Use another name (--set run.name=NAME) or delete {folder} to start over."
+                f"Use another folder (--out, or --set run.name=NAME) or delete {folder} to start over."
             )
         return folder
     folder.mkdir(parents=True, exist_ok=True)

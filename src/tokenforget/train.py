@@ -45,20 +45,50 @@ def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def answer_forward(
-    model: torch.nn.Module, batch: dict[str, torch.Tensor], keep_hidden: bool = False
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    keep_hidden: bool = False,
+    hidden_layer: int | None = None,
 ) -> AnswerForward:
-    """One forward; LM head applied only where a label follows (position t predicts token t+1)."""
+    """One forward; LM head applied only where a label follows (position t predicts token t+1).
+
+    keep_hidden keeps the last hidden state at those positions; hidden_layer (an index into
+    transformers' hidden_states: 0 = embeddings, k = after block k) keeps that layer's instead.
+    """
     lm = _causal_lm(model)
     backbone = lm.get_decoder()
-    hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    out = backbone(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        output_hidden_states=hidden_layer is not None,
+    )
+    hidden = out.last_hidden_state
     targets = batch["labels"][:, 1:]
     where = targets != IGNORE_INDEX
     picked = hidden[:, :-1][where]
     logits = lm.get_output_embeddings()(picked)
     rows = torch.arange(targets.shape[0], device=targets.device)[:, None].expand_as(targets)[where]
-    return AnswerForward(
-        logits=logits, targets=targets[where], rows=rows, hidden=picked if keep_hidden else None
-    )
+    kept = None
+    if hidden_layer is not None:
+        kept = out.hidden_states[hidden_layer][:, :-1][where]
+    elif keep_hidden:
+        kept = picked
+    return AnswerForward(logits=logits, targets=targets[where], rows=rows, hidden=kept)
+
+
+class AnswerModel(torch.nn.Module):
+    """`answer_forward` as a module, so distributed wrappers (DDP via accelerate) see the forward
+    that produces the loss and synchronise gradients."""
+
+    def __init__(self, lm: torch.nn.Module, hidden_layer: int | None = None):
+        super().__init__()
+        self.lm = lm
+        self.hidden_layer = hidden_layer
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> tuple:
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        fwd = answer_forward(self.lm, batch, hidden_layer=self.hidden_layer)
+        return fwd.logits, fwd.targets, fwd.rows, fwd.hidden
 
 
 def token_nll(fwd: AnswerForward) -> torch.Tensor:

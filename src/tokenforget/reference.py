@@ -1,0 +1,103 @@
+"""The theta0 reference cache: one pass of the frozen model over the forget set, before training.
+
+TPO, NPO, IdkPO and TNPO need theta0 only through per-token numbers of a *fixed* set of texts (the
+gold logit and log-probability of every answer token of the forget answers, and of IdkPO's
+preferred answers), so they are computed once, stored in `reference.safetensors` keyed by sample id,
+and theta0 is never held in memory during training (trl's precomputed reference log-probs).
+
+The cache is reused only when everything that shapes the numbers matches: the model's identity,
+the exact token ids of every text (which covers data, prompt template and tokenizer) and the
+resolved precision. The key is stored in the file's metadata; a file with another key is recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from tokenforget.data.encode import Encoded, pad_batch
+from tokenforget.losses import RefStats
+from tokenforget.models import Precision, eval_mode, model_identity
+from tokenforget.train import answer_forward
+
+FORMAT = "tokenforget-reference-1"
+
+
+def reference_key(
+    model_source: str, groups: dict[str, Sequence[Encoded]], ids: Sequence[str], precision: str
+) -> str:
+    payload = {
+        "format": FORMAT,
+        "model": model_identity(model_source),
+        "precision": precision,
+        "ids": list(ids),
+        "texts": {name: [[e.input_ids, e.prompt_len] for e in items] for name, items in groups.items()},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def compute_reference(
+    model: torch.nn.Module,
+    groups: dict[str, Sequence[Encoded]],
+    ids: Sequence[str],
+    pad_id: int,
+    precision: Precision,
+    batch_size: int = 16,
+) -> dict[str, torch.Tensor]:
+    """`{group}/{id}/gold_logit` and `{group}/{id}/logp` (fp32, one value per answer token)."""
+    from tokenforget.progress import task_progress
+
+    tensors: dict[str, torch.Tensor] = {}
+    total = sum(len(items) for items in groups.values())
+    with eval_mode(model), task_progress("reference pass (theta0)", total) as bar:
+        for name, items in groups.items():
+            for start in range(0, len(items), batch_size):
+                chunk = list(items[start : start + batch_size])
+                batch = {k: v.to(precision.device) for k, v in pad_batch(chunk, pad_id).items()}
+                with precision.autocast():
+                    fwd = answer_forward(model, batch)
+                logits = fwd.logits.float()
+                gold = logits.gather(-1, fwd.targets[:, None]).squeeze(-1)
+                logp = gold - torch.logsumexp(logits, -1)
+                counts = torch.bincount(fwd.rows, minlength=len(chunk)).tolist()
+                for offset, (g, lp) in enumerate(zip(gold.split(counts), logp.split(counts), strict=True)):
+                    key = f"{name}/{ids[start + offset]}"
+                    tensors[f"{key}/gold_logit"] = g.cpu().contiguous()
+                    tensors[f"{key}/logp"] = lp.cpu().contiguous()
+                bar.advance(bar.task_ids[0], len(chunk))
+    return tensors
+
+
+def save_reference(path: Path, tensors: dict[str, torch.Tensor], key: str) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    save_file(tensors, str(tmp), metadata={"key": key, "format": FORMAT})
+    tmp.replace(path)
+
+
+def load_reference(path: Path, key: str) -> dict[str, torch.Tensor] | None:
+    """The cached tensors when `path` holds the cache for `key`; None otherwise."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            if (handle.metadata() or {}).get("key") != key:
+                return None
+            return {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    except Exception:  # a torn or foreign file is recomputed, never trusted
+        return None
+
+
+def reference_stats(
+    cache: dict[str, torch.Tensor], group: str, ids: Sequence[str], device: torch.device
+) -> RefStats:
+    """RefStats for a micro-batch, in the flattened order answer_forward uses (row by row)."""
+    gold = torch.cat([cache[f"{group}/{i}/gold_logit"] for i in ids]).to(device)
+    logp = torch.cat([cache[f"{group}/{i}/logp"] for i in ids]).to(device)
+    return RefStats(gold_logit=gold, logp=logp)

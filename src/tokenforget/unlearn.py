@@ -1,0 +1,392 @@
+"""`tokenforget unlearn`: train a model to forget a forget set with any registered method.
+
+One optimizer step = `unlearn.batch_size` forget samples (split over processes and micro-batches),
+each micro-batch with as many retain samples (when the method has a retain term) and, for IdkPO, the
+forget questions with their "I don't know" answers. All rows of a micro-batch go through **one**
+policy forward; the LM head runs at answer positions only. theta0 enters through the reference cache
+(`reference.safetensors`) unless the method needs its whole distribution (ga_kl, undial) or its
+hidden states (rmu): then it is loaded, frozen, and said so in the log.
+
+The output folder is a run folder (design.md): `config.yaml`, `reference.safetensors`,
+`checkpoints/`, `train_log.jsonl` (one line per step, every loss term), `model/` (save_pretrained,
+safetensors; merged weights or the LoRA adapter) and `unlearn.json`. Kill it at any moment and run
+the same command again: it resumes from the last checkpoint and ends with the same weights.
+
+Distributed: run the same command under `accelerate launch` (DDP; tested here with 2 CPU
+processes). Gradients are averaged over processes and micro-batches, so with the same global batch
+GA and NPO give the same result on any number of processes; TPO's Delta is one number per
+micro-batch by definition, so TPO depends on the micro-batch size (as in the published code).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tokenforget.config import Config
+from tokenforget.data.encode import Encoded, encode, pad_batch
+from tokenforget.data.records import Sample, read_samples
+from tokenforget.errors import ConfigError, DataError, DataIssue
+from tokenforget.losses import METHODS, LossInputs, LossSettings, Method, RefStats, TokenStats, compute
+from tokenforget.models import cache_dir, load_model, resolve_model, save_model, wrap_lora
+from tokenforget.progress import console
+from tokenforget.reference import (
+    compute_reference,
+    load_reference,
+    reference_key,
+    reference_stats,
+    save_reference,
+)
+from tokenforget.runs import open_folder, write_json
+from tokenforget.train import AnswerModel, FitSettings, batch_schedule, run_steps
+
+TRAIN_LOG = "train_log.jsonl"
+
+
+@dataclass
+class UnlearnResult:
+    folder: Path
+    model_dir: Path
+    summary: dict[str, Any]
+
+
+def loss_settings(cfg: Config, method: Method, hidden_size: int = 0) -> LossSettings:
+    """The method's published defaults, overridden by every `unlearn.*` number the user set."""
+    u = cfg.unlearn
+    values: dict[str, Any] = {**method.defaults}
+    for name in ("beta", "gamma", "alpha", "delta", "beta2", "steering"):
+        if getattr(u, name) is not None:
+            values[name] = getattr(u, name)
+    control = None
+    if method.needs_hidden:
+        gen = torch.Generator().manual_seed(u.seed)
+        control = torch.rand(hidden_size, generator=gen)
+        control = control / control.norm()
+    return LossSettings(
+        **values,
+        lam=u.lam,
+        tokens=u.tokens if method.uses_tokens else "all",
+        lpl_reduction=u.lpl_reduction,
+        pl_reduction=u.pl_reduction,
+        lpl_space=u.lpl_space,
+        delta_inside_beta=u.delta_inside_beta,
+        control=control,
+    )
+
+
+def idk_answers() -> list[str]:
+    """TOFU's refusal answers (99, from the TIF paper's repository; MIT) for IdkPO."""
+    text = (resources.files("tokenforget") / "benchmark_data" / "idontknow.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def load_forget(cfg: Config) -> list[Sample]:
+    from tokenforget.identify import read_identified
+
+    if cfg.data.forget is None:
+        raise ConfigError("no forget set: give --forget FILE (identified.jsonl, or JSONL/CSV with spans)")
+    return read_identified(cfg.data.forget)
+
+
+def load_retain(cfg: Config) -> list[Sample] | None:
+    if cfg.data.retain is None:
+        return None
+    if cfg.data.retain == "tofu-mini":
+        from tokenforget.data.benchmarks import tofu_mini
+
+        return tofu_mini().retain
+    return read_samples(cfg.data.retain)
+
+
+def check_inputs(
+    method: Method, cfg: Config, forget: list[Sample], retain: list[Sample] | None, retain_term: str
+) -> None:
+    """Refuse combinations that cannot work, with the fix (trl-style incompatibility errors)."""
+    needs_spans = not method.uses_tokens or cfg.unlearn.tokens != "all"
+    if needs_spans and not any(s.spans for s in forget):
+        what = (
+            "TPO splits answers into UW and GW tokens"
+            if not method.uses_tokens
+            else f"--tokens {cfg.unlearn.tokens}"
+        )
+        raise DataError(
+            [
+                DataIssue(
+                    str(cfg.data.forget),
+                    None,
+                    "spans",
+                    f"no sample marks any unwanted word, but {what}",
+                    "run `tokenforget identify` first, add spans to the file, "
+                    "or use --set unlearn.tokens=all",
+                )
+            ]
+        )
+    if retain_term != "none" and retain is None:
+        raise ConfigError(
+            f"method {method.name!r} uses a retain term ({retain_term}) but no retain set was given. "
+            "Fix: --retain FILE (or --retain tofu-mini), or --set unlearn.retain_loss=none"
+        )
+    u = cfg.unlearn
+    if u.batch_size % u.micro_batch_size:
+        raise ConfigError(
+            f"unlearn.batch_size {u.batch_size} is not a multiple of "
+            f"unlearn.micro_batch_size {u.micro_batch_size}"
+        )
+
+
+def _flags(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """uw, token weight and EOS flags at answer positions, flattened like answer_forward's output."""
+    where = batch["labels"][:, 1:] != -100
+    lengths = batch["attention_mask"].sum(1)
+    cols = torch.arange(where.shape[1], device=where.device)[None, :]
+    eos = (cols == (lengths[:, None] - 2))[where]
+    return batch["uw_mask"][:, 1:][where], batch["token_weights"][:, 1:][where], eos
+
+
+def _split(out: tuple, flags: tuple, bounds: list[tuple[int, int]]) -> list[TokenStats | None]:
+    """Slice one forward's flattened outputs into per-group TokenStats (forget, alt, retain)."""
+    logits, targets, rows, hidden = out
+    uw, weights, eos = flags
+    groups: list[TokenStats | None] = []
+    for lo, hi in bounds:
+        if hi == lo:
+            groups.append(None)
+            continue
+        m = (rows >= lo) & (rows < hi)
+        groups.append(
+            TokenStats(
+                logits=logits[m],
+                targets=targets[m],
+                rows=rows[m] - lo,
+                n_rows=hi - lo,
+                uw=uw[m],
+                eos=eos[m],
+                weights=weights[m],
+                hidden=None if hidden is None else hidden[m],
+            )
+        )
+    return groups
+
+
+def unlearn(cfg: Config, out: Path) -> UnlearnResult:
+    """Unlearn cfg.data.forget from cfg.model.name with cfg.unlearn.method; everything lands in `out`."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    method = METHODS[cfg.unlearn.method]
+    u = cfg.unlearn
+    retain_term = method.retain if u.retain_loss == "auto" else u.retain_loss
+    forget = load_forget(cfg)
+    retain = load_retain(cfg) if retain_term != "none" else None
+    check_inputs(method, cfg, forget, retain, retain_term)
+    accelerator = Accelerator(
+        cpu=cfg.model.device == "cpu",
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=method.needs_hidden)],
+    )
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_process = u.batch_size // world
+    if u.batch_size % world or per_process % min(u.micro_batch_size, per_process):
+        raise ConfigError(
+            f"unlearn.batch_size {u.batch_size} must split evenly over {world} processes and "
+            f"micro-batches of {u.micro_batch_size}"
+        )
+    micro = min(u.micro_batch_size, per_process)
+    folder = open_folder(out, cfg) if accelerator.is_main_process else out
+    accelerator.wait_for_everyone()
+    model_dir = folder / "model"
+    if (folder / "unlearn.json").is_file() and model_dir.is_dir():
+        console.print(f"[green]unlearn[/]: already done in {folder}")
+        return UnlearnResult(folder, model_dir, json.loads((folder / "unlearn.json").read_text()))
+    started = time.perf_counter()
+    source = resolve_model(cfg.model.name)
+    model, tokenizer, precision = load_model(cfg.model, source)
+    pad = tokenizer.pad_token_id
+    max_len = cfg.data.max_length
+    forget_enc = [encode(s, tokenizer, cfg.prompt, max_len) for s in forget]
+    retain_enc = [encode(s, tokenizer, cfg.prompt, max_len) for s in retain] if retain else []
+    alt_enc: list[Encoded] = []
+    if method.needs_alt:
+        if any(s.question is None for s in forget):
+            raise ConfigError("idkpo needs QA samples (a question to answer 'I don't know' to)")
+        refusals = idk_answers()
+        rng = random.Random(u.seed)
+        alt = [Sample(answer=rng.choice(refusals), question=s.question, id=s.id) for s in forget]
+        alt_enc = [encode(s, tokenizer, cfg.prompt, max_len) for s in alt]
+    ids = [s.id for s in forget]
+
+    cache: dict[str, torch.Tensor] = {}
+    if method.needs_ref_logp or method.needs_ref_logit:
+        groups = {"forget": forget_enc, **({"alt": alt_enc} if alt_enc else {})}
+        key = reference_key(source, groups, ids, precision.label)
+        ref_file = folder / "reference.safetensors"
+        shared = cache_dir() / "reference" / f"{key[:24]}.safetensors"
+        loaded = load_reference(ref_file, key)
+        if loaded is None and accelerator.is_main_process:
+            if load_reference(shared, key) is None:
+                shared.parent.mkdir(parents=True, exist_ok=True)
+                save_reference(shared, compute_reference(model, groups, ids, pad, precision), key)
+            else:
+                console.print(f"[green]unlearn[/]: theta0 reference reused from {shared}")
+            shutil.copyfile(shared, ref_file)
+        accelerator.wait_for_everyone()
+        loaded = loaded or load_reference(ref_file, key)
+        if loaded is None:
+            raise RuntimeError(f"the reference cache {ref_file} could not be written or read back")
+        cache = loaded
+    ref_model = None
+    if method.needs_ref_model:
+        console.print(f"[yellow]unlearn[/]: {method.name} needs theta0's full outputs: loading a frozen copy")
+        ref_lm, _, _ = load_model(cfg.model, source)
+        ref_lm.requires_grad_(False).eval()
+    n_layers = model.config.num_hidden_layers
+    layer = (u.layer if u.layer is not None else n_layers // 2) if method.needs_hidden else None
+    if layer is not None and layer > n_layers:
+        raise ConfigError(f"unlearn.layer {layer} is past the model's {n_layers} blocks")
+    if method.needs_ref_model:
+        ref_model = AnswerModel(ref_lm, layer)
+    if u.lora is not None:
+        model = wrap_lora(model, u.lora, u.seed)
+    settings = loss_settings(cfg, method, model.config.hidden_size)
+    policy = accelerator.prepare(AnswerModel(model, layer))
+    device = accelerator.device if world > 1 else precision.device
+
+    forget_steps = batch_schedule([len(e.input_ids) for e in forget_enc], u.batch_size, u.epochs, u.seed)
+    total = len(forget_steps)
+    retain_steps = (
+        batch_schedule(
+            [len(e.input_ids) for e in retain_enc],
+            u.batch_size,
+            total * u.batch_size / len(retain_enc),
+            u.seed + 1,
+        )
+        if retain_enc
+        else []
+    )
+
+    def step_fn(step: int) -> tuple[dict[str, float], int]:
+        mine = forget_steps[step][rank::world]
+        mine_retain = retain_steps[step][rank::world] if retain_steps else []
+        n_micro = len(range(0, len(mine), micro))
+        sums: dict[str, float] = {}
+        tokens = 0
+        for start in range(0, len(mine), micro):
+            f_idx = mine[start : start + micro]
+            r_idx = mine_retain[start : start + micro]
+            rows = (
+                [forget_enc[i] for i in f_idx]
+                + [alt_enc[i] for i in f_idx if alt_enc]
+                + [retain_enc[i] for i in r_idx]
+            )
+            nf, na = len(f_idx), len(f_idx) if alt_enc else 0
+            bounds = [(0, nf), (nf, nf + na), (nf + na, len(rows))]
+            batch = {k: v.to(device) for k, v in pad_batch(rows, pad).items()}
+            flags = _flags(batch)
+            with precision.autocast():
+                out = policy(batch["input_ids"], batch["attention_mask"], batch["labels"])
+            f_stats, a_stats, r_stats = _split(out, flags, bounds)
+            batch_ids = [ids[i] for i in f_idx]
+            inputs = LossInputs(
+                forget=f_stats,
+                forget_ref=reference_stats(cache, "forget", batch_ids, device) if cache else None,
+                retain=r_stats,
+                alt=a_stats,
+                alt_ref=reference_stats(cache, "alt", batch_ids, device) if a_stats is not None else None,
+            )
+            if ref_model is not None:
+                with torch.no_grad(), precision.autocast():
+                    f_ref, _, r_ref = _split(
+                        ref_model(batch["input_ids"], batch["attention_mask"], batch["labels"]), flags, bounds
+                    )
+                inputs.forget_ref = RefStats(logits=f_ref.logits, hidden=f_ref.hidden)
+                if r_ref is not None:
+                    inputs.retain_ref = RefStats(logits=r_ref.logits, hidden=r_ref.hidden)
+            terms = compute(method, inputs, settings, retain_term)
+            accelerator.backward(terms.total / n_micro)
+            for name, value in terms.parts.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach()) / n_micro
+            tokens += int(f_stats.targets.numel())
+        names = sorted(sums)
+        values = torch.tensor([sums[n] for n in names], dtype=torch.float64, device=device)
+        if world > 1:
+            values = accelerator.reduce(values, reduction="mean")
+        parts = {"loss": 0.0, **dict(zip(names, values.tolist(), strict=True))}
+        return parts, tokens
+
+    log_path = folder / TRAIN_LOG
+    checkpoint_dir = folder / "checkpoints"
+    _trim_log(log_path, checkpoint_dir)
+    seconds_at_start = time.perf_counter()
+
+    def on_step(step: int, parts: dict[str, float], lr: float) -> None:
+        if accelerator.is_main_process:
+            row = {"step": step, "lr": lr, **{k: round(v, 6) for k, v in parts.items()}}
+            row["seconds"] = round(time.perf_counter() - seconds_at_start, 2)
+            with open(log_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
+
+    fit = FitSettings(
+        epochs=u.epochs,
+        lr=u.lr,
+        batch_size=u.batch_size,
+        micro_batch_size=micro,
+        weight_decay=u.weight_decay,
+        warmup_ratio=u.warmup_ratio,
+        seed=u.seed,
+        checkpoint_every=u.checkpoint_every,
+    )
+    torch.manual_seed(u.seed)
+    result = run_steps(
+        model,
+        total,
+        step_fn,
+        fit,
+        checkpoint_dir,
+        f"unlearn {method.name}",
+        on_step,
+        accelerator,
+        u.max_grad_norm,
+    )
+    summary = {
+        "method": method.name,
+        "retain_term": retain_term,
+        "tokens": settings.tokens,
+        "settings": {k: v for k, v in vars(settings).items() if k != "control"},
+        "forget_samples": len(forget),
+        "forget_samples_with_uw": sum(1 for s in forget if s.spans),
+        "retain_samples": len(retain or []),
+        "steps": result.steps,
+        "answer_tokens": result.tokens,
+        "processes": world,
+        "precision": precision.label,
+        "theta0_in_memory": method.needs_ref_model,
+        "seconds": round(time.perf_counter() - started, 1),
+        "final_loss": result.final_loss,
+    }
+    if accelerator.is_main_process:
+        staging = folder / "model.partial"
+        save_model(model, tokenizer, staging, merge_lora=u.merge_lora)
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
+        staging.replace(model_dir)
+        write_json(folder / "unlearn.json", summary)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the model is safe; free the disk
+    accelerator.wait_for_everyone()
+    return UnlearnResult(folder=folder, model_dir=model_dir, summary=summary)
+
+
+def _trim_log(log_path: Path, checkpoint_dir: Path) -> None:
+    """On resume, drop log lines of steps after the checkpoint (they are run again)."""
+    if not log_path.is_file():
+        return
+    state_file = checkpoint_dir / "state.json"
+    done = json.loads(state_file.read_text())["step"] if state_file.is_file() else 0
+    kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= done]
+    log_path.write_text("".join(line + "\n" for line in kept))
