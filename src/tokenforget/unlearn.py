@@ -272,8 +272,10 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
     )
 
     def step_fn(step: int) -> tuple[dict[str, float], int]:
-        mine = forget_steps[step][rank::world]
-        mine_retain = retain_steps[step][rank::world] if retain_steps else []
+        # contiguous shards: process r's micro-batches are exactly those one process would form
+        share = slice(rank * per_process, (rank + 1) * per_process)
+        mine = forget_steps[step][share]
+        mine_retain = retain_steps[step][share] if retain_steps else []
         n_micro = len(range(0, len(mine), micro))
         sums: dict[str, float] = {}
         tokens = 0

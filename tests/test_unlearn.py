@@ -1,0 +1,288 @@
+"""`tokenforget unlearn` end to end on a tiny random Llama with the real SmolLM2 tokenizer."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import SHARED
+from tokenforget.config import load_config
+from tokenforget.errors import ConfigError, DataError
+from tokenforget.losses import METHODS, at_reference
+from tokenforget.unlearn import unlearn
+
+GOLD = SHARED / "data" / "tofu_identified" / "forget01_gpt.jsonl"
+
+
+@pytest.fixture(scope="module")
+def forget_file(tmp_path_factory) -> Path:
+    """The first 8 TOFU-mini forget answers with the paper's GPT-4o UW labels (published layout)."""
+    path = tmp_path_factory.mktemp("forget") / "forget8.jsonl"
+    path.write_text("".join(GOLD.read_text().splitlines(keepends=True)[:8]))
+    return path
+
+
+def config(tiny_llama_dir, forget, method, *extra):
+    return load_config(
+        overrides=[
+            f"model.name={tiny_llama_dir}",
+            "model.precision=fp32",
+            "model.device=cpu",
+            f"data.forget={forget}",
+            "data.retain=tofu-mini",
+            f"unlearn.method={method}",
+            "unlearn.epochs=1",
+            "unlearn.batch_size=4",
+            "unlearn.micro_batch_size=2",
+            *extra,
+        ]
+    )
+
+
+def log_rows(folder):
+    return [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_trains_and_saves_a_model(tmp_path, tiny_llama_dir, forget_file, method):
+    cfg = config(tiny_llama_dir, forget_file, method, "unlearn.lr=1e-3")
+    result = unlearn(cfg, tmp_path / "run")
+    rows = log_rows(result.folder)
+    assert [r["step"] for r in rows] == [1, 2]  # 8 samples, batch 4, 1 epoch
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    assert (result.model_dir / "model.safetensors").is_file()
+    assert not (result.folder / "checkpoints").exists()  # freed once the model is safe
+    before = load_file(tiny_llama_dir / "model.safetensors")
+    after = load_file(result.model_dir / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before), "training changed nothing"
+    m = METHODS[method]
+    assert result.summary["theta0_in_memory"] == m.needs_ref_model
+    assert (result.folder / "reference.safetensors").is_file() == (m.needs_ref_logp or m.needs_ref_logit)
+    retain_part = f"retain_{m.retain}"
+    assert (retain_part in rows[0]) == (m.retain != "none")
+    beta = m.defaults.get("beta")
+    if method in ("tpo", "tpo_gd"):  # step-0 identity on a real model: the cache is aligned
+        assert rows[0]["lpl"] == pytest.approx(at_reference(beta), abs=1e-5)
+        assert rows[0]["delta"] == pytest.approx(0.0, abs=1e-5)
+    if method == "npo":
+        assert rows[0]["forget"] == pytest.approx(at_reference(beta), abs=1e-5)
+
+
+def uw_gw_logp_change(model_dir, base_dir, forget):
+    """Mean change of log p over UW tokens and over GW tokens of the forget answers (after - before)."""
+    from tokenforget.config import ModelSettings, PromptSettings
+    from tokenforget.data import encode, pad_batch
+    from tokenforget.identify import read_identified
+    from tokenforget.models import load_model
+    from tokenforget.train import answer_forward, token_nll
+
+    means = []
+    for folder in (base_dir, model_dir):
+        model, tok, _ = load_model(ModelSettings(precision="fp32"), str(folder))
+        batch = pad_batch(
+            [encode(s, tok, PromptSettings()) for s in read_identified(forget)], tok.pad_token_id
+        )
+        with torch.no_grad():
+            logp = -token_nll(answer_forward(model, batch))
+        uw = batch["uw_mask"][:, 1:][batch["labels"][:, 1:] != -100]
+        means.append((logp[uw].mean().item(), logp[~uw].mean().item()))
+    return means[1][0] - means[0][0], means[1][1] - means[0][1]
+
+
+def test_tpo_pushes_down_unwanted_tokens_and_keeps_general_ones(tmp_path, tiny_llama_dir, forget_file):
+    common = ["unlearn.lr=3e-3", "unlearn.epochs=4", "unlearn.micro_batch_size=4"]
+    lpl_only = unlearn(config(tiny_llama_dir, forget_file, "tpo", *common, "unlearn.lam=0"), tmp_path / "a")
+    d_uw, d_gw = uw_gw_logp_change(lpl_only.model_dir, tiny_llama_dir, forget_file)
+    assert d_uw < -0.1 and abs(d_gw) < 0.05, (d_uw, d_gw)  # LPL moves UW tokens only
+    faithful = unlearn(config(tiny_llama_dir, forget_file, "tpo", *common), tmp_path / "b")
+    d_uw, d_gw = uw_gw_logp_change(faithful.model_dir, tiny_llama_dir, forget_file)
+    # on a random model PL raises every token; UW still ends well below GW
+    assert d_uw < d_gw - 0.1, (d_uw, d_gw)
+
+
+def test_reference_cache_is_reused_across_runs_and_recomputed_when_the_data_change(
+    tmp_path, tiny_llama_dir, forget_file, monkeypatch
+):
+    import tokenforget.unlearn as module
+
+    monkeypatch.setenv("TOKENFORGET_CACHE", str(tmp_path / "cache"))
+    unlearn(config(tiny_llama_dir, forget_file, "npo"), tmp_path / "a")
+    calls = []
+    original = module.compute_reference
+    monkeypatch.setattr(module, "compute_reference", lambda *a, **k: calls.append(1) or original(*a, **k))
+    unlearn(config(tiny_llama_dir, forget_file, "npo", "unlearn.lr=2e-5"), tmp_path / "b")
+    assert calls == []  # same model, texts and precision: the shared cache serves
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(forget_file.read_text().splitlines(keepends=True)[:4]))
+    unlearn(config(tiny_llama_dir, other, "npo"), tmp_path / "c")
+    assert calls == [1]
+
+
+def test_inputs_that_cannot_work_are_refused_with_the_fix(tmp_path, tiny_llama_dir):
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(json.dumps({"question": "Who?", "answer": "Basil Mahfouz."}) + "\n")
+    with pytest.raises(DataError, match="run `tokenforget identify` first"):
+        unlearn(config(tiny_llama_dir, plain, "tpo"), tmp_path / "a")
+    with pytest.raises(DataError, match="--tokens uw"):
+        unlearn(config(tiny_llama_dir, plain, "ga", "unlearn.tokens=uw"), tmp_path / "b")
+    cfg = load_config(
+        overrides=[f"model.name={tiny_llama_dir}", f"data.forget={plain}", "unlearn.method=graddiff"]
+    )
+    with pytest.raises(ConfigError, match="no retain set was given"):
+        unlearn(cfg, tmp_path / "c")
+    with pytest.raises(ConfigError, match="unknown method 'gd'"):
+        load_config(overrides=["unlearn.method=gd"])
+
+
+def test_nan_loss_stops_with_a_checkpoint_naming_step_and_term(tmp_path, tiny_llama_dir, forget_file):
+    from transformers import LlamaForCausalLM
+
+    broken = tmp_path / "broken"
+    model = LlamaForCausalLM.from_pretrained(tiny_llama_dir)
+    with torch.no_grad():
+        model.model.norm.weight.fill_(float("nan"))
+    model.save_pretrained(broken)
+    for file in tiny_llama_dir.iterdir():
+        if not (broken / file.name).exists():  # the tokenizer files
+            (broken / file.name).write_bytes(file.read_bytes())
+    cfg = config(broken, forget_file, "ga")
+    with pytest.raises(FloatingPointError, match=r"loss term '.*' is nan at step 1"):
+        unlearn(cfg, tmp_path / "run")
+    assert (tmp_path / "run" / "checkpoints" / "state.json").is_file()
+
+
+def cli_args(tiny_llama_dir, forget, out, method, *extra):
+    return [
+        "-m",
+        "tokenforget.cli",
+        "unlearn",
+        "--forget",
+        str(forget),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_llama_dir),
+        "--method",
+        method,
+        "--set",
+        "model.precision=fp32",
+        "--set",
+        "model.device=cpu",
+        "--set",
+        "unlearn.lr=1e-3",
+        *extra,
+    ]
+
+
+def weights_of(folder):
+    return load_file(folder / "model" / "model.safetensors")
+
+
+def test_unlearn_survives_kill_9_and_resumes_to_the_same_weights(tmp_path, tiny_llama_dir, forget_file):
+    extra = ["--retain", "tofu-mini", "--set", "unlearn.epochs=6", "--set", "unlearn.checkpoint_every=2"]
+    env = {**os.environ, "TOKENFORGET_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+    clean_args = cli_args(tiny_llama_dir, forget_file, tmp_path / "clean", "npo_rt", *extra)
+    clean = subprocess.run(
+        [sys.executable, *clean_args], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    args = [sys.executable, *cli_args(tiny_llama_dir, forget_file, tmp_path / "killed", "npo_rt", *extra)]
+    victim = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    state = tmp_path / "killed" / "checkpoints" / "state.json"
+    while time.time() < deadline and victim.poll() is None and not state.is_file():
+        time.sleep(0.02)
+    assert victim.poll() is None, "unlearn finished before a checkpoint could be killed"
+    victim.kill()  # SIGKILL: no chance to clean up
+    victim.wait()
+    resumed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from step" in resumed.stderr
+    a, b = weights_of(tmp_path / "clean"), weights_of(tmp_path / "killed")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    clean_log, resumed_log = log_rows(tmp_path / "clean"), log_rows(tmp_path / "killed")
+    assert [r["step"] for r in resumed_log] == list(range(1, 7))  # no step logged twice or lost
+    assert [r["loss"] for r in resumed_log] == [r["loss"] for r in clean_log]
+
+
+@pytest.mark.parametrize("method", ["ga", "npo"])
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_llama_dir, forget_file, method):
+    """DDP over 2 CPU processes (accelerate launch) = 1 process with micro-batches of half the batch."""
+    env = {**os.environ, "TOKENFORGET_CACHE": str(tmp_path / "cache")}
+    extra = [
+        "--set",
+        "unlearn.epochs=2",
+        "--set",
+        "unlearn.batch_size=4",
+        "--set",
+        "unlearn.micro_batch_size=2",
+    ]
+    one = subprocess.run(
+        [sys.executable, *cli_args(tiny_llama_dir, forget_file, tmp_path / "one", method, *extra)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    launcher = Path(sys.executable).parent / "accelerate"
+    two = subprocess.run(
+        [
+            str(launcher),
+            "launch",
+            "--multi_gpu",  # torchrun + gloo; with model.device=cpu the processes run on the CPU
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            *cli_args(tiny_llama_dir, forget_file, tmp_path / "two", method, *extra),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "unlearn.json").read_text())["processes"] == 2
+    base = load_file(tiny_llama_dir / "model.safetensors")
+    a, b = weights_of(tmp_path / "one"), weights_of(tmp_path / "two")
+    moved = max(float((a[k] - base[k]).abs().max()) for k in a)
+    gap = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert moved > 1e-3  # training really moved the weights
+    assert gap < 1e-3 * moved, (gap, moved)
+    assert [r["loss"] for r in log_rows(tmp_path / "two")] == pytest.approx(
+        [r["loss"] for r in log_rows(tmp_path / "one")], rel=1e-4
+    )
+
+
+def test_lora_run_writes_the_adapter_or_merged_weights(tmp_path, tiny_llama_dir, forget_file):
+    lora = ["unlearn.lora.r=4", "unlearn.lr=1e-2"]
+    merged = unlearn(config(tiny_llama_dir, forget_file, "ga", *lora), tmp_path / "merged")
+    assert (merged.model_dir / "model.safetensors").is_file()
+    adapter = unlearn(
+        config(tiny_llama_dir, forget_file, "ga", *lora, "unlearn.merge_lora=false"), tmp_path / "a"
+    )
+    assert (adapter.model_dir / "adapter_model.safetensors").is_file()
+    assert not (adapter.model_dir / "model.safetensors").exists()
+
+
+def test_a_finished_run_is_not_trained_again_and_a_changed_config_is_refused(
+    tmp_path, tiny_llama_dir, forget_file
+):
+    first = unlearn(config(tiny_llama_dir, forget_file, "ga"), tmp_path / "run")
+    again = unlearn(config(tiny_llama_dir, forget_file, "ga"), tmp_path / "run")
+    assert again.summary == first.summary
+    with pytest.raises(ConfigError, match="different config"):
+        unlearn(config(tiny_llama_dir, forget_file, "ga", "unlearn.lr=1"), tmp_path / "run")
