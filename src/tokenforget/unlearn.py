@@ -35,7 +35,16 @@ from tokenforget.config import Config
 from tokenforget.data.encode import Encoded, encode, pad_batch
 from tokenforget.data.records import Sample, read_samples
 from tokenforget.errors import ConfigError, DataError, DataIssue
-from tokenforget.losses import METHODS, LossInputs, LossSettings, Method, RefStats, TokenStats, compute
+from tokenforget.losses import (
+    METHODS,
+    LossInputs,
+    LossSettings,
+    LossTerms,
+    Method,
+    RefStats,
+    TokenStats,
+    compute,
+)
 from tokenforget.models import cache_dir, load_model, resolve_model, save_model, wrap_lora
 from tokenforget.progress import console
 from tokenforget.reference import (
@@ -176,36 +185,63 @@ def _split(out: tuple, flags: tuple, bounds: list[tuple[int, int]]) -> list[Toke
     return groups
 
 
-def unlearn(cfg: Config, out: Path) -> UnlearnResult:
-    """Unlearn cfg.data.forget from cfg.model.name with cfg.unlearn.method; everything lands in `out`."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
+@dataclass
+class Session:
+    """Everything one unlearning run holds in memory, and the loss of one micro-batch."""
 
+    method: Method
+    settings: LossSettings
+    retain_term: str
+    model: torch.nn.Module  # the trainable model (peft-wrapped with LoRA), for checkpoints and saving
+    tokenizer: Any
+    policy: torch.nn.Module  # AnswerModel around `model`, DDP-wrapped when distributed
+    ref_model: torch.nn.Module | None
+    cache: dict[str, torch.Tensor]
+    precision: Any
+    device: torch.device
+    forget: list[Encoded]
+    alt: list[Encoded]
+    retain: list[Encoded]
+    ids: list[str]
+
+    def micro_loss(self, forget_idx: list[int], retain_idx: list[int]) -> tuple[LossTerms, int]:
+        """One policy forward over forget (+ alt) (+ retain) rows; the method's loss terms."""
+        rows = (
+            [self.forget[i] for i in forget_idx]
+            + [self.alt[i] for i in forget_idx if self.alt]
+            + [self.retain[i] for i in retain_idx]
+        )
+        nf, na = len(forget_idx), len(forget_idx) if self.alt else 0
+        bounds = [(0, nf), (nf, nf + na), (nf + na, len(rows))]
+        batch = {k: v.to(self.device) for k, v in pad_batch(rows, self.tokenizer.pad_token_id).items()}
+        flags = _flags(batch)
+        with self.precision.autocast():
+            out = self.policy(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        f_stats, a_stats, r_stats = _split(out, flags, bounds)
+        batch_ids = [self.ids[i] for i in forget_idx]
+        inputs = LossInputs(forget=f_stats, retain=r_stats, alt=a_stats)
+        if self.cache:
+            inputs.forget_ref = reference_stats(self.cache, "forget", batch_ids, self.device)
+            if a_stats is not None:
+                inputs.alt_ref = reference_stats(self.cache, "alt", batch_ids, self.device)
+        if self.ref_model is not None:
+            with torch.no_grad(), self.precision.autocast():
+                ref_out = self.ref_model(batch["input_ids"], batch["attention_mask"], batch["labels"])
+            f_ref, _, r_ref = _split(ref_out, flags, bounds)
+            inputs.forget_ref = RefStats(logits=f_ref.logits, hidden=f_ref.hidden)
+            if r_ref is not None:
+                inputs.retain_ref = RefStats(logits=r_ref.logits, hidden=r_ref.hidden)
+        return compute(self.method, inputs, self.settings, self.retain_term), int(f_stats.targets.numel())
+
+
+def start_session(cfg: Config, folder: Path, accelerator: Any) -> Session:
+    """Load data and model, fill or reuse the reference cache, load theta0 where the method needs it."""
     method = METHODS[cfg.unlearn.method]
     u = cfg.unlearn
     retain_term = method.retain if u.retain_loss == "auto" else u.retain_loss
     forget = load_forget(cfg)
     retain = load_retain(cfg) if retain_term != "none" else None
     check_inputs(method, cfg, forget, retain, retain_term)
-    accelerator = Accelerator(
-        cpu=cfg.model.device == "cpu",
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=method.needs_hidden)],
-    )
-    world, rank = accelerator.num_processes, accelerator.process_index
-    per_process = u.batch_size // world
-    if u.batch_size % world or per_process % min(u.micro_batch_size, per_process):
-        raise ConfigError(
-            f"unlearn.batch_size {u.batch_size} must split evenly over {world} processes and "
-            f"micro-batches of {u.micro_batch_size}"
-        )
-    micro = min(u.micro_batch_size, per_process)
-    folder = open_folder(out, cfg) if accelerator.is_main_process else out
-    accelerator.wait_for_everyone()
-    model_dir = folder / "model"
-    if (folder / "unlearn.json").is_file() and model_dir.is_dir():
-        console.print(f"[green]unlearn[/]: already done in {folder}")
-        return UnlearnResult(folder, model_dir, json.loads((folder / "unlearn.json").read_text()))
-    started = time.perf_counter()
     source = resolve_model(cfg.model.name)
     model, tokenizer, precision = load_model(cfg.model, source)
     pad = tokenizer.pad_token_id
@@ -241,35 +277,77 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
         if loaded is None:
             raise RuntimeError(f"the reference cache {ref_file} could not be written or read back")
         cache = loaded
-    ref_model = None
-    if method.needs_ref_model:
-        console.print(f"[yellow]unlearn[/]: {method.name} needs theta0's full outputs: loading a frozen copy")
-        ref_lm, _, _ = load_model(cfg.model, source)
-        ref_lm.requires_grad_(False).eval()
     n_layers = model.config.num_hidden_layers
     layer = (u.layer if u.layer is not None else n_layers // 2) if method.needs_hidden else None
     if layer is not None and layer > n_layers:
         raise ConfigError(f"unlearn.layer {layer} is past the model's {n_layers} blocks")
+    ref_model = None
     if method.needs_ref_model:
-        ref_model = AnswerModel(ref_lm, layer)
+        console.print(f"[yellow]unlearn[/]: {method.name} needs theta0's full outputs: loading a frozen copy")
+        ref_lm, _, _ = load_model(cfg.model, source)
+        ref_model = AnswerModel(ref_lm.requires_grad_(False).eval(), layer)
     if u.lora is not None:
         model = wrap_lora(model, u.lora, u.seed)
-    settings = loss_settings(cfg, method, model.config.hidden_size)
-    policy = accelerator.prepare(AnswerModel(model, layer))
-    device = accelerator.device if world > 1 else precision.device
-
-    forget_steps = batch_schedule([len(e.input_ids) for e in forget_enc], u.batch_size, u.epochs, u.seed)
-    total = len(forget_steps)
-    retain_steps = (
-        batch_schedule(
-            [len(e.input_ids) for e in retain_enc],
-            u.batch_size,
-            total * u.batch_size / len(retain_enc),
-            u.seed + 1,
-        )
-        if retain_enc
-        else []
+    return Session(
+        method=method,
+        settings=loss_settings(cfg, method, model.config.hidden_size),
+        retain_term=retain_term,
+        model=model,
+        tokenizer=tokenizer,
+        policy=accelerator.prepare(AnswerModel(model, layer)),
+        ref_model=ref_model,
+        cache=cache,
+        precision=precision,
+        device=accelerator.device if accelerator.num_processes > 1 else precision.device,
+        forget=forget_enc,
+        alt=alt_enc,
+        retain=retain_enc,
+        ids=ids,
     )
+
+
+def make_accelerator(cfg: Config) -> Any:
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # RMU's loss reads a middle layer only: the blocks above it get no gradient
+    unused = METHODS[cfg.unlearn.method].needs_hidden
+    return Accelerator(
+        cpu=cfg.model.device == "cpu",
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)],
+    )
+
+
+def unlearn(cfg: Config, out: Path) -> UnlearnResult:
+    """Unlearn cfg.data.forget from cfg.model.name with cfg.unlearn.method; everything lands in `out`."""
+    u = cfg.unlearn
+    accelerator = make_accelerator(cfg)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_process = u.batch_size // world
+    if u.batch_size % world or per_process % min(u.micro_batch_size, per_process):
+        raise ConfigError(
+            f"unlearn.batch_size {u.batch_size} must split evenly over {world} processes and "
+            f"micro-batches of {u.micro_batch_size}"
+        )
+    micro = min(u.micro_batch_size, per_process)
+    folder = open_folder(out, cfg) if accelerator.is_main_process else out
+    accelerator.wait_for_everyone()
+    model_dir = folder / "model"
+    if (folder / "unlearn.json").is_file() and model_dir.is_dir():
+        console.print(f"[green]unlearn[/]: already done in {folder}")
+        return UnlearnResult(folder, model_dir, json.loads((folder / "unlearn.json").read_text()))
+    started = time.perf_counter()
+    session = start_session(cfg, folder, accelerator)
+    method, settings, retain_term = session.method, session.settings, session.retain_term
+    model, tokenizer, precision = session.model, session.tokenizer, session.precision
+    forget_lengths = [len(e.input_ids) for e in session.forget]
+    forget_steps = batch_schedule(forget_lengths, u.batch_size, u.epochs, u.seed)
+    total = len(forget_steps)
+    retain_steps = []
+    if session.retain:
+        retain_lengths = [len(e.input_ids) for e in session.retain]
+        retain_epochs = total * u.batch_size / len(session.retain)
+        retain_steps = batch_schedule(retain_lengths, u.batch_size, retain_epochs, u.seed + 1)
 
     def step_fn(step: int) -> tuple[dict[str, float], int]:
         # contiguous shards: process r's micro-batches are exactly those one process would form
@@ -280,43 +358,13 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
         sums: dict[str, float] = {}
         tokens = 0
         for start in range(0, len(mine), micro):
-            f_idx = mine[start : start + micro]
-            r_idx = mine_retain[start : start + micro]
-            rows = (
-                [forget_enc[i] for i in f_idx]
-                + [alt_enc[i] for i in f_idx if alt_enc]
-                + [retain_enc[i] for i in r_idx]
-            )
-            nf, na = len(f_idx), len(f_idx) if alt_enc else 0
-            bounds = [(0, nf), (nf, nf + na), (nf + na, len(rows))]
-            batch = {k: v.to(device) for k, v in pad_batch(rows, pad).items()}
-            flags = _flags(batch)
-            with precision.autocast():
-                out = policy(batch["input_ids"], batch["attention_mask"], batch["labels"])
-            f_stats, a_stats, r_stats = _split(out, flags, bounds)
-            batch_ids = [ids[i] for i in f_idx]
-            inputs = LossInputs(
-                forget=f_stats,
-                forget_ref=reference_stats(cache, "forget", batch_ids, device) if cache else None,
-                retain=r_stats,
-                alt=a_stats,
-                alt_ref=reference_stats(cache, "alt", batch_ids, device) if a_stats is not None else None,
-            )
-            if ref_model is not None:
-                with torch.no_grad(), precision.autocast():
-                    f_ref, _, r_ref = _split(
-                        ref_model(batch["input_ids"], batch["attention_mask"], batch["labels"]), flags, bounds
-                    )
-                inputs.forget_ref = RefStats(logits=f_ref.logits, hidden=f_ref.hidden)
-                if r_ref is not None:
-                    inputs.retain_ref = RefStats(logits=r_ref.logits, hidden=r_ref.hidden)
-            terms = compute(method, inputs, settings, retain_term)
+            terms, n = session.micro_loss(mine[start : start + micro], mine_retain[start : start + micro])
             accelerator.backward(terms.total / n_micro)
             for name, value in terms.parts.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach()) / n_micro
-            tokens += int(f_stats.targets.numel())
+            tokens += n
         names = sorted(sums)
-        values = torch.tensor([sums[n] for n in names], dtype=torch.float64, device=device)
+        values = torch.tensor([sums[n] for n in names], dtype=torch.float64, device=session.device)
         if world > 1:
             values = accelerator.reduce(values, reduction="mean")
         parts = {"loss": 0.0, **dict(zip(names, values.tolist(), strict=True))}
@@ -361,9 +409,9 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
         "retain_term": retain_term,
         "tokens": settings.tokens,
         "settings": {k: v for k, v in vars(settings).items() if k != "control"},
-        "forget_samples": len(forget),
-        "forget_samples_with_uw": sum(1 for s in forget if s.spans),
-        "retain_samples": len(retain or []),
+        "forget_samples": len(session.forget),
+        "forget_samples_with_uw": sum(1 for e in session.forget if e.uw and any(e.uw)),
+        "retain_samples": len(session.retain),
         "steps": result.steps,
         "answer_tokens": result.tokens,
         "processes": world,
