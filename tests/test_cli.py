@@ -88,3 +88,32 @@ def test_run_folder_refuses_a_different_config(tmp_path):
         assert "prepare.lr" in str(exc)
     else:
         raise AssertionError("a changed config must not reuse the run folder")
+
+
+def test_identify_spans_then_score_against_the_published_labels(tmp_path):
+    from conftest import SHARED
+
+    gold = SHARED / "data" / "tofu_identified" / "forget01_gpt.jsonl"
+    out = tmp_path / "identified.jsonl"
+    made = cli("identify", "--method", "spans", "--forget", str(gold), "--out", str(out))
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["samples"] == 40
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0]["identifier"] == "spans" and rows[0]["spans"][0]["text"] == "Basil Mahfouz Al-Kuwaiti"
+    scored = cli("identify", "score", "--pred", str(out), "--gold", str(gold))
+    assert scored.returncode == 0, scored.stderr
+    result = json.loads(scored.stdout)
+    assert result["word_f1"] == 1.0 and result["token_f1"] == 1.0 and "per_sample" not in result
+    missing = cli("identify", "--method", "mlm", "--forget", str(gold), "--out", str(out))
+    assert missing.returncode == 2 and "needs a masked LM" in missing.stderr
+
+
+def test_unlearn_and_identify_help_list_every_method():
+    from tokenforget.losses import METHODS
+
+    text = CliRunner().invoke(app, ["unlearn", "--help"], terminal_width=200).output
+    for name in METHODS:
+        assert f"  {name} " in text, name
+    text = CliRunner().invoke(app, ["identify", "--help"], terminal_width=200).output
+    for name in ("predictability", "contrast", "mlm", "generative", "ner", "frequency", "spans", "union"):
+        assert name in text, name

@@ -27,6 +27,7 @@ The workflow, each step a command and a Python call:
   prepare   make the target and retain models of a benchmark (TOFU-mini ships inside the package)
   run       the main job: prepare -> identify -> unlearn -> evaluate -> report, in runs/<name>/
   data      validate your forget/retain files (JSONL or CSV) before anything reads them
+  identify  label the unwanted words of each forget answer (7 identifiers), grade a labelling
   unlearn   make a model forget a forget set (TPO and every baseline), resumable, DDP-ready
   eval      TOFU logs + summary, membership attacks, KL to the original; summarise any TOFU logs
   config    list every setting, show the resolved config, print its JSON schema
@@ -50,6 +51,36 @@ app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
 app.add_typer(model_app, name="model")
 app.add_typer(eval_app, name="eval")
+identify_app = typer.Typer(
+    help="""Label which words of each forget answer are unwanted (UW); everything else is general (GW).
+
+\b
+  tokenforget identify --method NAME --forget DATA --out identified.jsonl [--model M]
+  tokenforget identify score --pred A.jsonl --gold B.jsonl
+
+\b
+Identifiers (--method):
+  predictability  causal LM (default: the base model before fine-tuning): a word it predicts from
+                  the question and the earlier answer is general; UW score = 1 - p(word)
+  contrast        UW = words the model to unlearn (--model) predicts much better than a reference
+                  (--reference, default the base model); --oracle if the reference is the retain model
+  mlm             the paper's discriminative identifier with any HF masked LM (--model), batched
+  generative      an instruction-following LLM: an OpenAI-compatible endpoint
+                  (--set identify.base_url=URL, identify.api_model, key in $OPENAI_API_KEY) or
+                  --set identify.backend=local; cached per sample, concurrent, --set identify.runs=3
+  ner             spaCy named entities (pip install 'tokenforget[ner]'), --set identify.noun_chunks=true
+  frequency       words frequent in the retain set (--retain) are general
+  spans           the spans already in the data file
+  union, intersection   of two identified files (--first, --second)
+
+\b
+identified.jsonl: one line per sample with question, answer, spans [{start, end, text, score}]
+(UW character ranges in the answer), identifier and settings. The paper's published layout
+(target_words / common_words, JSONL or save_to_disk folder) is read everywhere too.""",
+    invoke_without_command=True,
+    no_args_is_help=True,
+)
+app.add_typer(identify_app, name="identify")
 
 HEADLINE = ("forget_quality", "model_utility", "forget_Q_A_ROUGE", "forget_truth_ratio", "retain_Q_A_ROUGE")
 ConfigOpt = Annotated[
@@ -145,6 +176,68 @@ def run(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     out.print(table)
     out.print(f"not available yet: {', '.join(result.summary['stages_not_available_yet'])}")
     out.print(f"run folder: {result.folder.resolve()}")
+
+
+@identify_app.callback()
+def identify(
+    ctx: typer.Context,
+    method: Annotated[str | None, typer.Option(help="The identifier (see above).")] = None,
+    forget: Annotated[Path | None, typer.Option(help="Forget set (JSONL/CSV, QA or text).")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Where to write identified.jsonl.")] = None,
+    model: Annotated[str | None, typer.Option(help="The identifier's model (see above).")] = None,
+    reference: Annotated[str | None, typer.Option(help="contrast: the reference model.")] = None,
+    oracle: Annotated[bool, typer.Option(help="contrast: the reference is the retain model.")] = False,
+    retain: Annotated[str | None, typer.Option(help="frequency: retain set, or tofu-mini.")] = None,
+    first: Annotated[Path | None, typer.Option(help="union/intersection: first identified file.")] = None,
+    second: Annotated[Path | None, typer.Option(help="union/intersection: second identified file.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    from tokenforget.identify.run import identify_file
+    from tokenforget.unlearn import load_retain
+
+    if forget is None or out_file is None:
+        raise TokenforgetError(
+            "identify needs --forget DATA and --out FILE (see tokenforget identify --help)"
+        )
+    extra = [f"identify.method={method or 'predictability'}", f"identify.oracle={str(oracle).lower()}"]
+    if model:
+        extra.append(f"identify.model={model}")
+    if reference:
+        extra.append(f"identify.reference={reference}")
+    if retain:
+        extra.append(f"data.retain={retain}")
+    cfg = _config(config, set_, extra)
+    inputs = (first, second) if first and second else None
+    report = identify_file(cfg, forget, out_file, load_retain(cfg), inputs)
+    out.print_json(json.dumps(report))
+
+
+@identify_app.command("score")
+def identify_score(
+    pred: Annotated[Path, typer.Option(help="The labelling to grade (ours or the published layout).")],
+    gold: Annotated[Path, typer.Option(help="Gold labels (ours or the published layout).")],
+    expand_gold: Annotated[
+        bool, typer.Option(help="Also label later occurrences of each gold word (gold marks the first only).")
+    ] = False,
+    per_sample: Annotated[bool, typer.Option(help="Include the per-sample breakdown.")] = False,
+    tokenizer: Annotated[
+        str | None, typer.Option(help="Tokenizer for token-level F1 (default: the embedded SmolLM2).")
+    ] = None,
+) -> None:
+    """Word-level precision/recall/F1 of UW (micro over all answer words), token-level F1, and
+    AUROC / average precision when the prediction has scores. Prints JSON."""
+    from tokenforget.identify import read_identified
+    from tokenforget.identify.score import score_labels
+    from tokenforget.models import load_tokenizer
+
+    tok = load_tokenizer(tokenizer or "smollm2-135m-instruct")
+    result = score_labels(read_identified(pred), read_identified(gold), expand_gold, tok)
+    if not per_sample:
+        result.pop("per_sample")
+    out.print_json(json.dumps(result))
 
 
 def _methods_help() -> str:

@@ -163,6 +163,65 @@ class EvalSettings(_Section):
     batch_size: int = Field(32, ge=1, description="Sequences per scoring / generation batch.")
 
 
+class IdentifySettings(_Section):
+    """`tokenforget identify`: which words of each forget answer are unwanted (UW)."""
+
+    method: Literal[
+        "predictability",
+        "contrast",
+        "mlm",
+        "generative",
+        "ner",
+        "frequency",
+        "spans",
+        "union",
+        "intersection",
+    ] = Field("predictability", description="The identifier (`tokenforget identify --help` explains each).")
+    model: str | None = Field(
+        None,
+        description=(
+            "predictability: the causal LM (default: model.name, the base model before fine-tuning); "
+            "contrast: the model to unlearn; mlm: a masked LM (required); "
+            "generative+local: an instruct model."
+        ),
+    )
+    reference: str | None = Field(None, description="contrast: the reference model (default: model.name).")
+    oracle: bool = Field(
+        False, description="contrast: the reference is the benchmark's retain model (an oracle; labelled so)."
+    )
+    threshold: float | None = Field(
+        None,
+        description=(
+            "Score cut for UW (predictability 0.5 on 1-p(word); contrast 1.0 nats of gain; mlm: the "
+            "top-k prediction needs p >= threshold to count as general, default 0)."
+        ),
+    )
+    top_k: int = Field(1, ge=1, description="mlm: a word in the top-k predictions is general (published: 1).")
+    context: Literal["question", "none"] = Field(
+        "question", description="mlm: mask over 'question + answer' (TOFU, published) or the answer alone."
+    )
+    batch_size: int = Field(16, ge=1, description="Sequences per forward.")
+    min_df: float = Field(
+        0.02, gt=0, le=1, description="frequency: general when in >= this fraction of retain answers."
+    )
+    spacy_model: str = Field("en_core_web_sm", description="ner: the spaCy pipeline.")
+    noun_chunks: bool = Field(False, description="ner: also mark noun chunks (without determiners).")
+    backend: Literal["openai", "local"] = Field(
+        "openai", description="generative: an OpenAI-compatible endpoint, or a local HF instruct model."
+    )
+    base_url: str | None = Field(None, description="generative: endpoint, e.g. http://127.0.0.1:8080/v1.")
+    api_model: str = Field("gpt-4o", description="generative: model name sent to the endpoint.")
+    api_key_env: str | None = Field(
+        "OPENAI_API_KEY", description="generative: environment variable holding the API key (never logged)."
+    )
+    concurrency: int = Field(4, ge=1, description="generative: requests in flight.")
+    timeout: float = Field(60.0, gt=0, description="generative: seconds per request before a retry.")
+    max_retries: int = Field(3, ge=0, description="generative: retries on timeouts, 429 and 5xx (backoff).")
+    temperature: float = Field(0.0, ge=0, description="generative: sampling temperature (>0 for --runs k).")
+    max_tokens: int = Field(512, ge=16, description="generative: longest reply.")
+    runs: int = Field(1, ge=1, description="generative: label the set k times and report Jaccard stability.")
+
+
 class UnlearnSettings(_Section):
     """`tokenforget unlearn`: the method, its numbers (null = the method's published default), training."""
 
@@ -231,6 +290,38 @@ class UnlearnSettings(_Section):
         return value
 
 
+class AtwuSettings(_Section):
+    """`unlearn --method atwu`: the learned token scorer (atwu.md; defaults = the authors' final runs)."""
+
+    base: Literal["saturated", "correct", "plain", "ga", "npo", "simnpo", "wga", "tpo"] = Field(
+        "saturated",
+        description=(
+            "The forget loss the weights enter: saturated (the authors' main form, -mean g sg(p^(beta g)) "
+            "nll), correct (sg(p^beta)), plain (no saturation); or a registered loss with token weights "
+            "g (ga, npo, simnpo, wga, tpo = LPL on g, PL on 1-g), whose scorer then minimises that loss."
+        ),
+    )
+    layer: int = Field(
+        -1, description="Hidden layer the scorer reads: -1 = last (post-norm), k = after block k."
+    )
+    position: Literal["token", "predicting"] = Field(
+        "token",
+        description="token: the hidden state at the token itself (authors' code); predicting: the one "
+        "before it.",
+    )
+    schedule: Literal["alternating", "joint"] = Field(
+        "alternating", description="alternating (the method) or joint (control: one optimizer, one backward)."
+    )
+    update_every: int = Field(5, ge=1, description="One scorer step every n model steps (authors: 5).")
+    scorer_lr: float = Field(0.05, gt=0, description="Scorer SGD learning rate (momentum 0.9, linear decay).")
+    entropy: float = Field(
+        1.0, ge=0, description="Weight of the binary-entropy penalty (pushes g to 0 or 1)."
+    )
+    population: float = Field(10.0, ge=0, description="Weight of the soft per-sequence budget term.")
+    budget: float = Field(0.2, ge=0, le=1, description="Target fraction of tokens with g > 0.5 per sequence.")
+    l2: float = Field(1.0, ge=0, description="L2 penalty on the scorer's weights.")
+
+
 class RunSettings(_Section):
     name: str = Field("tofu-mini", description="Run folder name under runs_dir.")
     runs_dir: str = Field("runs", description="Where run folders are created.")
@@ -248,7 +339,9 @@ class Config(_Section):
     data: DataSettings = DataSettings()
     prepare: PrepareSettings = PrepareSettings()
     eval: EvalSettings = EvalSettings()
+    identify: IdentifySettings = IdentifySettings()
     unlearn: UnlearnSettings = UnlearnSettings()
+    atwu: AtwuSettings = AtwuSettings()
     run: RunSettings = RunSettings()
 
     def to_yaml(self) -> str:
