@@ -21,6 +21,7 @@ Methods (`METHODS[name]`) = one forget loss + a retain term (none, NLL or KL to 
     tnpo      -mean[sg(2 p^b / (p^b + p0^b)) nll] (token-level NPO weight)       retain: nll
     undial    CE(p, softmax(z0 - b onehot(y))) (self-distillation, target lowered) retain: nll
     rmu       ||h_l(forget) - c u||^2 + alpha ||h_l(retain) - h0_l(retain)||^2   retain: rmu
+    atwu      -mean[g sg(p^(b g)) nll], g from a learned token scorer (atwu.py)    retain: nll
 
 Token selection (`tokens`) for every forget loss but TPO (which splits UW/GW by definition):
 `all` every answer token, `uw` only the unwanted-word tokens ("GA on UW only" separates the
@@ -107,6 +108,7 @@ class LossSettings:
     delta_inside_beta: bool = False  # SimNPO: the TPO repo's form, log sig(b (-lp/|a| - delta))
     beta2: float = 1.0  # SatImp: exponent of (1 - p)
     steering: float = 6.5  # RMU: c, the norm of the control vector
+    atwu_form: Literal["saturated", "correct", "plain"] = "saturated"  # ATWU's forget term
     control: torch.Tensor | None = None  # RMU: the fixed random unit vector u, (H,)
 
 
@@ -183,7 +185,8 @@ def tpo_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
         now, before = stats.gold_logit, _need(ref, "gold_logit", "tpo")
     else:
         now, before = stats.logp, _need(ref, "logp", "tpo (lpl_space=logprob)")
-    uw = stats.uw.float()
+    # ATWU plugs learned weights in: LPL on w, PL on 1 - w (binary w gives the published form)
+    uw = stats.weights.float() if cfg.tokens == "weighted" and stats.weights is not None else stats.uw.float()
     count = _row_sum(uw, stats.rows, stats.n_rows)
     has = count > 0
     if bool(has.any()):
@@ -197,7 +200,7 @@ def tpo_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
             lpl = (-(2.0 / cfg.beta) * F.logsigmoid(cfg.beta * (mean_before - mean_now))).mean()
     else:
         delta = lpl = _zero(stats)
-    gw = (~stats.uw).float()  # EOS is never UW, so it is part of GW here
+    gw = 1.0 - uw  # EOS is never UW, so it is part of GW here
     nll = -stats.logp
     per_row = _row_sum(gw * nll, stats.rows, stats.n_rows)
     if cfg.pl_reduction == "mean":
@@ -316,6 +319,24 @@ def rmu_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
     return LossTerms(total=forget, parts={"forget": forget})
 
 
+def atwu_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
+    """ATWU's model loss (atwu.md): -mean_t[g_t * sg(p_t^(beta g_t)) * nll_t], a saturated gradient
+    ascent weighted by the learned scorer's g_t (in `forget.weights`); `atwu_form=correct` uses
+    sg(p_t^beta), `plain` no saturation. A plain mean over the answer tokens, as the authors' code."""
+    stats = inputs.forget
+    if stats.weights is None:
+        raise ValueError("atwu needs the scorer's token weights in forget.weights")
+    g, nll = stats.weights, -stats.logp
+    if cfg.atwu_form == "saturated":
+        factor = (cfg.beta * g.detach() * stats.logp).exp().detach()
+    elif cfg.atwu_form == "correct":
+        factor = (cfg.beta * stats.logp).exp().detach()
+    else:
+        factor = torch.ones_like(nll)
+    forget = -(g * factor * nll).mean()
+    return LossTerms(total=forget, parts={"forget": forget, "mean_g": g.detach().mean()})
+
+
 # ----------------------------------------------------------------------------- retain terms
 
 
@@ -368,6 +389,7 @@ class Method:
     needs_ref_model: bool = False  # theta0 loaded during training (full distributions / hidden states)
     needs_alt: bool = False  # "I don't know" answers
     needs_hidden: bool = False  # hidden states at `unlearn.layer`
+    needs_scorer: bool = False  # ATWU: token weights from the learned scorer
     uses_tokens: bool = True  # honours --tokens (TPO splits UW/GW itself)
 
 
@@ -402,6 +424,8 @@ for _m in (
            needs_ref_logp=True),
     Method("undial", undial_loss, "nll", "UNDIAL self-distillation with the true token lowered",
            {"beta": 10.0}, needs_ref_model=True),
+    Method("atwu", atwu_loss, "nll", "ATWU: learned token weights, saturated weighted GA (atwu.md)",
+           {"beta": 5.0, "gamma": 5.0, "alpha": 0.5}, needs_scorer=True, uses_tokens=False),
     Method("rmu", rmu_loss, "rmu", "RMU: scramble layer-l states of forget tokens, anchor retain",
            {"alpha": 100.0, "steering": 6.5}, needs_ref_model=True, needs_hidden=True),
 ):  # fmt: skip

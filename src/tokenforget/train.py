@@ -49,11 +49,14 @@ def answer_forward(
     batch: dict[str, torch.Tensor],
     keep_hidden: bool = False,
     hidden_layer: int | None = None,
+    hidden_at: str = "predicting",
 ) -> AnswerForward:
     """One forward; LM head applied only where a label follows (position t predicts token t+1).
 
-    keep_hidden keeps the last hidden state at those positions; hidden_layer (an index into
-    transformers' hidden_states: 0 = embeddings, k = after block k) keeps that layer's instead.
+    keep_hidden keeps the last hidden state (post-norm) at answer positions; hidden_layer (an index
+    into transformers' hidden_states: 0 = embeddings, k = after block k) keeps that layer's instead.
+    hidden_at: "predicting" = the position that predicts each answer token, "token" = the position
+    of the answer token itself.
     """
     lm = _causal_lm(model)
     backbone = lm.get_decoder()
@@ -68,11 +71,10 @@ def answer_forward(
     picked = hidden[:, :-1][where]
     logits = lm.get_output_embeddings()(picked)
     rows = torch.arange(targets.shape[0], device=targets.device)[:, None].expand_as(targets)[where]
+    source = out.hidden_states[hidden_layer] if hidden_layer is not None else hidden if keep_hidden else None
     kept = None
-    if hidden_layer is not None:
-        kept = out.hidden_states[hidden_layer][:, :-1][where]
-    elif keep_hidden:
-        kept = picked
+    if source is not None:
+        kept = (source[:, 1:] if hidden_at == "token" else source[:, :-1])[where]
     return AnswerForward(logits=logits, targets=targets[where], rows=rows, hidden=kept)
 
 
@@ -80,14 +82,22 @@ class AnswerModel(torch.nn.Module):
     """`answer_forward` as a module, so distributed wrappers (DDP via accelerate) see the forward
     that produces the loss and synchronise gradients."""
 
-    def __init__(self, lm: torch.nn.Module, hidden_layer: int | None = None):
+    def __init__(
+        self,
+        lm: torch.nn.Module,
+        hidden_layer: int | None = None,
+        keep_hidden: bool = False,
+        hidden_at: str = "predicting",
+    ):
         super().__init__()
         self.lm = lm
         self.hidden_layer = hidden_layer
+        self.keep_hidden = keep_hidden
+        self.hidden_at = hidden_at
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> tuple:
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        fwd = answer_forward(self.lm, batch, hidden_layer=self.hidden_layer)
+        fwd = answer_forward(self.lm, batch, self.keep_hidden, self.hidden_layer, self.hidden_at)
         return fwd.logits, fwd.targets, fwd.rows, fwd.hidden
 
 
@@ -137,7 +147,9 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     state: dict,
+    extra: dict[str, Any] | None = None,
 ) -> None:
+    """`extra`: more objects with state_dict/load_state_dict (ATWU's scorer and its optimizer)."""
     staging = folder.with_name(folder.name + ".tmp")
     if staging.exists():
         shutil.rmtree(staging)
@@ -150,6 +162,7 @@ def save_checkpoint(
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": torch.get_rng_state(),
+            "extra": {name: obj.state_dict() for name, obj in (extra or {}).items()},
         },
         staging / "optimizer.pt",
     )
@@ -167,6 +180,7 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    extra: dict[str, Any] | None = None,
 ) -> dict | None:
     """Restore a checkpoint written by save_checkpoint; None when there is none."""
     if not (folder / "state.json").is_file():
@@ -185,6 +199,8 @@ def load_checkpoint(
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     torch.set_rng_state(blob["rng"])
+    for name, obj in (extra or {}).items():
+        obj.load_state_dict(blob["extra"][name])
     return json.loads((folder / "state.json").read_text())
 
 
@@ -262,6 +278,8 @@ def run_steps(
     on_step: Callable[[int, dict[str, float], float], None] | None = None,
     accelerator: Any = None,
     max_grad_norm: float = 1.0,
+    extra_params: Sequence[torch.nn.Parameter] = (),
+    extra_state: dict[str, Any] | None = None,
 ) -> FitResult:
     """The optimisation loop every trainer shares: AdamW + linear warm-up, resumable checkpoints,
     a NaN/inf guard that names the step and the loss term, Ctrl-C that saves, a progress bar.
@@ -269,16 +287,18 @@ def run_steps(
     `step_fn(step)` runs the forward and backward passes of one optimizer step (all its
     micro-batches) and returns ({term: value}, answer tokens); the term "loss" is the one optimised.
     With an `accelerator` (distributed runs) only the main process writes checkpoints.
+    `extra_params` join the optimizer (ATWU's joint control); `extra_state` objects are checkpointed
+    with everything else (ATWU's scorer, its optimizer and scheduler), so resume is exact.
     `on_step(step, parts, lr)` sees every finished step (training logs).
     """
     from transformers import get_linear_schedule_with_warmup
 
     from tokenforget.progress import console, training_progress
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, round(settings.warmup_ratio * total), total)
-    saved = load_checkpoint(checkpoint_dir, model, optimizer, scheduler)
+    saved = load_checkpoint(checkpoint_dir, model, optimizer, scheduler, extra_state)
     if saved is not None and saved.get("total_steps", total) != total:
         raise RuntimeError(
             f"checkpoint in {checkpoint_dir} is for {saved['total_steps']} steps, this run has "
@@ -290,7 +310,12 @@ def run_steps(
     def checkpoint() -> None:
         if main:
             save_checkpoint(
-                checkpoint_dir, model, optimizer, scheduler, {**vars(state), "total_steps": total}
+                checkpoint_dir,
+                model,
+                optimizer,
+                scheduler,
+                {**vars(state), "total_steps": total},
+                extra_state,
             )
         if accelerator is not None:
             accelerator.wait_for_everyone()

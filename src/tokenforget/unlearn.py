@@ -20,6 +20,7 @@ micro-batch by definition, so TPO depends on the micro-batch size (as in the pub
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import shutil
@@ -31,9 +32,10 @@ from typing import Any
 
 import torch
 
-from tokenforget.config import Config
+from tokenforget.atwu import ScorerRegularisers, TokenScorer, alignment, scorer_loss, scorer_optimizer
+from tokenforget.config import AtwuSettings, Config
 from tokenforget.data.encode import Encoded, encode, pad_batch
-from tokenforget.data.records import Sample, read_samples
+from tokenforget.data.records import Sample, Span, read_samples
 from tokenforget.errors import ConfigError, DataError, DataIssue
 from tokenforget.losses import (
     METHODS,
@@ -45,7 +47,7 @@ from tokenforget.losses import (
     TokenStats,
     compute,
 )
-from tokenforget.models import cache_dir, load_model, resolve_model, save_model, wrap_lora
+from tokenforget.models import cache_dir, eval_mode, load_model, resolve_model, save_model, wrap_lora
 from tokenforget.progress import console
 from tokenforget.reference import (
     compute_reference,
@@ -58,6 +60,7 @@ from tokenforget.runs import open_folder, write_json
 from tokenforget.train import AnswerModel, FitSettings, batch_schedule, run_steps
 
 TRAIN_LOG = "train_log.jsonl"
+TOKEN_WEIGHTS = "token_weights.jsonl"
 
 
 @dataclass
@@ -65,6 +68,22 @@ class UnlearnResult:
     folder: Path
     model_dir: Path
     summary: dict[str, Any]
+
+
+def atwu_method(cfg: Config) -> Method:
+    """The loss ATWU trains the model with: its own saturated form, or a registered loss on weights g."""
+    own = METHODS["atwu"]
+    if cfg.atwu.base in ("saturated", "correct", "plain"):
+        return own
+    base = METHODS[cfg.atwu.base]
+    return dataclasses.replace(
+        base, name=f"atwu+{base.name}", retain=own.retain, needs_scorer=True, uses_tokens=True
+    )
+
+
+def resolve_method(cfg: Config) -> Method:
+    method = METHODS[cfg.unlearn.method]
+    return atwu_method(cfg) if method.needs_scorer else method
 
 
 def loss_settings(cfg: Config, method: Method, hidden_size: int = 0) -> LossSettings:
@@ -79,10 +98,14 @@ def loss_settings(cfg: Config, method: Method, hidden_size: int = 0) -> LossSett
         gen = torch.Generator().manual_seed(u.seed)
         control = torch.rand(hidden_size, generator=gen)
         control = control / control.norm()
+    tokens = u.tokens if method.uses_tokens else "all"
+    if method.needs_scorer:
+        tokens = "weighted"
     return LossSettings(
         **values,
+        atwu_form=cfg.atwu.base if cfg.atwu.base in ("saturated", "correct", "plain") else "saturated",
         lam=u.lam,
-        tokens=u.tokens if method.uses_tokens else "all",
+        tokens=tokens,
         lpl_reduction=u.lpl_reduction,
         pl_reduction=u.pl_reduction,
         lpl_space=u.lpl_space,
@@ -119,7 +142,7 @@ def check_inputs(
     method: Method, cfg: Config, forget: list[Sample], retain: list[Sample] | None, retain_term: str
 ) -> None:
     """Refuse combinations that cannot work, with the fix (trl-style incompatibility errors)."""
-    needs_spans = not method.uses_tokens or cfg.unlearn.tokens != "all"
+    needs_spans = not method.needs_scorer and (not method.uses_tokens or cfg.unlearn.tokens != "all")
     if needs_spans and not any(s.spans for s in forget):
         what = (
             "TPO splits answers into UW and GW tokens"
@@ -186,6 +209,13 @@ def _split(out: tuple, flags: tuple, bounds: list[tuple[int, int]]) -> list[Toke
 
 
 @dataclass
+class MicroLoss:
+    terms: LossTerms
+    tokens: int
+    scorer_total: torch.Tensor | None = None  # ATWU, alternating: the scorer's objective (own graph)
+
+
+@dataclass
 class Session:
     """Everything one unlearning run holds in memory, and the loss of one micro-batch."""
 
@@ -203,9 +233,15 @@ class Session:
     alt: list[Encoded]
     retain: list[Encoded]
     ids: list[str]
+    sources: list[Sample] = dataclasses.field(default_factory=list)  # the forget samples as read
+    scorer: TokenScorer | None = None  # ATWU
+    atwu: AtwuSettings | None = None
 
-    def micro_loss(self, forget_idx: list[int], retain_idx: list[int]) -> tuple[LossTerms, int]:
-        """One policy forward over forget (+ alt) (+ retain) rows; the method's loss terms."""
+    def micro_loss(
+        self, forget_idx: list[int], retain_idx: list[int], scorer_grad: bool = False
+    ) -> MicroLoss:
+        """One policy forward over forget (+ alt) (+ retain) rows; the method's loss terms, and with
+        ATWU the scorer's objective (when `scorer_grad`, or always under the joint schedule)."""
         rows = (
             [self.forget[i] for i in forget_idx]
             + [self.alt[i] for i in forget_idx if self.alt]
@@ -231,12 +267,47 @@ class Session:
             inputs.forget_ref = RefStats(logits=f_ref.logits, hidden=f_ref.hidden)
             if r_ref is not None:
                 inputs.retain_ref = RefStats(logits=r_ref.logits, hidden=r_ref.hidden)
-        return compute(self.method, inputs, self.settings, self.retain_term), int(f_stats.targets.numel())
+        if self.scorer is None:
+            terms = compute(self.method, inputs, self.settings, self.retain_term)
+            return MicroLoss(terms, int(f_stats.targets.numel()))
+        return self._atwu_loss(inputs, scorer_grad)
+
+    def _atwu_loss(self, inputs: LossInputs, scorer_grad: bool) -> MicroLoss:
+        assert self.scorer is not None and self.atwu is not None
+        stats = inputs.forget
+        g = self.scorer(stats.hidden)  # hidden is detached inside: the scorer never reaches the model
+        joint = self.atwu.schedule == "joint"
+        stats.weights = g if joint else g.detach()
+        terms = compute(self.method, inputs, self.settings, self.retain_term)
+        extra = {"mean_g": g.detach().mean()}
+        if bool(stats.uw.any()) and not bool(stats.uw.all()):
+            extra["g_auroc"] = torch.tensor(alignment(g.detach(), stats.uw)["auroc"])
+        scorer_total = None
+        if scorer_grad or joint:
+            reg = ScorerRegularisers(self.atwu.entropy, self.atwu.population, self.atwu.budget, self.atwu.l2)
+            own = self.atwu.base in ("saturated", "correct", "plain")
+            forget_term = None
+            if joint:
+                forget_term = torch.zeros((), device=g.device)  # the model loss already carries g
+            elif not own:  # matched: the scorer minimises the model's own forget loss in g
+                frozen = dataclasses.replace(stats, logits=stats.logits.detach(), weights=g, _logp=None)
+                forget_term = self.method.forget(
+                    dataclasses.replace(inputs, forget=frozen), self.settings
+                ).total
+            scorer_total, scorer_parts = scorer_loss(
+                g, -stats.logp.detach(), stats.rows, stats.n_rows, self.scorer.linear.weight, reg, forget_term
+            )
+            extra.update(scorer_parts)
+            if joint:
+                terms.total = terms.total + scorer_total
+                scorer_total = None
+        terms.parts.update(extra)
+        return MicroLoss(terms, int(stats.targets.numel()), scorer_total)
 
 
 def start_session(cfg: Config, folder: Path, accelerator: Any) -> Session:
     """Load data and model, fill or reuse the reference cache, load theta0 where the method needs it."""
-    method = METHODS[cfg.unlearn.method]
+    method = resolve_method(cfg)
     u = cfg.unlearn
     retain_term = method.retain if u.retain_loss == "auto" else u.retain_loss
     forget = load_forget(cfg)
@@ -286,6 +357,12 @@ def start_session(cfg: Config, folder: Path, accelerator: Any) -> Session:
         console.print(f"[yellow]unlearn[/]: {method.name} needs theta0's full outputs: loading a frozen copy")
         ref_lm, _, _ = load_model(cfg.model, source)
         ref_model = AnswerModel(ref_lm.requires_grad_(False).eval(), layer)
+    scorer = None
+    keep_hidden, hidden_at = False, "predicting"
+    if method.needs_scorer:
+        scorer = TokenScorer(model.config.hidden_size).to(precision.device)
+        keep_hidden, hidden_at = cfg.atwu.layer == -1, cfg.atwu.position
+        layer = None if cfg.atwu.layer == -1 else cfg.atwu.layer
     if u.lora is not None:
         model = wrap_lora(model, u.lora, u.seed)
     return Session(
@@ -294,7 +371,7 @@ def start_session(cfg: Config, folder: Path, accelerator: Any) -> Session:
         retain_term=retain_term,
         model=model,
         tokenizer=tokenizer,
-        policy=accelerator.prepare(AnswerModel(model, layer)),
+        policy=accelerator.prepare(AnswerModel(model, layer, keep_hidden, hidden_at)),
         ref_model=ref_model,
         cache=cache,
         precision=precision,
@@ -303,6 +380,9 @@ def start_session(cfg: Config, folder: Path, accelerator: Any) -> Session:
         alt=alt_enc,
         retain=retain_enc,
         ids=ids,
+        sources=forget,
+        scorer=scorer,
+        atwu=cfg.atwu if scorer is not None else None,
     )
 
 
@@ -312,10 +392,19 @@ def make_accelerator(cfg: Config) -> Any:
 
     # RMU's loss reads a middle layer only: the blocks above it get no gradient
     unused = METHODS[cfg.unlearn.method].needs_hidden
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=cfg.model.device == "cpu",
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)],
     )
+    kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+    if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        raise ConfigError(
+            f"accelerate launched with {kind}: not supported by `unlearn` yet (its optimizer and "
+            "checkpoints are not created through accelerate's sharded state). Use DDP: "
+            "`accelerate launch --multi_gpu --num_processes N -m tokenforget.cli unlearn ...`, or LoRA "
+            "(--set unlearn.lora.r=16) to fit a large model on each device."
+        )
+    return accelerator
 
 
 def unlearn(cfg: Config, out: Path) -> UnlearnResult:
@@ -349,20 +438,42 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
         retain_epochs = total * u.batch_size / len(session.retain)
         retain_steps = batch_schedule(retain_lengths, u.batch_size, retain_epochs, u.seed + 1)
 
+    scorer, a = session.scorer, cfg.atwu
+    alternating = scorer is not None and a.schedule == "alternating"
+    extra_state: dict[str, Any] = {}
+    if alternating:
+        scorer_opt, scorer_sched = scorer_optimizer(scorer, a.scorer_lr, total // a.update_every)
+        extra_state = {"scorer": scorer, "scorer_optimizer": scorer_opt, "scorer_scheduler": scorer_sched}
+    elif scorer is not None:
+        extra_state = {"scorer": scorer}
+
     def step_fn(step: int) -> tuple[dict[str, float], int]:
         # contiguous shards: process r's micro-batches are exactly those one process would form
         share = slice(rank * per_process, (rank + 1) * per_process)
         mine = forget_steps[step][share]
         mine_retain = retain_steps[step][share] if retain_steps else []
         n_micro = len(range(0, len(mine), micro))
+        scorer_step = alternating and (step + 1) % a.update_every == 0
         sums: dict[str, float] = {}
         tokens = 0
         for start in range(0, len(mine), micro):
-            terms, n = session.micro_loss(mine[start : start + micro], mine_retain[start : start + micro])
-            accelerator.backward(terms.total / n_micro)
-            for name, value in terms.parts.items():
+            result = session.micro_loss(
+                mine[start : start + micro], mine_retain[start : start + micro], scorer_step
+            )
+            accelerator.backward(result.terms.total / n_micro)
+            if result.scorer_total is not None:
+                (result.scorer_total / n_micro).backward()  # its own graph: scorer parameters only
+            for name, value in result.terms.parts.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach()) / n_micro
-            tokens += n
+            tokens += result.tokens
+        if scorer_step:
+            if world > 1:  # every process keeps the same scorer
+                for p in scorer.parameters():
+                    p.grad = accelerator.reduce(p.grad, reduction="mean")
+            torch.nn.utils.clip_grad_norm_(scorer.parameters(), 1.0)
+            scorer_opt.step()
+            scorer_sched.step()
+            scorer_opt.zero_grad(set_to_none=True)
         names = sorted(sums)
         values = torch.tensor([sums[n] for n in names], dtype=torch.float64, device=session.device)
         if world > 1:
@@ -403,6 +514,8 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
         on_step,
         accelerator,
         u.max_grad_norm,
+        extra_params=list(scorer.parameters()) if scorer is not None and not alternating else (),
+        extra_state=extra_state,
     )
     summary = {
         "method": method.name,
@@ -420,6 +533,8 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
         "seconds": round(time.perf_counter() - started, 1),
         "final_loss": result.final_loss,
     }
+    if scorer is not None:
+        summary["atwu"] = {**cfg.atwu.model_dump(), **learned_weights(session, folder / TOKEN_WEIGHTS, micro)}
     if accelerator.is_main_process:
         staging = folder / "model.partial"
         save_model(model, tokenizer, staging, merge_lora=u.merge_lora)
@@ -430,6 +545,60 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the model is safe; free the disk
     accelerator.wait_for_everyone()
     return UnlearnResult(folder=folder, model_dir=model_dir, summary=summary)
+
+
+def learned_weights(session: Session, path: Path, batch_size: int) -> dict[str, Any]:
+    """ATWU's final weights over the whole forget set: `token_weights.jsonl` (the identified-set
+    format: spans = tokens with g > 0.5, `token_scores` per answer token, `word_scores` per word) and
+    their AUROC / average precision against the forget data's own spans, when it has them."""
+    from tokenforget.identify import write_identified
+    from tokenforget.identify.score import answer_words
+
+    assert session.scorer is not None
+    samples: list[Sample] = []
+    all_g, all_uw = [], []
+    with eval_mode(session.model):
+        for start in range(0, len(session.forget), batch_size):
+            rows = session.forget[start : start + batch_size]
+            batch = {
+                k: v.to(session.device) for k, v in pad_batch(rows, session.tokenizer.pad_token_id).items()
+            }
+            with session.precision.autocast():
+                out = session.policy(batch["input_ids"], batch["attention_mask"], batch["labels"])
+            g = session.scorer(out[3]).float().cpu()
+            uw = _flags(batch)[0].cpu()
+            counts = torch.bincount(out[2].cpu(), minlength=len(rows)).tolist()
+            for offset, (enc, gs, us) in enumerate(zip(rows, g.split(counts), uw.split(counts), strict=True)):
+                source = session.sources[start + offset]
+                tokens = list(zip(enc.answer_offsets[:-1], gs[:-1].tolist(), strict=True))  # EOS left out
+                all_g.append(gs[:-1])
+                all_uw.append(us[:-1])
+                chosen = [Span(s, e, round(v, 6)) for (s, e), v in tokens if v > 0.5 and e > s]
+                words = [
+                    {
+                        "start": w.start,
+                        "end": w.end,
+                        "score": round(
+                            max((v for (s, e), v in tokens if s < w.end and e > w.start), default=0.0), 6
+                        ),
+                    }
+                    for w in answer_words(source.answer)
+                ]
+                meta = {
+                    "token_scores": [{"start": s, "end": e, "score": round(v, 6)} for (s, e), v in tokens],
+                    "word_scores": words,
+                }
+                samples.append(
+                    Sample(
+                        answer=source.answer,
+                        question=source.question,
+                        spans=tuple(chosen),
+                        id=source.id,
+                        meta=meta,
+                    )
+                )
+    write_identified(path, samples, "atwu", {"threshold": 0.5})
+    return {"alignment": alignment(torch.cat(all_g), torch.cat(all_uw)), "token_weights": str(path)}
 
 
 def _trim_log(log_path: Path, checkpoint_dir: Path) -> None:
