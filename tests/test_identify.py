@@ -83,6 +83,25 @@ def test_our_format_round_trip_is_lossless(tmp_path):
     assert (tmp_path / "twice.jsonl").read_text() == path.read_text()
 
 
+def test_published_layout_round_trip_is_lossless(tmp_path):
+    from tokenforget.identify import write_published
+
+    for source in (GPT, BERT):
+        samples = read_identified(source)
+        write_published(tmp_path / "p.jsonl", samples)
+        write_published(tmp_path / "folder", samples, folder=True)
+        for again in (read_identified(tmp_path / "p.jsonl"), read_identified(tmp_path / "folder")):
+            assert [(s.question, s.answer, s.spans) for s in again] == [
+                (s.question, s.answer, s.spans) for s in samples
+            ]
+    row = json.loads((tmp_path / "p.jsonl").read_text().splitlines()[1])
+    assert json.loads(row["target_words"])[0] == {"word": "Author", "start": 0, "end": 6}
+    assert row["common_words"] == [
+        json.dumps({"word": "-", "start": 23, "end": 24}),
+        json.dumps({"word": ".", "start": 39, "end": 40}),
+    ]
+
+
 def test_save_to_disk_folder_in_the_published_layout(tmp_path):
     import datasets
 

@@ -533,7 +533,7 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
         "seconds": round(time.perf_counter() - started, 1),
         "final_loss": result.final_loss,
     }
-    if scorer is not None:
+    if scorer is not None and accelerator.is_main_process:
         summary["atwu"] = {**cfg.atwu.model_dump(), **learned_weights(session, folder / TOKEN_WEIGHTS, micro)}
     if accelerator.is_main_process:
         staging = folder / "model.partial"

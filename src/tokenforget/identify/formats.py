@@ -148,6 +148,39 @@ def _first_row(path: Path) -> dict[str, Any] | None:
     return None
 
 
+PIECE = re.compile(r"\w+|[^\w\s]+")
+
+
+def published_row(sample: Sample) -> dict[str, Any]:
+    """One sample in the paper's layout: target_words = the UW spans (a JSON string), common_words =
+    every other word and punctuation run (a list of JSON strings), as the published files hold them."""
+    spans = list(sample.spans or ())
+    targets = [{"word": sample.answer[s.start : s.end], "start": s.start, "end": s.end} for s in spans]
+    common = [
+        json.dumps({"word": m.group(), "start": m.start(), "end": m.end()})
+        for m in PIECE.finditer(sample.answer)
+        if not any(s.start < m.end() and s.end > m.start() for s in spans)
+    ]
+    row: dict[str, Any] = {"question": sample.question, "answer": sample.answer}
+    row["target_words"] = json.dumps(targets)
+    row["common_words"] = common
+    return row
+
+
+def write_published(path: str | Path, samples: list[Sample], folder: bool = False) -> None:
+    """Write the paper's layout: JSONL, or (folder=True) a datasets `save_to_disk` folder."""
+    path = Path(path)
+    rows = [published_row(s) for s in samples]
+    if folder:
+        import datasets
+
+        datasets.Dataset.from_list(rows).save_to_disk(str(path))
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(path)
+
+
 def write_identified(
     path: str | Path, samples: list[Sample], identifier: str, settings: dict[str, Any]
 ) -> None:
