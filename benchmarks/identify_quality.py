@@ -11,7 +11,8 @@ then the other way round, so no figure is tuned to itself. Scores are reported a
 
 Identifiers: predictability (the embedded base model, the offline default), contrast (the prepared
 TOFU-mini target model vs the base model; and vs the retain model, an oracle), frequency (TOFU-mini
-retain answers), ner (spaCy en_core_web_sm), and unions. No pretrained masked LM exists offline, so
+retain answers), ner (spaCy en_core_web_sm: entities; + noun chunks; + content-word POS tags; each
+also with `drop_question_words`), and unions. No pretrained masked LM exists offline, so
 `mlm` enters the speed comparison only (a randomly initialised distilroberta-sized model).
 
 Speed: words/s of the batched predictability and mlm identifiers vs a one-word-per-forward loop on
@@ -72,7 +73,14 @@ def main() -> None:
     from tokenforget.config import ModelSettings, PromptSettings, load_config
     from tokenforget.data import tofu_mini
     from tokenforget.identify import read_identified
-    from tokenforget.identify.identifiers import Contrast, Frequency, NamedEntities, Predictability, combine
+    from tokenforget.identify.identifiers import (
+        Contrast,
+        Frequency,
+        NamedEntities,
+        Predictability,
+        combine,
+        drop_question_words,
+    )
     from tokenforget.identify.run import load_spacy
     from tokenforget.identify.score import score_labels
     from tokenforget.models import load_model
@@ -121,16 +129,22 @@ def main() -> None:
     ner = NamedEntities(load_spacy("en_core_web_sm")).identify(samples)
     result["seconds"]["ner"] = round(time.perf_counter() - started, 2)
     ner_chunks = NamedEntities(load_spacy("en_core_web_sm"), noun_chunks=True).identify(samples)
+    content = ("PROPN", "NOUN", "NUM", "ADJ")
+    ner_pos = NamedEntities(load_spacy("en_core_web_sm"), pos=content).identify(samples)
     for expand in (False, True):
         tag = "expanded_gold" if expand else "gold_as_shipped"
         table = {}
         for name, grid in grids.items():
             table[name] = tune_and_report(scores[name], samples, gold, grid, expand)
-        for name, labelled in (
+        labellings = (
             ("ner", ner),
             ("ner_noun_chunks", ner_chunks),
+            ("ner_noun_chunks_drop_question_words", drop_question_words(ner_chunks)),
+            ("ner_pos_content_words", ner_pos),
+            ("ner_pos_content_words_drop_question_words", drop_question_words(ner_pos)),
             ("paper_mlm_labels", paper_mlm),
-        ):
+        )
+        for name, labelled in labellings:
             held = [score_labels(labelled[HALVES[h]], gold, expand)["word_f1"] for h in HALVES]
             table[name] = {"word_f1_mean_held_out": round(sum(held) / 2, 4)}
         result["quality"][tag] = table

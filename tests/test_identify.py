@@ -283,6 +283,12 @@ def test_mlm_follows_the_published_procedure_on_a_rigged_bert(rigged_bert):
     # threshold: 'the' has p ~ 1 here, so even a 0.99 threshold keeps it general
     strict = MaskedLM(model, tok, top_k=1, threshold=0.99).identify(samples)
     assert [len(s.spans) for s in strict] == [7, 3]
+    # the head at the mask positions only == the full forward's logits there
+    enc = tok(["where was the [MASK] born?", "the [MASK] won"], return_tensors="pt", padding=True)
+    where = (enc["input_ids"] == tok.mask_token_id).nonzero()
+    with torch.no_grad():
+        full = model(**enc).logits[where[:, 0], where[:, 1]]
+        assert torch.allclose(ident.mask_logits(dict(enc), where), full, atol=1e-5)
 
 
 def test_frequency_identifier_by_hand():
@@ -301,6 +307,21 @@ def test_frequency_identifier_by_hand():
     assert [sample.answer[s.start : s.end] for s in labelled.spans] == ["Basil", "born"]
 
 
+def test_drop_question_words_keeps_only_words_that_answer():
+    from tokenforget.identify.identifiers import drop_question_words
+
+    sample = Sample(
+        answer="Basil Mahfouz was born in Kuwait City.",
+        question="Where was Basil Mahfouz born?",
+        spans=(Span(0, 13, 0.9), Span(26, 37)),
+        id="a",
+        meta={"word_scores": [{"start": 0, "end": 5, "score": 0.9}, {"start": 26, "end": 32, "score": 0.8}]},
+    )
+    (out,) = drop_question_words([sample])
+    assert [sample.answer[s.start : s.end] for s in out.spans] == ["Kuwait", "City"]
+    assert out.meta["word_scores"][0]["score"] == 0.0 and out.meta["word_scores"][1]["score"] == 0.8
+
+
 def test_ner_marks_entities(tmp_path):
     pytest.importorskip("spacy")
     from tokenforget.identify.identifiers import NamedEntities
@@ -314,3 +335,7 @@ def test_ner_marks_entities(tmp_path):
     marked = [sample.answer[s.start : s.end] for s in out.spans]
     assert any("Kuwait City" in m for m in marked) and any("1956" in m for m in marked)
     assert not any(m in ("was", "born", "in") for m in marked)
+    (pos,) = NamedEntities(load_spacy("en_core_web_sm"), pos=("NUM",)).identify(
+        [Sample(answer="He wrote 12 novels.", question="How many?", id="b")]
+    )
+    assert [pos.answer[s.start : s.end] for s in pos.spans] == ["12"]

@@ -185,15 +185,30 @@ def weights_of(folder):
     return load_file(folder / "model" / "model.safetensors")
 
 
-def test_unlearn_survives_kill_9_and_resumes_to_the_same_weights(tmp_path, tiny_llama_dir, forget_file):
-    extra = ["--retain", "tofu-mini", "--set", "unlearn.epochs=6", "--set", "unlearn.checkpoint_every=2"]
+@pytest.mark.parametrize(
+    ("method", "more"),
+    [("npo_rt", []), ("atwu", ["--set", "atwu.update_every=2", "--set", "atwu.scorer_lr=0.5"])],
+    ids=["npo_rt", "atwu-scorer-state"],
+)
+def test_unlearn_survives_kill_9_and_resumes_to_the_same_weights(
+    tmp_path, tiny_llama_dir, forget_file, method, more
+):
+    extra = [
+        "--retain",
+        "tofu-mini",
+        "--set",
+        "unlearn.epochs=6",
+        "--set",
+        "unlearn.checkpoint_every=2",
+        *more,
+    ]
     env = {**os.environ, "TOKENFORGET_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
-    clean_args = cli_args(tiny_llama_dir, forget_file, tmp_path / "clean", "npo_rt", *extra)
+    clean_args = cli_args(tiny_llama_dir, forget_file, tmp_path / "clean", method, *extra)
     clean = subprocess.run(
         [sys.executable, *clean_args], env=env, capture_output=True, text=True, timeout=600
     )
     assert clean.returncode == 0, clean.stderr[-3000:]
-    args = [sys.executable, *cli_args(tiny_llama_dir, forget_file, tmp_path / "killed", "npo_rt", *extra)]
+    args = [sys.executable, *cli_args(tiny_llama_dir, forget_file, tmp_path / "killed", method, *extra)]
     victim = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     state = tmp_path / "killed" / "checkpoints" / "state.json"
@@ -211,6 +226,10 @@ def test_unlearn_survives_kill_9_and_resumes_to_the_same_weights(tmp_path, tiny_
     clean_log, resumed_log = log_rows(tmp_path / "clean"), log_rows(tmp_path / "killed")
     assert [r["step"] for r in resumed_log] == list(range(1, 7))  # no step logged twice or lost
     assert [r["loss"] for r in resumed_log] == [r["loss"] for r in clean_log]
+    if method == "atwu":  # the scorer resumed exactly too: the same learned weights
+        a_w = (tmp_path / "clean" / "token_weights.jsonl").read_text()
+        assert a_w == (tmp_path / "killed" / "token_weights.jsonl").read_text()
+        assert any(r["mean_g"] != 0.5 for r in clean_log[2:])  # the scorer did learn
 
 
 @pytest.mark.parametrize("method", ["ga", "npo"])

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+OWN_FORMS = ("saturated", "correct", "plain")  # atwu.base values that use ATWU's own forget term
+
 
 class TokenScorer(torch.nn.Module):
     """g = sigmoid(v . h + b) on detached hidden states, fp32, zero-initialised."""

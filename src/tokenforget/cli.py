@@ -174,7 +174,11 @@ def run(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     for stage, seconds in result.summary["stage_seconds"].items():
         table.add_row(stage, f"{seconds:.1f}")
     out.print(table)
-    out.print(f"not available yet: {', '.join(result.summary['stages_not_available_yet'])}")
+    pending = ", ".join(result.summary["stages_not_available_yet"])
+    out.print(
+        f"not in the main job yet: {pending} (run identify and unlearn as their own commands: "
+        "tokenforget identify --help, tokenforget unlearn --help)"
+    )
     out.print(f"run folder: {result.folder.resolve()}")
 
 

@@ -206,6 +206,17 @@ class IdentifySettings(_Section):
     )
     spacy_model: str = Field("en_core_web_sm", description="ner: the spaCy pipeline.")
     noun_chunks: bool = Field(False, description="ner: also mark noun chunks (without determiners).")
+    pos: list[str] = Field(
+        default_factory=list,
+        description="ner: also mark tokens with these part-of-speech tags, e.g. [PROPN, NOUN, NUM, ADJ].",
+    )
+    drop_question_words: bool = Field(
+        False,
+        description=(
+            "Any identifier: unmark answer words that also occur in the question (they restate it, "
+            "they do not answer it)."
+        ),
+    )
     backend: Literal["openai", "local"] = Field(
         "openai", description="generative: an OpenAI-compatible endpoint, or a local HF instruct model."
     )

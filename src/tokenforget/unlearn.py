@@ -32,7 +32,14 @@ from typing import Any
 
 import torch
 
-from tokenforget.atwu import ScorerRegularisers, TokenScorer, alignment, scorer_loss, scorer_optimizer
+from tokenforget.atwu import (
+    OWN_FORMS,
+    ScorerRegularisers,
+    TokenScorer,
+    alignment,
+    scorer_loss,
+    scorer_optimizer,
+)
 from tokenforget.config import AtwuSettings, Config
 from tokenforget.data.encode import Encoded, encode, pad_batch
 from tokenforget.data.records import Sample, Span, read_samples
@@ -73,7 +80,7 @@ class UnlearnResult:
 def atwu_method(cfg: Config) -> Method:
     """The loss ATWU trains the model with: its own saturated form, or a registered loss on weights g."""
     own = METHODS["atwu"]
-    if cfg.atwu.base in ("saturated", "correct", "plain"):
+    if cfg.atwu.base in OWN_FORMS:
         return own
     base = METHODS[cfg.atwu.base]
     return dataclasses.replace(
@@ -103,7 +110,7 @@ def loss_settings(cfg: Config, method: Method, hidden_size: int = 0) -> LossSett
         tokens = "weighted"
     return LossSettings(
         **values,
-        atwu_form=cfg.atwu.base if cfg.atwu.base in ("saturated", "correct", "plain") else "saturated",
+        atwu_form=cfg.atwu.base if cfg.atwu.base in OWN_FORMS else "saturated",
         lam=u.lam,
         tokens=tokens,
         lpl_reduction=u.lpl_reduction,
@@ -285,7 +292,7 @@ class Session:
         scorer_total = None
         if scorer_grad or joint:
             reg = ScorerRegularisers(self.atwu.entropy, self.atwu.population, self.atwu.budget, self.atwu.l2)
-            own = self.atwu.base in ("saturated", "correct", "plain")
+            own = self.atwu.base in OWN_FORMS
             forget_term = None
             if joint:
                 forget_term = torch.zeros((), device=g.device)  # the model loss already carries g

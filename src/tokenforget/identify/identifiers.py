@@ -178,6 +178,17 @@ class MaskedLM:
     def settings(self) -> dict[str, Any]:
         return {"top_k": self.top_k, "threshold": self.threshold, "context": self.context}
 
+    def mask_logits(self, enc: dict[str, torch.Tensor], where: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits at the mask positions only. When the model is `encoder + one head`
+        (BERT's `cls`, RoBERTa's `lm_head`, ...), the head runs on the masked positions alone: over a
+        ~50k vocabulary it costs about as much as the whole encoder when run at every position."""
+        base = getattr(self.model, "base_model", None)
+        heads = [m for _, m in self.model.named_children() if m is not base]
+        if base is not None and base is not self.model and len(heads) == 1:
+            hidden = base(**enc).last_hidden_state
+            return heads[0](hidden[where[:, 0], where[:, 1]])
+        return self.model(**enc).logits[where[:, 0], where[:, 1]]
+
     def _word_prob(self, probs: torch.Tensor, word: str) -> tuple[bool, float]:
         """(word among the top-k predictions with p >= threshold, the word's own probability)."""
         top = torch.topk(probs, self.top_k)
@@ -209,9 +220,8 @@ class MaskedLM:
                     [v[2] for v in chunk], return_tensors="pt", padding=True, truncation=True
                 )
                 enc = {k: v.to(self.device) for k, v in enc.items()}
-                logits = self.model(**enc).logits
                 where = (enc["input_ids"] == self.tokenizer.mask_token_id).nonzero()
-                probs = logits[where[:, 0], where[:, 1]].float().softmax(-1).cpu()
+                probs = self.mask_logits(enc, where).float().softmax(-1).cpu()
                 for (k, span, _), p in zip(chunk, probs, strict=True):
                     word = samples[k].answer[span.start : span.end]
                     general, own = self._word_prob(p, word)
@@ -285,11 +295,12 @@ class Frequency:
 
 @dataclass
 class NamedEntities:
-    """spaCy named entities (and optionally noun chunks) are UW."""
+    """spaCy named entities (and optionally noun chunks and part-of-speech tags) are UW."""
 
     nlp: Any
     noun_chunks: bool = False
     labels: tuple[str, ...] = ()  # entity labels to keep; empty = all
+    pos: tuple[str, ...] = ()  # also mark tokens with these part-of-speech tags (e.g. PROPN NOUN NUM ADJ)
     name: str = "ner"
 
     def settings(self) -> dict[str, Any]:
@@ -297,6 +308,7 @@ class NamedEntities:
             "spacy_model": self.nlp.meta.get("name"),
             "noun_chunks": self.noun_chunks,
             "labels": list(self.labels),
+            "pos": list(self.pos),
         }
 
     def identify(self, samples: Sequence[Sample]) -> list[Sample]:
@@ -311,8 +323,32 @@ class NamedEntities:
                     tokens = [t for t in chunk if t.pos_ not in ("DET", "PRON")]
                     if tokens:
                         spans.add(Span(tokens[0].idx, tokens[-1].idx + len(tokens[-1].text)))
+            spans.update(Span(t.idx, t.idx + len(t.text)) for t in doc if t.pos_ in self.pos)
             out.append(labelled(s, sorted(spans)))
         return out
+
+
+def drop_question_words(samples: Sequence[Sample]) -> list[Sample]:
+    """Unmark every answer word that also occurs in the question (case-insensitive): a word the
+    answer repeats from the question restates it and does not answer it (the published generative
+    instruction: label the words that answer the question). UW spans are split into words here."""
+    out = []
+    for s in samples:
+        asked = {w.lower() for w in re.findall(r"\w+", s.question or "")}
+        scored = {(x.start, x.end): x.score for x in s.spans or ()}
+        keep = []
+        for w in answer_words(s.answer):
+            owner = next((x for x in s.spans or () if x.start < w.end and x.end > w.start), None)
+            if owner is not None and s.answer[w.start : w.end].lower() not in asked:
+                keep.append(Span(w.start, w.end, scored.get((owner.start, owner.end))))
+        result = labelled(s, keep)
+        if "word_scores" in s.meta:
+            result.meta["word_scores"] = [
+                {**x, "score": 0.0} if s.answer[x["start"] : x["end"]].lower() in asked else x
+                for x in s.meta["word_scores"]
+            ]
+        out.append(result)
+    return out
 
 
 def from_spans(samples: Sequence[Sample]) -> list[Sample]:

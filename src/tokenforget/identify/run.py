@@ -18,6 +18,7 @@ from tokenforget.identify.identifiers import (
     NamedEntities,
     Predictability,
     combine,
+    drop_question_words,
     from_spans,
 )
 from tokenforget.identify.score import jaccard
@@ -87,7 +88,7 @@ def build(cfg: Config, retain: list[Sample] | None = None, out: Path | None = No
             raise ConfigError("the frequency identifier needs a retain set: --retain FILE (or tofu-mini)")
         return Frequency(retain, i.min_df)
     if i.method == "ner":
-        return NamedEntities(load_spacy(i.spacy_model), i.noun_chunks)
+        return NamedEntities(load_spacy(i.spacy_model), i.noun_chunks, pos=tuple(i.pos))
     if i.method == "generative":
         from tokenforget.identify.generative import Generative, local_chat, openai_chat
 
@@ -147,6 +148,9 @@ def identify_file(
             report["failed_samples"] = identifier.failures
         if getattr(identifier, "oracle", False):
             report["oracle"] = "the reference is the retain model, which defines forget quality"
+    if i.drop_question_words:
+        labelled = drop_question_words(labelled)
+        settings = {**settings, "drop_question_words": True}
     out.parent.mkdir(parents=True, exist_ok=True)
     write_identified(out, labelled, i.method, settings)
     words = sum(len(s.spans or ()) for s in labelled)
