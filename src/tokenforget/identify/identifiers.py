@@ -31,11 +31,11 @@ from typing import Any
 import torch
 
 from tokenforget.config import PromptSettings
-from tokenforget.data.encode import encode, pad_batch
+from tokenforget.data.encode import encode
 from tokenforget.data.records import Sample, Span
+from tokenforget.evaluate.scoring import answer_losses
 from tokenforget.identify.score import answer_words, overlaps
-from tokenforget.models import Precision, eval_mode
-from tokenforget.train import answer_forward, token_nll
+from tokenforget.models import Precision
 
 
 def labelled(
@@ -74,24 +74,15 @@ def answer_token_logps(
     precision: Precision,
     batch_size: int,
 ) -> list[tuple[list[tuple[int, int]], torch.Tensor]]:
-    """Per sample, (answer-token offsets, log p of each answer token) from batched teacher forcing."""
-    encoded = [encode(Sample(answer=s.answer, question=s.question), tokenizer, prompt) for s in samples]
-    results: list[Any] = [None] * len(samples)
-    order = sorted(range(len(samples)), key=lambda i: len(encoded[i].input_ids))
-    with eval_mode(model):
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            batch = {
-                k: v.to(precision.device)
-                for k, v in pad_batch([encoded[i] for i in chunk], tokenizer.pad_token_id).items()
-            }
-            with precision.autocast():
-                fwd = answer_forward(model, batch)
-            logp = (-token_nll(fwd)).double().cpu()
-            counts = torch.bincount(fwd.rows.cpu(), minlength=len(chunk)).tolist()
-            for i, part in zip(chunk, torch.split(logp, counts), strict=True):
-                results[i] = (encoded[i].answer_offsets, part)
-    return results
+    """Per sample, (answer-token offsets, log p of each answer token): the shared batched scoring pass."""
+    pairs = [(s.question, s.answer) for s in samples]
+    losses = answer_losses(
+        model, tokenizer, pairs, prompt, precision, include_eos=True, batch_size=batch_size
+    )
+    return [
+        (encode(Sample(answer=a, question=q), tokenizer, prompt).answer_offsets, -losses[(q, a)].token_nll)
+        for q, a in pairs
+    ]
 
 
 @dataclass
