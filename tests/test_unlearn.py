@@ -232,9 +232,20 @@ def test_unlearn_survives_kill_9_and_resumes_to_the_same_weights(
         assert any(r["mean_g"] != 0.5 for r in clean_log[2:])  # the scorer did learn
 
 
-@pytest.mark.parametrize("method", ["ga", "npo"])
-def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_llama_dir, forget_file, method):
-    """DDP over 2 CPU processes (accelerate launch) = 1 process with micro-batches of half the batch."""
+@pytest.mark.parametrize(
+    ("method", "more"),
+    [
+        ("ga", []),
+        ("npo", []),
+        ("atwu", ["--retain", "tofu-mini", "--set", "atwu.update_every=1", "--set", "atwu.scorer_lr=0.5"]),
+    ],
+    ids=["ga", "npo", "atwu-scorer-reduced"],
+)
+def test_two_processes_match_one_with_the_same_global_batch(
+    tmp_path, tiny_llama_dir, forget_file, method, more
+):
+    """DDP over 2 CPU processes (accelerate launch) = 1 process with micro-batches of half the batch
+    (ATWU: the scorer's gradients are averaged over processes, so it stays the same everywhere)."""
     env = {**os.environ, "TOKENFORGET_CACHE": str(tmp_path / "cache")}
     extra = [
         "--set",
@@ -243,6 +254,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_llama
         "unlearn.batch_size=4",
         "--set",
         "unlearn.micro_batch_size=2",
+        *more,
     ]
     one = subprocess.run(
         [sys.executable, *cli_args(tiny_llama_dir, forget_file, tmp_path / "one", method, *extra)],
@@ -284,6 +296,13 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_llama
     assert [r["loss"] for r in log_rows(tmp_path / "two")] == pytest.approx(
         [r["loss"] for r in log_rows(tmp_path / "one")], rel=1e-4
     )
+    if method == "atwu":  # the learned weights agree too (written by the main process at the end)
+        one_w = [json.loads(x) for x in (tmp_path / "one" / "token_weights.jsonl").read_text().splitlines()]
+        two_w = [json.loads(x) for x in (tmp_path / "two" / "token_weights.jsonl").read_text().splitlines()]
+        a_scores = [t["score"] for row in one_w for t in row["token_scores"]]
+        b_scores = [t["score"] for row in two_w for t in row["token_scores"]]
+        assert b_scores == pytest.approx(a_scores, abs=1e-4)
+        assert any(abs(v - 0.5) > 1e-3 for v in a_scores)  # the scorer moved
 
 
 def test_lora_run_writes_the_adapter_or_merged_weights(tmp_path, tiny_llama_dir, forget_file):

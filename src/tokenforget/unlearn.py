@@ -481,11 +481,17 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
             scorer_opt.step()
             scorer_sched.step()
             scorer_opt.zero_grad(set_to_none=True)
-        names = sorted(sums)
-        values = torch.tensor([sums[n] for n in names], dtype=torch.float64, device=session.device)
         if world > 1:
-            values = accelerator.reduce(values, reduction="mean")
-        parts = {"loss": 0.0, **dict(zip(names, values.tolist(), strict=True))}
+            # processes may log different terms (a diagnostic needs UW tokens in its batch): average
+            # each term over the processes that have it
+            from accelerate.utils import gather_object
+
+            every = gather_object([sums])
+            sums = {
+                n: sum(d[n] for d in every if n in d) / sum(n in d for d in every)
+                for n in set().union(*every)
+            }
+        parts = {"loss": 0.0, **{name: sums[name] for name in sorted(sums)}}
         return parts, tokens
 
     log_path = folder / TRAIN_LOG
@@ -564,6 +570,7 @@ def learned_weights(session: Session, path: Path, batch_size: int) -> dict[str, 
     assert session.scorer is not None
     samples: list[Sample] = []
     all_g, all_uw = [], []
+    policy = getattr(session.policy, "module", session.policy)
     with eval_mode(session.model):
         for start in range(0, len(session.forget), batch_size):
             rows = session.forget[start : start + batch_size]
@@ -571,7 +578,8 @@ def learned_weights(session: Session, path: Path, batch_size: int) -> dict[str, 
                 k: v.to(session.device) for k, v in pad_batch(rows, session.tokenizer.pad_token_id).items()
             }
             with session.precision.autocast():
-                out = session.policy(batch["input_ids"], batch["attention_mask"], batch["labels"])
+                # the bare module: a DDP forward would wait for the other processes, which are not here
+                out = policy(batch["input_ids"], batch["attention_mask"], batch["labels"])
             g = session.scorer(out[3]).float().cpu()
             uw = _flags(batch)[0].cpu()
             counts = torch.bincount(out[2].cpu(), minlength=len(rows)).tolist()
