@@ -20,8 +20,7 @@ from typing import Any
 
 from tokenforget.data.records import Sample, Span, read_samples, samples_from_rows, word_spans
 from tokenforget.errors import DataError, DataIssue
-
-WORD = re.compile(r"\w+")
+from tokenforget.identify.score import answer_words
 
 
 def is_published_row(row: dict[str, Any]) -> bool:
@@ -70,9 +69,7 @@ def published_spans(
         return sorted(spans)
     common = _ranges(row.get("common_words") or [], where, line, "common_words")
     return [
-        Span(m.start(), m.end())
-        for m in WORD.finditer(answer)
-        if not any(c["start"] < m.end() and c["end"] > m.start() for c in common)
+        w for w in answer_words(answer) if not any(c["start"] < w.end and c["end"] > w.start for c in common)
     ]
 
 
