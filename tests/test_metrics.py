@@ -85,3 +85,15 @@ def test_uw_gw_deltas_and_leak_rate():
     assert leaked_words(["Basil"], "Basilica") == [False]  # whole words only
     assert leak_rate([["Basil", "Kuwait"], ["1956"]], ["Basil was here", "in 1956"]) == pytest.approx(2 / 3)
     assert leak_rate([[]], ["anything"]) is None
+
+
+def test_exact_memorization_and_extraction_strength_as_open_unlearning_defines_them():
+    from tokenforget.evaluate.metrics import exact_memorization, extraction_strength
+
+    hits = torch.tensor([True, False, True, True, True])
+    assert exact_memorization(hits) == pytest.approx(4 / 5)
+    assert extraction_strength(hits) == pytest.approx(1 - 2 / 5)  # suffix from index 2 is exact
+    assert extraction_strength(torch.ones(4, dtype=torch.bool)) == 1.0
+    # nothing matches, not even the last token: open-unlearning's loop stops at k = n - 1
+    assert extraction_strength(torch.zeros(4, dtype=torch.bool)) == pytest.approx(1 / 4)
+    assert extraction_strength(torch.tensor([True, True, False])) == pytest.approx(1 / 3)

@@ -388,6 +388,44 @@ def eval_kl(
     _emit(result, out_file, {"mean_token_kl": result["mean_token_kl"]})
 
 
+@eval_app.command("tokens")
+def eval_tokens(
+    model: Annotated[str, typer.Option(help="The unlearned model.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for tokens.json (scores) and summary.")],
+    reference: Annotated[
+        str | None, typer.Option(help="The original model (theta0) for the log-prob changes; none: skipped.")
+    ] = None,
+    forget: Annotated[
+        str, typer.Option(help="Forget set: tofu-mini (bundled, with paraphrased questions) or a data file.")
+    ] = "tofu-mini",
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="The evaluation labelling (identified.jsonl or the published layout); "
+            "default: the forget file's own spans. Use one labelling for every run you compare."
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Token-level forgetting on the forget set: did the unwanted words go, did the rest stay?
+
+    \b
+    uw_dlogp / gw_dlogp   mean change of log p(token), model vs reference, on UW / GW tokens
+                          (a targeted method: UW far below 0, GW near 0)
+    uw_leak_rate          fraction of unwanted words (spans) still in the greedy answer, whole
+                          word, case-insensitive; _paraphrased: for the paraphrased question
+    exact_memorization, extraction_strength   as open-unlearning defines them
+    Each model's scores are cached in OUT/<model|reference>/tokens.json.
+    """
+    from tokenforget.evaluate.tokens import forget_samples, token_summary_for
+
+    cfg = _config(config, set_)
+    samples = forget_samples(forget)
+    summary = token_summary_for(cfg, model, samples, out_dir, reference, labels)
+    _emit(summary, out_dir / "tokens_summary.json", {k: v for k, v in summary.items() if k != "per_sample"})
+
+
 def _emit(result: dict, out_file: Path | None, headline: dict) -> None:
     """Print the headline numbers; the whole result (per-sample values) goes to --out or stdout."""
     if out_file is None:

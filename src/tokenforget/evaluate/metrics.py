@@ -10,6 +10,10 @@ Membership attacks return a *membership score* per sample: higher = more likely 
 AUC separates members (label 1) from non-members with scikit-learn's roc_auc_score.
 
 Over-forgetting: KL(theta0 || theta) per token, from both models' logits on the same text.
+Memorisation (open-unlearning's definitions, from the teacher-forced argmax at each answer token):
+- exact memorisation: the fraction of answer tokens the model predicts exactly;
+- extraction strength: 1 - k/n, k the first position from which every remaining prediction is exact.
+  As in open-unlearning, k stops at n - 1 when not even the last token matches (so ES >= 1/n).
 Token-level forgetting: change of log-probability of UW and GW tokens, and the UW leak rate (the
 fraction of unwanted words still produced, whole word, case-insensitive).
 """
@@ -94,3 +98,16 @@ def leak_rate(words_per_sample: Sequence[Sequence[str]], generations: Sequence[s
         for f in leaked_words(words, text)
     ]
     return sum(flags) / len(flags) if flags else None
+
+
+def exact_memorization(hits: torch.Tensor) -> float:
+    """Fraction of answer tokens whose teacher-forced argmax is the answer token."""
+    return float(hits.double().mean())
+
+
+def extraction_strength(hits: torch.Tensor) -> float:
+    """1 - k/n with k the smallest start of an all-correct suffix (open-unlearning; k <= n - 1)."""
+    n = hits.numel()
+    wrong = torch.nonzero(~hits.bool()).flatten()
+    k = 0 if wrong.numel() == 0 else min(int(wrong[-1]) + 1, n - 1)
+    return 1 - k / n

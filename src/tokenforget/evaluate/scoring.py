@@ -30,6 +30,7 @@ class AnswerLoss:
 
     token_nll: torch.Tensor  # (tokens,) float64
     token_z: torch.Tensor | None = None  # Min-K%++ z per token, when asked for
+    hits: torch.Tensor | None = None  # (tokens,) bool: the teacher-forced argmax is the answer token
 
     @property
     def total(self) -> float:
@@ -85,7 +86,8 @@ def answer_losses(
                 if with_distribution
                 else [None] * len(chunk)
             )
+            hit_rows = torch.split((fwd.logits.argmax(-1) == fwd.targets).cpu(), counts)
             for row, index in enumerate(chunk):
-                results[unique[index]] = AnswerLoss(per_row[row], z_rows[row])
+                results[unique[index]] = AnswerLoss(per_row[row], z_rows[row], hit_rows[row])
             bar.advance(bar.task_ids[0], len(chunk))
     return results

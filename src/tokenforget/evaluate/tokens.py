@@ -1,0 +1,254 @@
+"""`eval tokens`: token-level forgetting. Did the unwanted words go while the general words stayed?
+
+Two steps, so that one model is scored once whatever labelling is used afterwards:
+1. `score_model` (one teacher-forced pass + one batched greedy pass of the model over the forget
+   set): per answer token its text, log-probability and whether the argmax predicts it; greedy
+   answers to the original and, where the data has one, the paraphrased question. Label-free,
+   written as `tokens.json` and reused.
+2. `token_summary` (pure): with one evaluation labelling (spans) and, optionally, the scores of the
+   original model theta0, the mean change of log p on UW and on GW tokens (theta vs theta0), the UW leak
+   rate (the fraction of unwanted words the greedy answer still contains, whole word,
+   case-insensitive) for both questions, exact memorisation and extraction strength.
+The EOS token is not a word: it is neither UW nor GW here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from tokenforget.config import PromptSettings
+from tokenforget.data.encode import encode
+from tokenforget.data.records import Sample
+from tokenforget.errors import ConfigError
+from tokenforget.evaluate.generation import generate_greedy
+from tokenforget.evaluate.metrics import (
+    exact_memorization,
+    extraction_strength,
+    leak_rate,
+    leaked_words,
+    masked_mean_delta,
+)
+from tokenforget.evaluate.scoring import answer_losses
+from tokenforget.models import Precision
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+TOKENS_FILE = "tokens.json"
+
+
+def _key(sample: Sample) -> str:
+    return json.dumps([sample.question, sample.answer])
+
+
+def score_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    samples: Sequence[Sample],
+    prompt: PromptSettings,
+    precision: Precision,
+    max_new_tokens: int = 48,
+    batch_size: int = 32,
+    generated: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Per sample: answer tokens (text, log p, argmax hit) and greedy answers, no labels needed.
+
+    `generated` reuses greedy answers to the original questions made elsewhere (the TOFU forget
+    log) with the same settings; only the paraphrased questions are generated then.
+    """
+    pairs = [(s.question, s.answer) for s in samples]
+    stats = answer_losses(model, tokenizer, pairs, prompt, precision, False, batch_size)
+    paraphrased = [s.meta.get("paraphrased_question") for s in samples]
+    asked = [] if generated is not None else [(s.question, s) for s in samples]
+    asked += [(q, s) for q, s in zip(paraphrased, samples, strict=True) if q]
+    # the answer only closes the encoding; generation starts from the prompt tokens
+    prompts = [encode(Sample(answer=s.answer, question=q), tokenizer, prompt).prompt_ids for q, s in asked]
+    texts = iter(generate_greedy(model, tokenizer, prompts, precision, max_new_tokens, batch_size))
+    originals = list(generated) if generated is not None else [next(texts) for _ in samples]
+    rows = []
+    for sample, pair, original, para in zip(samples, pairs, originals, paraphrased, strict=True):
+        encoded = encode(sample, tokenizer, prompt)
+        a = stats[pair]
+        offsets = encoded.answer_offsets[: a.tokens]  # EOS left out
+        rows.append(
+            {
+                "key": _key(sample),
+                "id": sample.id,
+                "question": sample.question,
+                "answer": sample.answer,
+                "offsets": [list(o) for o in offsets],
+                "logp": [round(-v, 6) for v in a.token_nll.tolist()],
+                "hits": [bool(h) for h in a.hits.tolist()],
+                "generated": original,
+                "paraphrased_question": para,
+                "generated_paraphrased": next(texts) if para else None,
+            }
+        )
+    return rows
+
+
+def _uw_mask(
+    sample: Sample, tokenizer: PreTrainedTokenizerBase, prompt: PromptSettings, n: int
+) -> torch.Tensor:
+    uw = encode(sample, tokenizer, prompt).uw
+    return torch.tensor((uw or [False] * (n + 1))[:n], dtype=torch.bool)
+
+
+def unwanted_words(sample: Sample) -> list[str]:
+    """The distinct unwanted words (span texts) of a labelled sample, in order."""
+    words = [sample.answer[s.start : s.end].strip() for s in sample.spans or ()]
+    return list(dict.fromkeys(w for w in words if re.search(r"\w", w)))
+
+
+def token_summary(
+    rows: Sequence[dict[str, Any]],
+    labels: Sequence[Sample],
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: PromptSettings,
+    reference_rows: Sequence[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Token-level forgetting of one scored model under one labelling (see the module docstring).
+
+    Without reference_rows (theta0's scores) the log-prob changes are null; everything else stands.
+    """
+    by_key = {_key(s): s for s in labels}
+    reference = {r["key"]: r for r in reference_rows} if reference_rows is not None else None
+    missing = [r["id"] or r["question"] for r in rows if r["key"] not in by_key]
+    if missing:
+        raise ConfigError(
+            f"the evaluation labels do not cover {len(missing)} forget sample(s), e.g. {missing[0]!r}: "
+            "label the same forget set (tokenforget identify) or give its spans"
+        )
+    logp_all, ref_all, mask_all, per_sample = [], [], [], []
+    words_per_sample, generations, para_words, para_generations = [], [], [], []
+    for row in rows:
+        sample = by_key[row["key"]]
+        logp = torch.tensor(row["logp"], dtype=torch.float64)
+        uw = _uw_mask(sample, tokenizer, prompt, logp.numel())
+        hits = torch.tensor(row["hits"], dtype=torch.bool)
+        words = unwanted_words(sample)
+        entry: dict[str, Any] = {
+            "id": row["id"],
+            "uw_words": words,
+            "leaked": [w for w, f in zip(words, leaked_words(words, row["generated"]), strict=True) if f],
+            "exact_memorization": exact_memorization(hits),
+            "extraction_strength": extraction_strength(hits),
+        }
+        words_per_sample.append(words)
+        generations.append(row["generated"])
+        if row.get("generated_paraphrased") is not None:
+            para_words.append(words)
+            para_generations.append(row["generated_paraphrased"])
+            flags = leaked_words(words, row["generated_paraphrased"])
+            entry["leaked_paraphrased"] = [w for w, f in zip(words, flags, strict=True) if f]
+        if reference is not None:
+            ref = reference.get(row["key"])
+            if ref is None or len(ref["logp"]) != len(row["logp"]):
+                raise ConfigError(
+                    f"sample {row['id']!r}: the reference was scored on other tokens "
+                    "(same tokenizer and prompt template needed)"
+                )
+            ref_logp = torch.tensor(ref["logp"], dtype=torch.float64)
+            entry["uw_dlogp"] = masked_mean_delta(logp, ref_logp, uw)
+            entry["gw_dlogp"] = masked_mean_delta(logp, ref_logp, ~uw)
+            ref_all.append(ref_logp)
+        logp_all.append(logp)
+        mask_all.append(uw)
+        per_sample.append(entry)
+    summary: dict[str, Any] = {
+        "uw_tokens": int(sum(int(m.sum()) for m in mask_all)),
+        "gw_tokens": int(sum(int((~m).sum()) for m in mask_all)),
+        "uw_leak_rate": leak_rate(words_per_sample, generations),
+        "uw_leak_rate_paraphrased": leak_rate(para_words, para_generations) if para_words else None,
+        "exact_memorization": _mean([e["exact_memorization"] for e in per_sample]),
+        "extraction_strength": _mean([e["extraction_strength"] for e in per_sample]),
+        "uw_dlogp": None,
+        "gw_dlogp": None,
+    }
+    if ref_all:
+        logp, ref_logp, mask = torch.cat(logp_all), torch.cat(ref_all), torch.cat(mask_all)
+        # micro-averaged over tokens: every UW (GW) token of the forget set counts once
+        summary["uw_dlogp"] = masked_mean_delta(logp, ref_logp, mask)
+        summary["gw_dlogp"] = masked_mean_delta(logp, ref_logp, ~mask)
+    summary["per_sample"] = per_sample
+    return summary
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def scored_model(
+    cfg: Any,
+    model_name: str,
+    samples: Sequence[Sample],
+    out: Path,
+    generated: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """`score_model` for a model by name, cached in out/tokens.json (same model, data and settings)."""
+    from tokenforget.evaluate.tofu_run import resolve_profile
+    from tokenforget.models import load_model
+
+    max_new_tokens = resolve_profile(cfg.eval).max_new_tokens
+    stamp = {
+        "model": str(model_name),
+        "prompt": cfg.prompt.model_dump(),
+        "max_new_tokens": max_new_tokens,
+        "samples": [_key(s) for s in samples],
+    }
+    path = out / TOKENS_FILE
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("stamp") == stamp:
+            return cached["rows"]
+    model, tokenizer, precision = load_model(cfg.model, model_name)
+    rows = score_model(
+        model, tokenizer, samples, cfg.prompt, precision, max_new_tokens, cfg.eval.batch_size, generated
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"stamp": stamp, "rows": rows}))
+    return rows
+
+
+def forget_samples(forget: str) -> list[Sample]:
+    """tofu-mini's forget rows (with their paraphrased questions) or a user data file."""
+    if forget == "tofu-mini":
+        from tokenforget.data.benchmarks import tofu_mini
+
+        return tofu_mini().eval_forget
+    from tokenforget.identify import read_identified
+
+    return read_identified(forget)
+
+
+def token_summary_for(
+    cfg: Any,
+    model_name: str,
+    samples: Sequence[Sample],
+    out: Path,
+    reference_name: str | None = None,
+    labels: Path | str | None = None,
+    generated: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Score `model_name` (and `reference_name`, theta0) on `samples`, summarise under `labels`."""
+    from tokenforget.identify import read_identified
+    from tokenforget.models import load_tokenizer
+
+    labelled = read_identified(labels) if labels is not None else list(samples)
+    if not any(s.spans for s in labelled):
+        raise ConfigError(
+            "no unwanted words to evaluate: the forget samples carry no spans. Fix: --labels "
+            "identified.jsonl (tokenforget identify) or a forget file with spans"
+        )
+    rows = scored_model(cfg, model_name, samples, out / "model", generated)
+    reference = scored_model(cfg, reference_name, samples, out / "reference") if reference_name else None
+    tokenizer = load_tokenizer(model_name, cfg.model.trust_remote_code)
+    summary = token_summary(rows, labelled, tokenizer, cfg.prompt, reference)
+    summary["labels"] = str(labels) if labels is not None else "the forget set's own spans"
+    return summary
