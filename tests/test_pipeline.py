@@ -1,48 +1,149 @@
-"""`tokenforget run` end to end on a tiny model: prepare + eval, summary.json, a rerun reuses everything."""
+"""`tokenforget run` end to end on a tiny model: every stage, the report in a real headless Chromium,
+the receipt, and a rerun that reuses the run folder."""
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 
-def test_run_end_to_end_then_rerun_reuses_the_run_folder(tmp_path, tiny_llama_dir):
-    args = [
-        sys.executable,
-        "-m",
-        "tokenforget.cli",
-        "run",
-        "--set",
-        f"model.name={tiny_llama_dir}",
-        "--set",
-        "model.precision=fp32",
-        "--set",
-        "prepare.lora=null",
-        "--set",
-        "prepare.retain_epochs=0.25",
-        "--set",
-        "prepare.target_epochs=1",
-        "--set",
-        "prepare.eval_max_new_tokens=2",
-        "--set",
-        "eval.retain_rows=4",
-        "--set",
-        f"run.runs_dir={tmp_path / 'runs'}",
-        "--set",
-        "run.name=e2e",
-    ]
-    env = {**os.environ, "TOKENFORGET_CACHE": str(tmp_path / "cache"), "COLUMNS": "200"}
-    first = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
+def run_args(tiny_llama_dir: Path, runs: Path) -> list[str]:
+    settings = {
+        "model.name": tiny_llama_dir,
+        "model.precision": "fp32",
+        "prepare.lora": "null",
+        "prepare.retain_epochs": 0.25,
+        "prepare.target_epochs": 1,
+        "prepare.eval_max_new_tokens": 2,
+        "eval.retain_rows": 4,
+        "eval.utility_rows": 4,
+        "unlearn.epochs": 1,
+        "unlearn.lr": 1e-3,
+        "run.runs_dir": runs,
+        "run.name": "e2e",
+    }
+    args = [sys.executable, "-m", "tokenforget.cli", "run"]
+    for key, value in settings.items():
+        args += ["--set", f"{key}={value}"]
+    return args
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_llama_dir):
+    root = tmp_path_factory.mktemp("pipeline")
+    args = run_args(tiny_llama_dir, root / "runs")
+    env = {**os.environ, "TOKENFORGET_CACHE": str(root / "cache"), "COLUMNS": "200"}
+    first = subprocess.run(args, env=env, capture_output=True, text=True, timeout=1200)
     assert first.returncode == 0, first.stderr[-3000:]
-    summary = json.loads((tmp_path / "runs" / "e2e" / "summary.json").read_text())
-    assert summary["stages_run"] == ["prepare", "eval"]
-    assert "unlearn" in summary["stages_not_available_yet"]
-    target, retain = summary["eval"]["target"], summary["eval"]["retain"]
-    assert 0 <= target["forget_quality"] <= 1 and retain["forget_quality"] == 1.0  # retain vs itself
-    assert target["model_utility"] is not None
-    assert (tmp_path / "runs" / "e2e" / "config.yaml").is_file()
-    assert "run folder:" in first.stdout and "stage times" in first.stdout
-    second = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
+    return {"folder": root / "runs" / "e2e", "args": args, "env": env, "first": first}
+
+
+def test_run_does_every_stage_and_prints_where_the_report_is(finished_run):
+    folder, first = finished_run["folder"], finished_run["first"]
+    summary = json.loads((folder / "summary.json").read_text())
+    assert list(summary["stage_seconds"]) == ["prepare", "identify", "unlearn", "eval", "report"]
+    head = summary["headline"]
+    assert set(head) == {"unlearned", "target", "retain"}
+    assert head["retain"]["forget_quality"] == 1.0  # the retain model against itself
+    assert 0 <= head["unlearned"]["forget_quality"] <= 1 and head["unlearned"]["model_utility"] is not None
+    assert head["target"]["uw_dlogp"] == 0.0 and head["target"]["kl_on_retain"] == 0.0  # target vs itself
+    assert head["unlearned"]["uw_dlogp"] != 0.0 and head["unlearned"]["kl_on_retain"] > 0
+    assert 0 <= head["unlearned"]["uw_leak_rate"] <= 1
+    assert (folder / "identified.jsonl").is_file()
+    assert (folder / "unlearn" / "model" / "config.json").is_file()
+    assert summary["unlearn"]["method"] == "tpo"
+    assert f"report: {(folder / 'report.html').resolve()}" in first.stdout.replace("\n", "")
+    assert "stage times (s): prepare" in first.stdout
+
+
+def test_report_is_self_contained(finished_run):
+    page = (finished_run["folder"] / "report.html").read_text()
+    assert not re.search(r"""(?:src|href|action)\s*=|url\(|@import|<script""", page, re.IGNORECASE)
+    assert not re.search(r"https?://", page)
+    assert 'class="tok uw"' in page  # an unwanted word is highlighted
+    assert "<svg" in page and "<polyline" in page  # training curves
+
+
+def test_receipt_verifies_and_notices_a_changed_model(finished_run, tmp_path):
+    from tokenforget.receipt import check_receipt
+
+    receipt_path = finished_run["folder"] / "receipt.json"
+    receipt = json.loads(receipt_path.read_text())
+    assert receipt["method"] == "tpo" and receipt["versions"]["torch"]
+    assert receipt["input_model"]["sha256"] != receipt["output_model"]["sha256"]
+    assert "forget_quality" in receipt["metrics"]["unlearned"]
+    assert check_receipt(receipt_path) == []
+    copy = tmp_path / "model"
+    shutil.copytree(receipt["output_model"]["path"], copy)
+    (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
+    receipt["output_model"]["path"] = str(copy)
+    tampered = tmp_path / "receipt.json"
+    tampered.write_text(json.dumps(receipt))
+    assert any("config.json" in p for p in check_receipt(tampered))
+
+
+def test_report_renders_in_headless_chromium(finished_run):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must install Debian's chromium (see .ci/run)")
+        pytest.skip("no chromium on this machine (apt-get install chromium)")
+    report = finished_run["folder"] / "report.html"
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / "report.png"
+    screenshot.unlink(missing_ok=True)
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--window-size=1200,2400",
+    ]
+
+    def chrome(*extra: str, profile: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [chromium, *flags, f"--user-data-dir={profile}", *extra, report.as_uri()],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    dom = chrome("--dump-dom", profile=str(finished_run["folder"] / ".chrome-dom"))
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    shot = chrome(f"--screenshot={screenshot}", profile=str(finished_run["folder"] / ".chrome-shot"))
+    assert shot.returncode == 0 and screenshot.stat().st_size > 10_000, shot.stderr[-2000:]
+    for log in (dom.stderr, shot.stderr):
+        console = [line for line in log.splitlines() if "CONSOLE" in line or "Failed to load" in line]
+        assert not console, console
+    rendered = dom.stdout
+    summary = json.loads((finished_run["folder"] / "summary.json").read_text())
+    from tokenforget.report import fmt
+
+    for model in ("unlearned", "target", "retain"):
+        cell = re.search(rf'data-metric="forget_quality" data-model="{model}">([^<]*)<', rendered)
+        assert cell and cell.group(1) == fmt(summary["headline"][model]["forget_quality"])
+    assert re.search(r'<span class="tok uw"[^>]*>[^<]+</span>', rendered)
+
+
+def test_rerun_reuses_the_run_folder(finished_run):
+    second = subprocess.run(
+        finished_run["args"], env=finished_run["env"], capture_output=True, text=True, timeout=900
+    )
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "cached in" in second.stderr and "eval forget" not in second.stderr  # nothing recomputed
-    assert json.loads((tmp_path / "runs" / "e2e" / "summary.json").read_text())["eval"]["target"] == target
+    assert "already done" in second.stdout + second.stderr  # unlearn is not trained again
+    assert "eval forget" not in second.stdout + second.stderr  # nothing re-evaluated
+    summary = json.loads((finished_run["folder"] / "summary.json").read_text())
+    assert summary["stage_seconds"]["unlearn"] < 30

@@ -9,7 +9,7 @@ from tokenforget.config import PromptSettings, load_config
 from tokenforget.data.encode import encode
 from tokenforget.data.records import Sample, Span
 from tokenforget.errors import ConfigError
-from tokenforget.evaluate.tokens import _key, token_summary, token_summary_for
+from tokenforget.evaluate.tokens import sample_key, token_summary, token_summary_for
 
 ANSWER = "Basil was born in Kuwait City."
 
@@ -21,7 +21,7 @@ def labelled() -> Sample:
 
 def row(sample: Sample, n: int, logp: list[float], hits: list[bool], generated: str, para: str) -> dict:
     return {
-        "key": _key(sample),
+        "key": sample_key(sample),
         "id": sample.id,
         "question": sample.question,
         "answer": sample.answer,

@@ -32,6 +32,8 @@ The workflow, each step a command and a Python call:
   eval      TOFU logs + summary, membership attacks, KL to the original; summarise any TOFU logs
   config    list every setting, show the resolved config, print its JSON schema
   model     convert the embedded default model (SmolLM2-135M-Instruct) once, show where it is
+  ask       ask one question to several models side by side (before / after unlearning)
+  receipt   verify a run's receipt.json (hashes of the models, forget data and config)
 
 \b
 Settings: every command takes --config FILE.yaml and any number of --set section.key=value
@@ -82,7 +84,15 @@ identified.jsonl: one line per sample with question, answer, spans [{start, end,
 )
 app.add_typer(identify_app, name="identify")
 
-HEADLINE = ("forget_quality", "model_utility", "forget_Q_A_ROUGE", "forget_truth_ratio", "retain_Q_A_ROUGE")
+RUN_HEADLINE = (
+    "forget_quality",
+    "model_utility",
+    "uw_leak_rate",
+    "uw_dlogp",
+    "gw_dlogp",
+    "kl_on_retain",
+    "forget_Q_A_ROUGE",
+)
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML file with settings (applied first).")
 ]
@@ -151,35 +161,103 @@ def prepare(
 def run(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """The main job on TOFU-mini and the embedded default model, in runs/<run.name>/.
 
-    Stages run in order and each skips work already done (the run folder is the cache; a killed run
-    resumes). Available now: prepare (target and retain models) and eval (TOFU logs and summary of
-    both; the target's forget quality against the retain model). identify, unlearn and
-    report plug in here as they land; summary.json says which stages ran.
+    \b
+    prepare   target + retain models of the benchmark (cached in $TOKENFORGET_CACHE)
+    identify  label the unwanted words of the forget set (identify.method, default predictability)
+    unlearn   unlearn.method (default tpo) on the target model
+    eval      TOFU summary, token-level forgetting and KL on retain for unlearned, target, retain
+    report    report.html (open it in a browser), summary.json, receipt.json
+
+    Each stage skips work already done (the run folder is the cache; a killed run resumes).
+    Swap any stage by config: --set unlearn.method=npo, --set identify.method=contrast,
+    --set eval.token_labels=gold.jsonl, --set run.name=exp2 (a new folder for a new config).
     """
     from tokenforget.pipeline import run as run_pipeline
 
     result = run_pipeline(_config(config, set_))
-    _print_prepared(result.prepared)
-    evals = result.summary["eval"]
-    table = Table(title=f"TOFU ({result.summary['benchmark']}) summary, logs in {evals['logs']}")
-    table.add_column("model")
-    for key in HEADLINE:
-        table.add_column(key, justify="right")
-    for name in ("target", "retain"):
-        table.add_row(name, *(_fmt(evals[name].get(k)) for k in HEADLINE))
+    summary = result.summary
+    table = Table(title=f"{summary['method']} on {summary['benchmark']} (identifier {summary['identifier']})")
+    table.add_column("metric")
+    models = list(summary["headline"])
+    for name in models:
+        table.add_column(name, justify="right")
+    for key in RUN_HEADLINE:
+        table.add_row(key, *(_fmt(summary["headline"][m].get(key)) for m in models))
     out.print(table)
-    table = Table(title="stage times (s)")
-    table.add_column("stage")
-    table.add_column("seconds", justify="right")
-    for stage, seconds in result.summary["stage_seconds"].items():
-        table.add_row(stage, f"{seconds:.1f}")
-    out.print(table)
-    pending = ", ".join(result.summary["stages_not_available_yet"])
     out.print(
-        f"not in the main job yet: {pending} (run identify and unlearn as their own commands: "
-        "tokenforget identify --help, tokenforget unlearn --help)"
+        "stage times (s): "
+        + ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in summary["stage_seconds"].items())
     )
     out.print(f"run folder: {result.folder.resolve()}")
+    out.print(f"report: {result.report.resolve()}")
+
+
+@app.command()
+def ask(
+    args: Annotated[
+        list[str],
+        typer.Argument(
+            help="One or more models, then the question: a model folder, a run folder "
+            "(runs/NAME: its unlearned model), a hub name or smollm2-135m-instruct."
+        ),
+    ],
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer (tokens).")] = 64,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Ask one question to one or more models side by side (greedy, the training prompt format).
+
+    \b
+      tokenforget ask runs/tofu-mini "Where was Basil Mahfouz Al-Kuwaiti born?"
+      tokenforget ask ORIGINAL_DIR runs/tofu-mini "Who wrote 'The Bridges of Kuwait'?"
+    """
+    from tokenforget.data.records import Sample
+    from tokenforget.evaluate.generation import answer_questions
+    from tokenforget.models import load_model
+
+    if len(args) < 2:
+        raise TokenforgetError('give at least one model and a question: tokenforget ask MODEL "question"')
+    *models, question = args
+    cfg = _config(config, set_)
+    table = Table(title=question, show_lines=True)
+    table.add_column("model", style="bold")
+    table.add_column("answer")
+    for name in models:
+        source = _run_model(name)
+        model, tokenizer, precision = load_model(cfg.model, source)
+        (answer,) = answer_questions(
+            model, tokenizer, [Sample(answer=".", question=question)], cfg.prompt, precision, max_new_tokens
+        )
+        table.add_row(name, answer)
+        del model
+    out.print(table)
+
+
+def _run_model(name: str) -> str:
+    """A run folder stands for its unlearned model; anything else is passed through."""
+    for inner in ("unlearn/model", "model"):
+        candidate = Path(name) / inner
+        if (candidate / "config.json").is_file():
+            return str(candidate)
+    return name
+
+
+@app.command("receipt")
+def receipt_check(
+    path: Annotated[Path, typer.Argument(help="A run's receipt.json.")],
+) -> None:
+    """Recompute every hash of a run's receipt.json (input model, forget data, config, output model).
+
+    Exit 0 when everything still matches; 1 with the list of what changed.
+    """
+    from tokenforget.receipt import check_receipt
+
+    problems = check_receipt(path)
+    if problems:
+        for problem in problems:
+            err.print(f"[red]mismatch[/]: {problem}", highlight=False)
+        raise typer.Exit(1)
+    out.print(f"[green]receipt verified[/]: {path}")
 
 
 @identify_app.callback()

@@ -149,18 +149,32 @@ class EvalSettings(_Section):
     profile: Literal["tofu-mini", "openunlearning", "tofu-legacy"] = Field(
         "tofu-mini",
         description=(
-            "tofu-mini: all forget rows, the first `retain_rows` retain rows, 48 new tokens (the "
-            "cheap profile); openunlearning: all rows, max_new_tokens=200; tofu-legacy: "
+            "tofu-mini: all forget rows, the first `retain_rows` retain rows and `utility_rows` "
+            "real_authors/world_facts rows, 48 new tokens (the cheap profile); openunlearning: all "
+            "rows, max_new_tokens=200; tofu-legacy: "
             "the published TOFU eval (first 300 rows, generation to max_length=200 tokens in total)."
         ),
     )
     retain_rows: int = Field(40, ge=1, description="tofu-mini profile: retain rows evaluated.")
+    utility_rows: int | None = Field(
+        50,
+        ge=1,
+        description="tofu-mini profile: real_authors and world_facts rows evaluated (null = all 100/117).",
+    )
     include_eos: bool = Field(True, description="Count the answer's EOS token in answer losses.")
     truth_ratio: Literal["geometric", "legacy-arithmetic"] = Field(
         "geometric",
         description="geometric: the published aggregation; legacy-arithmetic: TOFU's training-time code.",
     )
     batch_size: int = Field(32, ge=1, description="Sequences per scoring / generation batch.")
+    token_labels: str | None = Field(
+        None,
+        description=(
+            "The labelling token-level metrics use (identified.jsonl or the published layout); null = "
+            "the run's own identified.jsonl. Give one file to every run you compare, e.g. the "
+            "published GPT-4o labels of TOFU forget01."
+        ),
+    )
 
 
 class IdentifySettings(_Section):

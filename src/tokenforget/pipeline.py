@@ -1,24 +1,31 @@
-"""The main job (`tokenforget run`): the stages in order, each skipping work already done.
+"""The main job (`tokenforget run`): prepare -> identify -> unlearn -> eval -> report.
 
-Available now: prepare, then eval of the target and retain models (TOFU logs + summary; cached
-next to the prepared models, so the retain model is evaluated once for every run). identify ->
-unlearn -> report plug in as they land; the summary says which stages ran, so nothing pretends to
-have happened.
+Every stage skips work already done, so the run folder is the cache and a killed run resumes:
+- prepare: the benchmark's target and retain models (cached across runs in the user cache);
+- identify: `identified.jsonl`, the forget set labelled by `identify.method`;
+- unlearn: `unlearn/` (model, train_log.jsonl, checkpoints), resumable step by step;
+- eval: TOFU logs + summary of the unlearned model (target and retain: evaluated once, cached next
+  to the prepared models), token-level forgetting of all three against the target, KL on retain;
+- report: `report.html` (one self-contained file), `summary.json`, `receipt.json`.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tokenforget.config import Config
-from tokenforget.data.records import read_samples
+from tokenforget.data.benchmarks import QABenchmark
+from tokenforget.data.records import Sample, read_samples
 from tokenforget.prepare import Prepared, prepare, rouge_table
 from tokenforget.runs import open_run, write_json
 
-PENDING_STAGES = ["identify", "unlearn", "report"]
+MODELS = ("unlearned", "target", "retain")
 
 
 @dataclass
@@ -26,42 +33,207 @@ class RunResult:
     folder: Path
     prepared: Prepared
     summary: dict[str, Any]
+    report: Path
+
+
+class StageClock:
+    """Wall seconds of each stage of this invocation (a cached stage takes about 0)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = round(time.perf_counter() - started, 1)
 
 
 def validate_inputs(cfg: Config) -> None:
     """Read every user data file named in the config; raises DataError before anything is written."""
     for path in (cfg.data.forget, cfg.data.retain):
-        if path is not None:
+        if path is not None and path != "tofu-mini":
             read_samples(path)
 
 
+def with_settings(cfg: Config, **sections: dict[str, Any]) -> Config:
+    """A copy of cfg with some keys of some sections replaced (validated like --set)."""
+    update = {name: getattr(cfg, name).model_copy(update=values) for name, values in sections.items()}
+    return cfg.model_copy(update=update)
+
+
+def write_forget_file(path: Path, samples: list[Sample]) -> None:
+    """The benchmark's forget set as a plain QA JSONL file (the input the identifiers read)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(s.to_dict(), ensure_ascii=False) + "\n" for s in samples))
+    tmp.replace(path)
+
+
+def identify_stage(cfg: Config, bench: QABenchmark, prepared: Prepared, folder: Path) -> Path:
+    from tokenforget.identify.run import identify_file
+
+    identified = folder / "identified.jsonl"
+    if identified.is_file():
+        return identified
+    forget_file = folder / "forget.jsonl"
+    write_forget_file(forget_file, bench.forget)
+    stage_cfg = cfg
+    if cfg.identify.method == "contrast" and cfg.identify.model is None:
+        stage_cfg = with_settings(cfg, identify={"model": str(prepared.target)})
+    if cfg.identify.oracle and cfg.identify.reference is None:
+        stage_cfg = with_settings(stage_cfg, identify={"reference": str(prepared.retain)})
+    identify_file(stage_cfg, forget_file, identified, retain=bench.retain)
+    return identified
+
+
+def unlearn_config(cfg: Config, prepared: Prepared, identified: Path) -> Config:
+    return with_settings(
+        cfg,
+        model={"name": str(prepared.target)},
+        data={"forget": str(identified), "retain": cfg.data.retain or "tofu-mini"},
+    )
+
+
+def forget_generations(eval_dir: Path, count: int) -> list[str] | None:
+    """Greedy answers to the forget questions from a finished TOFU forget log, in row order."""
+    from tokenforget.evaluate.tofu import LOG_FILES
+
+    path = eval_dir / LOG_FILES["forget"]
+    if not path.is_file():
+        return None
+    texts = json.loads(path.read_text()).get("generated_text", {})
+    rows = [texts.get(str(k)) for k in range(count)]
+    return [r[1] for r in rows] if all(r is not None for r in rows) else None
+
+
+def eval_stage(
+    cfg: Config, bench: QABenchmark, prepared: Prepared, model_dir: Path, identified: Path, folder: Path
+) -> dict[str, Any]:
+    """TOFU summaries, token-level forgetting and KL on retain for the unlearned, target, retain models."""
+    from tokenforget.evaluate.attacks import kl_to_reference
+    from tokenforget.evaluate.tofu_run import evaluate_tofu, resolve_profile, split_rows
+    from tokenforget.evaluate.tokens import sample_key, scored_model, token_summary
+    from tokenforget.identify import read_identified
+    from tokenforget.models import load_model, load_tokenizer
+
+    eval_root = prepared.folder / "eval" / cfg.eval.profile
+    paths = {"unlearned": str(model_dir), "target": str(prepared.target), "retain": str(prepared.retain)}
+    dirs = {"unlearned": folder / "eval" / "unlearned", "target": eval_root / "target"}
+    dirs["retain"] = eval_root / "retain"
+    tofu = {}
+    for name in ("retain", "target", "unlearned"):  # retain first: the others' forget quality needs it
+        tofu[name] = evaluate_tofu(cfg, paths[name], bench, dirs[name], dirs["retain"])
+
+    labels_path = Path(cfg.eval.token_labels) if cfg.eval.token_labels else identified
+    labels = read_identified(labels_path)
+    forget = bench.eval_forget
+    rows = {
+        name: scored_model(cfg, paths[name], forget, dirs[name], forget_generations(dirs[name], len(forget)))
+        for name in MODELS
+    }
+    tokenizer = load_tokenizer(paths["target"], cfg.model.trust_remote_code)
+    tokens = {
+        name: token_summary(rows[name], labels, tokenizer, cfg.prompt, rows["target"]) for name in MODELS
+    }
+
+    retain_rows = split_rows(bench, resolve_profile(cfg.eval))["retain"]
+    kl: dict[str, Any] = {"target": {"mean_token_kl": 0.0}}
+    cached = {name: dirs[name] / "kl_to_target.json" for name in ("unlearned", "retain")}
+    if not all(p.is_file() for p in cached.values()):
+        reference, _, precision = load_model(cfg.model, paths["target"])
+        for name, path in cached.items():
+            if not path.is_file():
+                model, _, _ = load_model(cfg.model, paths[name])
+                result = kl_to_reference(
+                    model, reference, tokenizer, retain_rows, cfg.prompt, precision, cfg.eval.batch_size
+                )
+                write_json(path, result)
+    for name, path in cached.items():
+        kl[name] = json.loads(path.read_text())
+    return {
+        "tofu": tofu,
+        "tokens": tokens,
+        "token_rows": rows,
+        "kl": kl,
+        "labels": str(labels_path),
+        "label_spans": {sample_key(s): [(sp.start, sp.end) for sp in s.spans or ()] for s in labels},
+        "labels_are_the_runs_own": cfg.eval.token_labels is None,
+        "dirs": {k: str(v) for k, v in dirs.items()},
+    }
+
+
+HEADLINE = (
+    "forget_quality",
+    "model_utility",
+    "forget_Q_A_ROUGE",
+    "forget_truth_ratio",
+    "retain_Q_A_ROUGE",
+)
+TOKEN_HEADLINE = ("uw_dlogp", "gw_dlogp", "uw_leak_rate", "uw_leak_rate_paraphrased", "extraction_strength")
+
+
+def headline(evals: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per model the numbers of the report's first table."""
+    table = {}
+    for name in MODELS:
+        row = {k: evals["tofu"][name].get(k) for k in HEADLINE}
+        row.update({k: evals["tokens"][name].get(k) for k in TOKEN_HEADLINE})
+        row["kl_on_retain"] = evals["kl"][name]["mean_token_kl"]
+        table[name] = row
+    return table
+
+
 def run(cfg: Config) -> RunResult:
-    """Run the main job in runs/<cfg.run.name>/ and write summary.json there."""
+    """Run the main job in runs/<cfg.run.name>/ and write summary.json, report.html, receipt.json."""
     from tokenforget.data.benchmarks import load_benchmark
-    from tokenforget.evaluate.tofu_run import evaluate_tofu
+    from tokenforget.receipt import write_receipt
+    from tokenforget.report import write_report
+    from tokenforget.unlearn import unlearn
 
     validate_inputs(cfg)
+    if cfg.data.forget is not None:
+        from tokenforget.errors import ConfigError
+
+        raise ConfigError(
+            "`tokenforget run` runs a benchmark (run.benchmark); for your own forget set use the "
+            "commands one by one: tokenforget identify, tokenforget unlearn, tokenforget eval tokens/kl/mia"
+        )
     folder = open_run(cfg)
-    seconds: dict[str, float] = {}
-    started = time.perf_counter()
-    prepared = prepare(cfg)
-    seconds["prepare"] = round(time.perf_counter() - started, 1)
-    started = time.perf_counter()
-    bench = load_benchmark(cfg)
-    eval_root = prepared.folder / "eval" / cfg.eval.profile
-    retain_eval = evaluate_tofu(cfg, str(prepared.retain), bench, eval_root / "retain", eval_root / "retain")
-    target_eval = evaluate_tofu(cfg, str(prepared.target), bench, eval_root / "target", eval_root / "retain")
-    seconds["eval"] = round(time.perf_counter() - started, 1)
+    clock = StageClock()
+    with clock("prepare"):
+        prepared = prepare(cfg)
+        bench = load_benchmark(cfg)
+    with clock("identify"):
+        identified = identify_stage(cfg, bench, prepared, folder)
+    with clock("unlearn"):
+        unlearned = unlearn(unlearn_config(cfg, prepared, identified), folder / "unlearn")
+    with clock("eval"):
+        evals = eval_stage(cfg, bench, prepared, unlearned.model_dir, identified, folder)
     summary = {
         "benchmark": cfg.run.benchmark,
-        "target_model": str(prepared.target),
-        "retain_model": str(prepared.retain),
+        "method": cfg.unlearn.method,
+        "identifier": cfg.identify.method,
+        "models": {
+            "unlearned": str(unlearned.model_dir),
+            "target": str(prepared.target),
+            "retain": str(prepared.retain),
+        },
+        "headline": headline(evals),
+        "tofu": evals["tofu"],
+        "tokens": {
+            name: {k: v for k, v in t.items() if k != "per_sample"} for name, t in evals["tokens"].items()
+        },
+        "token_labels": evals["labels"],
+        "unlearn": unlearned.summary,
         "prepare_rougeL_recall": dict(rouge_table(prepared.report)),
         "prepare_seconds": prepared.report.get("seconds", {}),
-        "eval": {"target": target_eval, "retain": retain_eval, "logs": str(eval_root)},
-        "stage_seconds": seconds,
-        "stages_run": ["prepare", "eval"],
-        "stages_not_available_yet": PENDING_STAGES,
+        "eval_logs": evals["dirs"],
     }
+    with clock("report"):
+        report = write_report(folder / "report.html", summary, evals, folder / "unlearn", clock.seconds)
+    summary["stage_seconds"] = clock.seconds
     write_json(folder / "summary.json", summary)
-    return RunResult(folder=folder, prepared=prepared, summary=summary)
+    write_receipt(folder / "receipt.json", cfg, prepared.target, identified, unlearned.model_dir, summary)
+    return RunResult(folder=folder, prepared=prepared, summary=summary, report=report)

@@ -33,6 +33,7 @@ class Profile:
     retain_rows: int | None  # retain split only
     max_new_tokens: int
     max_length: int | None  # legacy: prompt + generation
+    utility_rows: int | None = None  # real_authors and world_facts only
 
 
 def resolve_profile(settings: EvalSettings) -> Profile:
@@ -40,13 +41,23 @@ def resolve_profile(settings: EvalSettings) -> Profile:
         return Profile(ds_size=300, retain_rows=None, max_new_tokens=200, max_length=200)
     if settings.profile == "openunlearning":
         return Profile(ds_size=None, retain_rows=None, max_new_tokens=200, max_length=None)
-    return Profile(ds_size=None, retain_rows=settings.retain_rows, max_new_tokens=48, max_length=None)
+    return Profile(
+        ds_size=None,
+        retain_rows=settings.retain_rows,
+        max_new_tokens=48,
+        max_length=None,
+        utility_rows=settings.utility_rows,
+    )
 
 
 def split_rows(bench: QABenchmark, profile: Profile) -> dict[str, list[Sample]]:
     rows = {}
     for split, samples in bench.eval_sets().items():
-        limit = profile.retain_rows if split == "retain" and profile.retain_rows else profile.ds_size
+        limit = profile.ds_size
+        if split == "retain" and profile.retain_rows:
+            limit = profile.retain_rows
+        elif split in ("real_authors", "world_facts") and profile.utility_rows:
+            limit = profile.utility_rows
         rows[split] = samples[:limit] if limit else samples
     return rows
 
@@ -124,7 +135,7 @@ def evaluate_tofu(
     stamp = {
         "model": str(model_name),
         "benchmark": bench.name,
-        "eval": cfg.eval.model_dump(),
+        "eval": cfg.eval.model_dump(exclude={"token_labels"}),  # labels do not change these logs
         "prompt": cfg.prompt.model_dump(),
     }
     stamp_file = out / "eval_settings.json"

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 TOKENS_FILE = "tokens.json"
 
 
-def _key(sample: Sample) -> str:
+def sample_key(sample: Sample) -> str:
     return json.dumps([sample.question, sample.answer])
 
 
@@ -78,7 +78,7 @@ def score_model(
         offsets = encoded.answer_offsets[: a.tokens]  # EOS left out
         rows.append(
             {
-                "key": _key(sample),
+                "key": sample_key(sample),
                 "id": sample.id,
                 "question": sample.question,
                 "answer": sample.answer,
@@ -117,7 +117,7 @@ def token_summary(
 
     Without reference_rows (theta0's scores) the log-prob changes are null; everything else stands.
     """
-    by_key = {_key(s): s for s in labels}
+    by_key = {sample_key(s): s for s in labels}
     reference = {r["key"]: r for r in reference_rows} if reference_rows is not None else None
     missing = [r["id"] or r["question"] for r in rows if r["key"] not in by_key]
     if missing:
@@ -200,7 +200,7 @@ def scored_model(
         "model": str(model_name),
         "prompt": cfg.prompt.model_dump(),
         "max_new_tokens": max_new_tokens,
-        "samples": [_key(s) for s in samples],
+        "samples": [sample_key(s) for s in samples],
     }
     path = out / TOKENS_FILE
     if path.is_file():

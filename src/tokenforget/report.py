@@ -1,0 +1,323 @@
+"""`report.html`: one self-contained page per run (inline CSS and SVG, no script, no external URL).
+
+Sections: the headline table (unlearned next to target and retain), the token view (each forget
+answer with its unwanted words marked and every token coloured by its change in probability),
+greedy answers before and after, training curves from train_log.jsonl, stage times.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+COLORS = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#ca8a04")
+
+METRICS: tuple[tuple[str, str, str], ...] = (
+    # key, label, what a reader should look for
+    (
+        "forget_quality",
+        "Forget quality",
+        "KS-test p-value vs the retain model on forget truth ratios; higher = closer to never "
+        "having seen the data",
+    ),
+    (
+        "model_utility",
+        "Model utility",
+        "harmonic mean of 9 numbers on retain, real authors, world facts; higher is better",
+    ),
+    (
+        "uw_leak_rate",
+        "UW leak rate",
+        "share of unwanted words still in the greedy answer to the forget question; lower is better",
+    ),
+    ("uw_leak_rate_paraphrased", "UW leak rate (paraphrased)", "the same for the paraphrased question"),
+    (
+        "uw_dlogp",
+        "ΔlogP on UW tokens",
+        "mean change of log p of unwanted-word tokens vs the target; far below 0 = forgotten",
+    ),
+    ("gw_dlogp", "ΔlogP on GW tokens", "mean change of log p of general tokens vs the target; near 0 = kept"),
+    (
+        "kl_on_retain",
+        "KL on retain",
+        "mean per-token KL(target ‖ model) on retain answers; lower = less collateral damage",
+    ),
+    ("forget_Q_A_ROUGE", "Forget ROUGE-L", "greedy answers to forget questions vs the true answers"),
+    ("forget_truth_ratio", "Forget truth ratio", "mean min(R, 1/R) on forget questions"),
+    ("retain_Q_A_ROUGE", "Retain ROUGE-L", "greedy answers to retain questions vs the true answers"),
+    (
+        "extraction_strength",
+        "Extraction strength",
+        "open-unlearning's ES on forget answers; lower = less extractable",
+    ),
+)
+
+CSS = """
+body{font:15px/1.45 system-ui,sans-serif;margin:0;color:#111827;background:#f9fafb}
+main{max-width:1100px;margin:0 auto;padding:24px}
+h1{font-size:24px;margin:0 0 4px}
+h2{font-size:19px;margin:32px 0 8px;border-bottom:1px solid #e5e7eb;padding-bottom:4px}
+.sub{color:#4b5563;margin:0 0 16px}
+.card{background:#fff;border:1px solid #e5e7eb;border-radius:8px;padding:14px 16px;margin:10px 0}
+table{border-collapse:collapse;width:100%;background:#fff}
+th,td{padding:6px 10px;border-bottom:1px solid #e5e7eb;text-align:left;vertical-align:top}
+th{background:#f3f4f6;font-weight:600}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+.hint{color:#6b7280;font-size:13px}
+.tok{padding:1px 0;border-radius:3px} .uw{border-bottom:3px solid #111827;font-weight:600}
+.legend span{display:inline-block;padding:2px 8px;margin-right:8px;border-radius:3px}
+.q{color:#4b5563;font-size:13px;margin-bottom:4px} .answers td{width:33%;font-size:14px}
+.leak{background:#fee2e2} .gone{background:#dcfce7}
+svg text{font:12px system-ui,sans-serif;fill:#374151} details summary{cursor:pointer;color:#2563eb}
+pre{white-space:pre-wrap;font-size:12px;background:#fff;border:1px solid #e5e7eb;padding:8px}
+"""
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
+            return "n/a"
+        if value != 0 and abs(value) < 1e-3:
+            return f"{value:.2e}"
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+    return str(value)
+
+
+def headline_table(headline: dict[str, dict[str, Any]]) -> str:
+    models = list(headline)
+    head = "".join(f"<th>{esc(m)}</th>" for m in models)
+    rows = []
+    for key, label, hint in METRICS:
+        cells = "".join(
+            f'<td class="num" data-metric="{esc(key)}" data-model="{esc(m)}">{fmt(headline[m].get(key))}</td>'
+            for m in models
+        )
+        rows.append(f'<tr><td>{esc(label)}<div class="hint">{esc(hint)}</div></td>{cells}</tr>')
+    return f'<table id="headline"><tr><th>metric</th>{head}</tr>{"".join(rows)}</table>'
+
+
+def delta_color(delta_p: float) -> str:
+    """Background for a change in probability: red when it fell, blue when it rose."""
+    strength = min(1.0, abs(delta_p)) ** 0.6
+    if delta_p < 0:
+        return f"rgba(220,38,38,{0.08 + 0.7 * strength:.2f})"
+    return f"rgba(37,99,235,{0.08 + 0.5 * strength:.2f})"
+
+
+def token_view(
+    answer: str,
+    offsets: Sequence[Sequence[int]],
+    logp_before: Sequence[float],
+    logp_after: Sequence[float],
+    spans: Sequence[tuple[int, int]],
+) -> str:
+    """The answer with each token coloured by p_after - p_before and unwanted words underlined."""
+    parts, cursor = [], 0
+    for (start, end), before, after in zip(offsets, logp_before, logp_after, strict=True):
+        if start > cursor:
+            parts.append(esc(answer[cursor:start]))
+        start = max(start, cursor)
+        if end <= start:
+            continue
+        p0, p1 = math.exp(before), math.exp(after)
+        uw = any(s < end and start < e for s, e in spans)
+        title = f"p {p0:.3f} → {p1:.3f} (Δlog p {after - before:+.2f}){' · unwanted' if uw else ''}"
+        parts.append(
+            f'<span class="tok{" uw" if uw else ""}" style="background:{delta_color(p1 - p0)}" '
+            f'title="{esc(title)}">{esc(answer[start:end])}</span>'
+        )
+        cursor = end
+    parts.append(esc(answer[cursor:]))
+    return "".join(parts)
+
+
+def line_chart(
+    series: dict[str, list[tuple[float, float]]], title: str, width: int = 520, height: int = 220
+) -> str:
+    """An SVG line chart of named (x, y) series with axes, ticks and a legend."""
+    points = [p for values in series.values() for p in values if math.isfinite(p[1])]
+    if not points:
+        return ""
+    left, right, top, bottom = 56, 12, 24, 36
+    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
+    y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
+    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+
+    def sx(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * (width - left - right)
+
+    def sy(y: float) -> float:
+        return height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
+
+    out = [f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">']
+    out.append(f'<text x="{left}" y="14" font-weight="600">{esc(title)}</text>')
+    for k in range(5):
+        y = y0 + (y1 - y0) * k / 4
+        out.append(
+            f'<line x1="{left}" x2="{width - right}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#e5e7eb"/>'
+        )
+        out.append(f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" text-anchor="end">{fmt(y)}</text>')
+    for k in range(5):
+        x = x0 + (x1 - x0) * k / 4
+        out.append(f'<text x="{sx(x):.1f}" y="{height - bottom + 16}" text-anchor="middle">{x:.0f}</text>')
+    out.append(f'<text x="{(left + width) / 2:.0f}" y="{height - 4}" text-anchor="middle">step</text>')
+    for k, (name, values) in enumerate(series.items()):
+        color = COLORS[k % len(COLORS)]
+        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in values if math.isfinite(y))
+        out.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{path}"/>')
+        out.append(
+            f'<text x="{width - right - 4}" y="{top + 14 * (k + 1)}" text-anchor="end" '
+            f'fill="{color}">{esc(name)}</text>'
+        )
+    out.append("</svg>")
+    return "".join(out)
+
+
+def training_curves(log_path: Path) -> str:
+    if not log_path.is_file():
+        return '<p class="hint">No training log.</p>'
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    skip = {"step", "lr", "seconds", "tokens"}
+    names = sorted({k for r in rows for k, v in r.items() if k not in skip and isinstance(v, (int, float))})
+    charts = []
+    for name in names:
+        values = [(r["step"], float(r[name])) for r in rows if isinstance(r.get(name), (int, float))]
+        charts.append(line_chart({name: values}, name, 340, 180))
+    charts.append(line_chart({"lr": [(r["step"], float(r["lr"])) for r in rows]}, "learning rate", 340, 180))
+    return '<div style="display:flex;flex-wrap:wrap;gap:8px">' + "".join(charts) + "</div>"
+
+
+def generated(eval_dir: Path, split_file: str) -> dict[str, tuple[str, str]]:
+    """question -> (greedy answer, true answer) from a TOFU eval log."""
+    path = eval_dir / split_file
+    if not path.is_file():
+        return {}
+    texts = json.loads(path.read_text()).get("generated_text", {})
+    return {str(k): (v[1], v[2]) for k, v in texts.items()}
+
+
+def answers_table(
+    evals: dict[str, Any], split_file: str, models: Sequence[str], limit: int, leaks: dict | None
+) -> str:
+    logs = {m: generated(Path(evals["dirs"][m]), split_file) for m in models}
+    path = Path(evals["dirs"][models[0]]) / split_file
+    if not path.is_file():
+        return ""
+    prompts = json.loads(path.read_text()).get("generated_text", {})
+    rows = []
+    for index in sorted(logs[models[0]], key=int)[:limit]:
+        truth = logs[models[0]][index][1]
+        question = prompts[index][0]
+        cells = []
+        for m in models:
+            text = logs[m].get(index, ("", ""))[0]
+            cls = ""
+            if leaks is not None:
+                leaked = leaks[m][int(index)]["leaked"] if int(index) < len(leaks[m]) else []
+                cls = ' class="leak"' if leaked else ' class="gone"'
+            cells.append(f"<td{cls}>{esc(text)}</td>")
+        rows.append(
+            f'<tr><td colspan="{len(models)}"><div class="q">Q: {esc(_question(question))}'
+            f"<br>true answer: {esc(truth)}</div></td></tr><tr>{''.join(cells)}</tr>"
+        )
+    head = "".join(f"<th>{esc(m)}</th>" for m in models)
+    return f'<table class="answers"><tr>{head}</tr>{"".join(rows)}</table>'
+
+
+def _question(prompt: str) -> str:
+    """The user's question out of a chat-formatted prompt (best effort; the prompt itself otherwise)."""
+    for marker in ("<|im_start|>user\n", "Question: "):
+        if marker in prompt:
+            tail = prompt.split(marker, 1)[1]
+            return tail.split("<|im_end|>", 1)[0].split("\nAnswer:", 1)[0].strip()
+    return prompt
+
+
+def token_section(evals: dict[str, Any], limit: int = 40) -> str:
+    after_rows = evals["token_rows"]["unlearned"]
+    before = {r["key"]: r for r in evals["token_rows"]["target"]}
+    spans = evals["label_spans"]
+    per_sample = evals["tokens"]["unlearned"]["per_sample"]
+    cards = []
+    for row, stats in list(zip(after_rows, per_sample, strict=True))[:limit]:
+        ref = before[row["key"]]
+        view = token_view(row["answer"], row["offsets"], ref["logp"], row["logp"], spans.get(row["key"], []))
+        numbers = f"ΔlogP UW {fmt(stats.get('uw_dlogp'))} · GW {fmt(stats.get('gw_dlogp'))}"
+        cards.append(
+            f'<div class="card"><div class="q">Q: {esc(row["question"])} '
+            f'<span class="hint">({numbers})</span></div><div>{view}</div></div>'
+        )
+    legend = (
+        '<p class="legend"><span class="uw">unwanted word (evaluation labels)</span>'
+        f'<span style="background:{delta_color(-0.8)}">probability fell</span>'
+        f'<span style="background:{delta_color(0.5)}">probability rose</span>'
+        '<span class="hint">hover a token for p before → after</span></p>'
+    )
+    return legend + "".join(cards)
+
+
+def write_report(
+    path: Path,
+    summary: dict[str, Any],
+    evals: dict[str, Any],
+    unlearn_dir: Path,
+    stage_seconds: dict[str, float],
+) -> Path:
+    """Write the run's report.html (self-contained) and return its path."""
+    tokens = evals["tokens"]
+    leaks = {m: tokens[m]["per_sample"] for m in ("target", "unlearned", "retain")}
+    labels_note = (
+        "the run's own identifier labels"
+        if evals.get("labels_are_the_runs_own")
+        else "a fixed evaluation labelling"
+    )
+    times = "".join(
+        f'<tr><td>{esc(k)}</td><td class="num">{v:.1f}</td></tr>' for k, v in stage_seconds.items()
+    )
+    unlearn = summary.get("unlearn", {})
+    body = f"""
+<h1>tokenforget report: {esc(summary.get("method"))} on {esc(summary.get("benchmark"))}</h1>
+<p class="sub">identifier <b>{esc(summary.get("identifier"))}</b> · unlearned model
+<code>{esc(summary["models"]["unlearned"])}</code> · token metrics use {esc(labels_note)}
+(<code>{esc(summary.get("token_labels"))}</code>)</p>
+<h2>Headline</h2>
+<p class="hint">The unlearned model next to the target (before unlearning) and the retain model (never saw the
+forget set: the goal). A targeted method moves unwanted words (UW) a lot and general words (GW) little.</p>
+{headline_table(summary["headline"])}
+<h2>Token view: what was forgotten</h2>
+{token_section(evals)}
+<h2>Greedy answers to forget questions, before and after</h2>
+<p class="hint">Red: the answer still contains an unwanted word; green: none of them.</p>
+{answers_table(evals, "eval_log_forget.json", ("target", "unlearned", "retain"), 40, leaks)}
+<h2>Greedy answers to retain questions, before and after</h2>
+{answers_table(evals, "eval_log.json", ("target", "unlearned", "retain"), 15, None)}
+<h2>Training</h2>
+<p class="hint">{esc(unlearn.get("steps", "?"))} steps; every loss term per optimizer step, and the
+learning rate.</p>
+{training_curves(unlearn_dir / "train_log.jsonl")}
+<h2>Stage times (seconds, this invocation)</h2>
+<table style="width:auto">{times}</table>
+<h2>Everything</h2>
+<details><summary>summary.json</summary><pre>{esc(json.dumps(summary, indent=2, default=str))}</pre></details>
+"""
+    page = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>tokenforget report</title><style>{CSS}</style></head><body><main>{body}</main></body></html>"
+    )
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path
