@@ -7,18 +7,18 @@ training forward (LM head at answer positions only).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from tokenforget.config import PromptSettings
-from tokenforget.data.encode import IGNORE_INDEX, encode, pad_batch
+from tokenforget.data.encode import IGNORE_INDEX, Encoded, encode, pad_batch
 from tokenforget.data.records import Sample
 from tokenforget.evaluate.metrics import min_k_plus_plus_z
 from tokenforget.models import Precision, eval_mode
-from tokenforget.train import answer_forward, token_nll
+from tokenforget.train import AnswerForward, _causal_lm, answer_forward, token_nll
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -64,20 +64,11 @@ def answer_losses(
 
     unique = list(dict.fromkeys(pairs))
     encoded = [encode(Sample(answer=a, question=q), tokenizer, prompt) for q, a in unique]
-    order = sorted(range(len(unique)), key=lambda i: len(encoded[i].input_ids))
     results: dict[tuple[str | None, str], AnswerLoss] = {}
     with eval_mode(model), task_progress("score answers", len(unique)) as bar:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            batch = {
-                k: v.to(precision.device)
-                for k, v in pad_batch([encoded[i] for i in chunk], tokenizer.pad_token_id).items()
-            }
-            if not include_eos:
-                lengths = batch["attention_mask"].sum(1)
-                batch["labels"][torch.arange(len(chunk)), lengths - 1] = IGNORE_INDEX
-            with precision.autocast():
-                fwd = answer_forward(model, batch)
+        for chunk, fwd in _forwards(
+            model, encoded, tokenizer.pad_token_id, precision, include_eos, batch_size
+        ):
             nll = token_nll(fwd).double().cpu()
             counts = torch.bincount(fwd.rows.cpu(), minlength=len(chunk)).tolist()
             per_row = torch.split(nll, counts)  # positions are grouped by row, in order
@@ -91,3 +82,117 @@ def answer_losses(
                 results[unique[index]] = AnswerLoss(per_row[row], z_rows[row], hit_rows[row])
             bar.advance(bar.task_ids[0], len(chunk))
     return results
+
+
+def _forwards(
+    model: PreTrainedModel,
+    encoded: list[Encoded],
+    pad_id: int,
+    precision: Precision,
+    include_eos: bool,
+    batch_size: int,
+) -> Iterator[tuple[list[int], AnswerForward]]:
+    """Answer-position logits for every encoded pair, `batch_size` answers at a time, in chunks of
+    (indices into `encoded`, forward). Answers that share a prompt (the true answer, the paraphrase
+    and the perturbed options of one question) are scored on one pass of that prompt."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, item in enumerate(encoded):
+        groups.setdefault(tuple(item.prompt_ids), []).append(index)
+    shared = all(len(p) > 0 for p in groups) and len(groups) < len(encoded)
+    if not shared:  # raw text, or no prompt is shared: one padded forward per batch
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = {
+                k: v.to(precision.device) for k, v in pad_batch([encoded[i] for i in chunk], pad_id).items()
+            }
+            if not include_eos:
+                lengths = batch["attention_mask"].sum(1)
+                batch["labels"][torch.arange(len(chunk)), lengths - 1] = IGNORE_INDEX
+            with precision.autocast():
+                yield chunk, answer_forward(model, batch)
+        return
+    prompts = sorted(groups, key=len)
+    chunk_prompts: list[tuple[int, ...]] = []
+    for position, prompt_ids in enumerate(prompts):
+        chunk_prompts.append(prompt_ids)
+        last = position == len(prompts) - 1
+        if last or sum(len(groups[p]) for p in chunk_prompts) >= batch_size:
+            chunk = [i for p in chunk_prompts for i in groups[p]]
+            with precision.autocast():
+                fwd = shared_prompt_forward(
+                    model,
+                    [list(p) for p in chunk_prompts],
+                    [
+                        [encoded[i].input_ids[encoded[i].prompt_len :] for i in groups[p]]
+                        for p in chunk_prompts
+                    ],
+                    pad_id,
+                    precision.device,
+                    include_eos,
+                )
+            yield chunk, fwd
+            chunk_prompts = []
+
+
+def shared_prompt_forward(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    answers: Sequence[Sequence[Sequence[int]]],
+    pad_id: int,
+    device: torch.device,
+    include_eos: bool = True,
+) -> AnswerForward:
+    """Answer-position logits of several answers per prompt, each prompt run once.
+
+    The prompts run left-padded with the KV cache kept; the cache rows are repeated once per answer
+    and the answers continue from it (right-padded, positions continuing each prompt's own). Rows
+    of the result follow the answers in order, prompt by prompt; the same numbers as scoring each
+    (prompt + answer) on its own, for a fraction of the prompt tokens.
+    """
+    lm = _causal_lm(model)
+    backbone = lm.get_decoder()
+    width = max(len(p) for p in prompts)
+    prompt_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, ids in enumerate(prompts):
+        prompt_ids[row, width - len(ids) :] = torch.tensor(ids)
+        prompt_mask[row, width - len(ids) :] = 1
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    positions = (prompt_mask.cumsum(-1) - 1).clamp_min(0)
+    out = backbone(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True)
+    owner = torch.tensor([g for g, group in enumerate(answers) for _ in group], device=device)
+    flat = [a for group in answers for a in group]
+    cache = out.cache if hasattr(out, "cache") else out.past_key_values
+    cache.batch_select_indices(owner)
+    answer_width = max(len(a) for a in flat)
+    answer_ids = torch.full((len(flat), answer_width), pad_id, dtype=torch.long)
+    answer_mask = torch.zeros((len(flat), answer_width), dtype=torch.long)
+    for row, ids in enumerate(flat):
+        answer_ids[row, : len(ids)] = torch.tensor(ids)
+        answer_mask[row, : len(ids)] = 1
+    answer_ids, answer_mask = answer_ids.to(device), answer_mask.to(device)
+    lengths = prompt_mask.sum(-1)[owner]
+    answer_positions = lengths[:, None] + torch.arange(answer_width, device=device)[None]
+    after = backbone(
+        input_ids=answer_ids,
+        attention_mask=torch.cat([prompt_mask[owner], answer_mask], dim=1),
+        position_ids=answer_positions,
+        use_cache=True,
+        **{_cache_argument(backbone): cache},
+    )
+    # the state that predicts answer token j: the prompt's last for j = 0, answer token j-1 after
+    predicting = torch.cat([out.last_hidden_state[owner, -1:], after.last_hidden_state[:, :-1]], dim=1)
+    where = answer_mask.bool()
+    if not include_eos:
+        where[torch.arange(len(flat), device=device), answer_mask.sum(-1) - 1] = False
+    logits = lm.get_output_embeddings()(predicting[where])
+    rows = torch.arange(len(flat), device=device)[:, None].expand_as(answer_ids)[where]
+    return AnswerForward(logits=logits, targets=answer_ids[where], rows=rows)
+
+
+def _cache_argument(backbone: torch.nn.Module) -> str:
+    """The KV-cache keyword of this transformers release (`cache` since 5.2x, `past_key_values` before)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
