@@ -33,3 +33,63 @@ def test_line_chart_draws_each_series_inside_the_frame():
     svg = line_chart({"loss": [(0, 1.0), (1, 0.5), (2, float("nan"))], "pl": [(0, 0.2), (2, 0.3)]}, "t")
     assert svg.count("<polyline") == 2 and ">loss<" in svg and ">pl<" in svg
     assert line_chart({"x": []}, "empty") == ""
+
+
+def test_pareto_ranks_by_hand():
+    from tokenforget.report import pareto_ranks
+
+    # (utility, forget quality): a and b trade off, c is dominated by a, d by everything but itself
+    points = [(0.5, 0.9), (0.8, 0.2), (0.4, 0.5), (0.1, 0.1), (0.5, 0.9)]
+    assert pareto_ranks(points) == [0, 0, 1, 2, 0]  # ties do not dominate each other
+
+
+def fake_summary(method, fq, mu):
+    row = {"forget_quality": fq, "model_utility": mu, "uw_leak_rate": 0.1, "kl_on_retain": 0.01}
+    return {
+        "method": method,
+        "headline": {
+            "unlearned": row,
+            "target": {"forget_quality": 1e-4, "model_utility": 0.3},
+            "retain": {"forget_quality": 1.0, "model_utility": 0.35},
+        },
+        "unlearn": {"seconds": 12.0},
+    }
+
+
+def test_compare_command_sorts_the_frontier_first_and_writes_a_self_contained_page(tmp_path):
+    import json
+    import re
+
+    from typer.testing import CliRunner
+
+    from tokenforget.cli import app
+
+    for name, fq, mu in (("ga", 0.01, 0.1), ("npo", 0.2, 0.25), ("tpo", 0.5, 0.2), ("bad", 0.005, 0.05)):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "summary.json").write_text(json.dumps(fake_summary(name, fq, mu)))
+    page = tmp_path / "compare.html"
+    result = CliRunner().invoke(app, ["compare", str(tmp_path / "runs"), "--out", str(page)])
+    assert result.exit_code == 0, result.output
+    html = page.read_text()
+    order = re.findall(r'<tr><td class="num">(\w+)</td>', html)
+    assert order == ["tpo", "npo", "ga", "bad"]  # frontier (tpo, npo) by forget quality, then ranks 1, 2
+    assert html.count('fill="#dc2626"') == 2  # two frontier points
+    assert not re.search(r"(?:src|href)\s*=|https?://|<script", html)
+    assert "4 runs" in result.output.replace("\n", " ")
+    empty = CliRunner().invoke(app, ["compare", str(tmp_path / "nothing")])
+    assert empty.exit_code != 0
+
+
+def test_sweep_points_are_every_combination_with_readable_names():
+    import pytest
+
+    from tokenforget.errors import ConfigError
+    from tokenforget.pipeline import sweep_points
+
+    points = sweep_points(["unlearn.lr=1e-5,3e-5", "unlearn.beta=0.1"])
+    assert points == [
+        ("lr1e-5_beta0.1", ["unlearn.lr=1e-5", "unlearn.beta=0.1"]),
+        ("lr3e-5_beta0.1", ["unlearn.lr=3e-5", "unlearn.beta=0.1"]),
+    ]
+    with pytest.raises(ConfigError, match=r"section\.key=v1,v2"):
+        sweep_points(["lr=1e-5"])

@@ -32,6 +32,8 @@ The workflow, each step a command and a Python call:
   eval      TOFU logs + summary, membership attacks, KL to the original; summarise any TOFU logs
   config    list every setting, show the resolved config, print its JSON schema
   model     convert the embedded default model (SmolLM2-135M-Instruct) once, show where it is
+  compare   put finished runs on the forget-quality / utility plane with the Pareto frontier
+  sweep     the main job over a grid of settings (one resumable run folder per point)
   ask       ask one question to several models side by side (before / after unlearning)
   receipt   verify a run's receipt.json (hashes of the models, forget data and config)
 
@@ -190,6 +192,80 @@ def run(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     )
     out.print(f"run folder: {result.folder.resolve()}")
     out.print(f"report: {result.report.resolve()}")
+
+
+@app.command()
+def compare(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run folders (with summary.json), or a folder of run folders.")
+    ],
+    out_file: Annotated[Path, typer.Option("--out", help="Where to write the page.")] = Path("compare.html"),
+) -> None:
+    """Put finished runs on one forget-quality vs model-utility plane, with the Pareto frontier.
+
+    compare.html (self-contained) shows every run as a point, the frontier (no other run better in
+    both), the target and retain models as references, and the table sorted frontier first.
+    """
+    from tokenforget.report import write_compare
+
+    found = _finished_runs(runs)
+    if not found:
+        raise TokenforgetError(f"no finished run (summary.json) in {', '.join(map(str, runs))}")
+    rows = write_compare(out_file, found)
+    table = Table(title=f"{len(rows)} runs, Pareto frontier first")
+    columns = ["run", "pareto_rank", "forget_quality", "model_utility", "uw_leak_rate", "kl_on_retain"]
+    for column in columns:
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for row in rows:
+        table.add_row(*(_fmt(row.get(c)) for c in columns))
+    out.print(table)
+    out.print(f"written: {out_file.resolve()}")
+
+
+def _finished_runs(paths: list[Path]) -> list[tuple[str, dict]]:
+    found = []
+    for path in paths:
+        candidates = [path] if (path / "summary.json").is_file() else sorted(path.glob("*/summary.json"))
+        for candidate in candidates:
+            folder = candidate if candidate.is_dir() else candidate.parent
+            summary = json.loads((folder / "summary.json").read_text())
+            if "headline" in summary:
+                found.append((folder.name, summary))
+    return found
+
+
+@app.command()
+def sweep(
+    grid: Annotated[
+        list[str],
+        typer.Option(help="section.key=v1,v2,... (repeatable): the grid is every combination."),
+    ],
+    name: Annotated[str, typer.Option(help="Run name prefix; each point runs in runs/<name>-<point>/.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Run the main job at every point of a grid (one run folder each, resumable), then compare.
+
+    \b
+      tokenforget sweep --name npo --set unlearn.method=npo \\
+          --grid unlearn.lr=1e-5,3e-5,1e-4 --grid unlearn.beta=0.1,0.3
+    Kill it and run it again: finished points are skipped, an interrupted one resumes.
+    Writes runs/<name>-compare.html with every point of the sweep.
+    """
+    from tokenforget.pipeline import run as run_pipeline
+    from tokenforget.pipeline import sweep_points
+    from tokenforget.report import write_compare
+
+    points = sweep_points(grid)
+    results = []
+    for number, (label, overrides) in enumerate(points, 1):
+        out.print(f"[bold]sweep point {number}/{len(points)}[/]: {label}")
+        cfg = _config(config, [*(set_ or []), *overrides, f"run.name={name}-{label}"])
+        result = run_pipeline(cfg)
+        results.append((result.folder.name, result.summary))
+    page = Path(_config(config, set_).run.runs_dir) / f"{name}-compare.html"
+    write_compare(page, results)
+    out.print(f"compare: {page.resolve()}")
 
 
 @app.command()

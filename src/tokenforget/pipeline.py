@@ -237,3 +237,25 @@ def run(cfg: Config) -> RunResult:
     write_json(folder / "summary.json", summary)
     write_receipt(folder / "receipt.json", cfg, prepared.target, identified, unlearned.model_dir, summary)
     return RunResult(folder=folder, prepared=prepared, summary=summary, report=report)
+
+
+def sweep_points(grid: list[str]) -> list[tuple[str, list[str]]]:
+    """Every combination of `section.key=v1,v2` axes: (a run-name label, its --set overrides)."""
+    import itertools
+    import re
+
+    from tokenforget.errors import ConfigError
+
+    axes = []
+    for axis in grid:
+        key, sep, values = axis.partition("=")
+        options = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or "." not in key or not options:
+            raise ConfigError(f"--grid {axis!r}: write section.key=v1,v2 (e.g. unlearn.lr=1e-5,3e-5)")
+        axes.append((key.strip(), options))
+    points = []
+    for combination in itertools.product(*(options for _, options in axes)):
+        pairs = list(zip((k for k, _ in axes), combination, strict=True))
+        label = "_".join(f"{k.split('.')[-1]}{v}" for k, v in pairs)
+        points.append((re.sub(r"[^\w.+-]", "-", label), [f"{k}={v}" for k, v in pairs]))
+    return points

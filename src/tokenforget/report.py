@@ -321,3 +321,139 @@ learning rate.</p>
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+# ----------------------------------------------------------------------------- compare
+
+
+def pareto_ranks(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Non-dominated sorting, both coordinates maximised: rank 0 = the Pareto frontier, rank 1 =
+    the frontier once rank 0 is removed, and so on. p dominates q when p >= q in both coordinates
+    and p > q in one."""
+
+    def dominates(p: tuple[float, float], q: tuple[float, float]) -> bool:
+        return p[0] >= q[0] and p[1] >= q[1] and (p[0] > q[0] or p[1] > q[1])
+
+    ranks = [-1] * len(points)
+    left, rank = set(range(len(points))), 0
+    while left:
+        front = {i for i in left if not any(dominates(points[j], points[i]) for j in left if j != i)}
+        for i in front:
+            ranks[i] = rank
+        left -= front
+        rank += 1
+    return ranks
+
+
+def scatter_chart(
+    points: Sequence[tuple[str, float, float, bool]], references: Sequence[tuple[str, float, float]]
+) -> str:
+    """Model utility (x) against forget quality (y, log scale) for every run; frontier points are
+    joined by a line; references (target, retain) drawn as hollow squares."""
+    width, height, left, right, top, bottom = 720, 440, 70, 20, 20, 50
+    every = [(x, y) for _, x, y, _ in points] + [(x, y) for _, x, y in references]
+    xs = [x for x, _ in every]
+    ys = [math.log10(max(y, 1e-30)) for _, y in every]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys), max(ys)
+    pad_x, pad_y = (x1 - x0) * 0.08 or 0.05, (y1 - y0) * 0.08 or 0.5
+    x0, x1, y0, y1 = x0 - pad_x, x1 + pad_x, y0 - pad_y, y1 + pad_y
+
+    def sx(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * (width - left - right)
+
+    def sy(y: float) -> float:
+        return height - bottom - (math.log10(max(y, 1e-30)) - y0) / (y1 - y0) * (height - top - bottom)
+
+    out = [f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">']
+    for k in range(math.floor(y0), math.ceil(y1) + 1):
+        if y0 <= k <= y1:
+            y = sy(10.0**k)
+            out.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e5e7eb"/>')
+            out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">1e{k}</text>')
+    for k in range(6):
+        x = x0 + (x1 - x0) * k / 5
+        out.append(f'<text x="{sx(x):.1f}" y="{height - bottom + 18}" text-anchor="middle">{x:.3f}</text>')
+    out.append(
+        f'<text x="{(left + width) / 2:.0f}" y="{height - 8}" text-anchor="middle">model utility →</text>'
+    )
+    out.append(f'<text x="14" y="{top + 10}" font-weight="600">forget quality ↑ (log)</text>')
+    frontier = sorted((x, y) for _, x, y, on in points if on)
+    if len(frontier) > 1:
+        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in frontier)
+        out.append(
+            '<polyline fill="none" stroke="#dc2626" stroke-width="1.5" stroke-dasharray="4 3" '
+            f'points="{path}"/>'
+        )
+    for name, x, y in references:
+        out.append(
+            f'<rect x="{sx(x) - 5:.1f}" y="{sy(y) - 5:.1f}" width="10" height="10" fill="none" '
+            'stroke="#4b5563"/>'
+            f'<text x="{sx(x) + 8:.1f}" y="{sy(y) + 4:.1f}" fill="#4b5563">{esc(name)}</text>'
+        )
+    for name, x, y, on in points:
+        color = "#dc2626" if on else "#2563eb"
+        out.append(
+            f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="5" fill="{color}">'
+            f"<title>{esc(name)}</title></circle>"
+            f'<text x="{sx(x) + 8:.1f}" y="{sy(y) - 6:.1f}">{esc(name)}</text>'
+        )
+    out.append("</svg>")
+    return "".join(out)
+
+
+COMPARE_COLUMNS = (
+    "forget_quality",
+    "model_utility",
+    "uw_leak_rate",
+    "uw_dlogp",
+    "gw_dlogp",
+    "kl_on_retain",
+)
+
+
+def write_compare(path: Path, runs: Sequence[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """compare.html over finished runs (name, summary.json): the plane, the frontier, the sorted
+    table. Returns the table rows (rank 0 = on the Pareto frontier of forget quality and utility)."""
+    rows = []
+    for name, summary in runs:
+        head = summary["headline"]["unlearned"]
+        seconds = summary.get("unlearn", {}).get("seconds")
+        rows.append(
+            {"run": name, "method": summary.get("method"), **{k: head.get(k) for k in COMPARE_COLUMNS}}
+        )
+        rows[-1]["unlearn_seconds"] = seconds
+    scored = [r for r in rows if r["forget_quality"] is not None and r["model_utility"] is not None]
+    ranks = pareto_ranks([(r["model_utility"], r["forget_quality"]) for r in scored])
+    for row, rank in zip(scored, ranks, strict=True):
+        row["pareto_rank"] = rank
+    rows.sort(key=lambda r: (r.get("pareto_rank", 10**6), -(r["forget_quality"] or 0)))
+    references = []
+    if runs:
+        first = runs[0][1]["headline"]
+        references = [
+            (model, first[model]["model_utility"], first[model]["forget_quality"])
+            for model in ("target", "retain")
+            if first.get(model, {}).get("model_utility") is not None
+        ]
+    points = [(r["run"], r["model_utility"], r["forget_quality"], r["pareto_rank"] == 0) for r in scored]
+    columns = ["run", "method", "pareto_rank", *COMPARE_COLUMNS, "unlearn_seconds"]
+    head = "".join(f"<th>{esc(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f'<td class="num">{esc(fmt(r.get(c)))}</td>' for c in columns) + "</tr>"
+        for r in rows
+    )
+    chart = scatter_chart(points, references) if points else '<p class="hint">No run has both numbers.</p>'
+    page = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>tokenforget compare</title>'
+        f"<style>{CSS}</style></head><body><main><h1>tokenforget: {len(rows)} runs compared</h1>"
+        '<p class="sub">Forget quality against model utility, both higher = better. Red: the Pareto '
+        "frontier (no other run is better in both). Squares: the target (before unlearning) and "
+        "the retain model (the goal).</p>"
+        f'<div class="card">{chart}</div><h2>Runs, frontier first</h2>'
+        f'<table id="runs"><tr>{head}</tr>{body}</table></main></body></html>'
+    )
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return rows
