@@ -117,3 +117,30 @@ def test_unlearn_and_identify_help_list_every_method():
     text = CliRunner().invoke(app, ["identify", "--help"], terminal_width=200).output
     for name in ("predictability", "contrast", "mlm", "generative", "ner", "frequency", "spans", "union"):
         assert name in text, name
+
+
+def test_ask_answers_with_every_model_side_by_side(tiny_llama_dir, tmp_path):
+    run_folder = tmp_path / "runs" / "x"
+    (run_folder / "unlearn").mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(tiny_llama_dir, run_folder / "unlearn" / "model")  # a run folder = its unlearned model
+    result = CliRunner().invoke(
+        app,
+        [
+            "ask",
+            str(tiny_llama_dir),
+            str(run_folder),
+            "Where was he born?",
+            "--max-new-tokens",
+            "3",
+            "--set",
+            "model.precision=fp32",
+        ],
+        env={"COLUMNS": "200"},
+    )
+    assert result.exit_code == 0, result.output
+    assert "Where was he born?" in result.output
+    assert str(tiny_llama_dir)[-20:] in result.output and str(run_folder)[-20:] in result.output
+    missing = cli("ask", "only-a-question")
+    assert missing.returncode == 2 and "at least one model" in missing.stderr
