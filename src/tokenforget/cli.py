@@ -580,6 +580,59 @@ def eval_tokens(
     _emit(summary, out_dir / "tokens_summary.json", {k: v for k, v in summary.items() if k != "per_sample"})
 
 
+@eval_app.command("muse")
+def eval_muse(
+    model: Annotated[
+        str, typer.Option(help="Model to evaluate: a folder, a hub name or smollm2-135m-instruct.")
+    ],
+    data: Annotated[
+        Path, typer.Option(help="MUSE-News folder (knowmem/, verbmem/, privleak/; the release layout).")
+    ],
+    retrain_auc: Annotated[
+        float | None, typer.Option(help="The retrained model's Min-K% AUC (default: MUSE News's 0.4772).")
+    ] = None,
+    retrain_logs: Annotated[
+        Path | None, typer.Option(help="Or: the retrained model's `eval muse --out` JSON (its AUC is read).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="First N rows of every set (a quick look).")] = None,
+    max_length: Annotated[int, typer.Option(help="Longest text in tokens (longer ones are cut).")] = 2048,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Write the JSON (with per-sample logs).")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """MUSE (News): verbmem_f, knowmem_f, knowmem_r (ROUGE-L F1 x 100) and privleak.
+
+    privleak = (AUC - AUC_retrain) / AUC_retrain x 100 of the Min-K% (k=40%) attack on forget vs
+    holdout texts, in MUSE's convention: about -100 = still memorised, 0 = like the retrained model,
+    positive = over-unlearned. MUSE ships no target or retrained model for this layout here: give
+    your retrained model's AUC (--retrain-logs) or MUSE's published one (the default).
+    """
+    from tokenforget.data.benchmarks import muse_news
+    from tokenforget.evaluate.muse import NEWS_RETRAIN_AUC, evaluate_muse
+    from tokenforget.models import load_model
+
+    if retrain_auc is not None and retrain_logs is not None:
+        raise TokenforgetError("give --retrain-auc or --retrain-logs, not both")
+    if retrain_logs is not None:
+        retrain_auc = json.loads(retrain_logs.read_text())["privleak_auc"]
+    cfg = _config(config, set_)
+    bench = muse_news(data)
+    lm, tokenizer, precision = load_model(cfg.model, model)
+    result = evaluate_muse(
+        lm,
+        tokenizer,
+        bench,
+        precision,
+        retrain_auc or NEWS_RETRAIN_AUC,
+        limit,
+        max_length,
+        cfg.eval.batch_size,
+    )
+    _emit(result, out_file, {k: v for k, v in result.items() if k != "per_sample"})
+
+
 def _emit(result: dict, out_file: Path | None, headline: dict) -> None:
     """Print the headline numbers; the whole result (per-sample values) goes to --out or stdout."""
     if out_file is None:
