@@ -52,7 +52,7 @@ def test_eval_muse_end_to_end_on_muse_news(tiny_llama_dir, tmp_path):
         "--data",
         str(MUSE),
         "--limit",
-        "3",
+        "2",
         "--max-length",
         "48",
         "--out",
