@@ -59,6 +59,14 @@ def test_token_summary_by_hand(smollm_tokenizer):
     # without theta0 the changes are null, everything else stands
     alone = token_summary([ours], [sample], smollm_tokenizer, prompt)
     assert alone["uw_dlogp"] is None and alone["uw_leak_rate"] == 0.5
+    # a word the question gives away leaks nothing when repeated: only "Kuwait" is asked for
+    asked = labelled()
+    asked.question = "Where was Basil born?"
+    repeat = row(asked, n, logp, hits, "Basil was born somewhere.", "Basil, from Kuwait.")
+    repeat["question"] = asked.question
+    given = token_summary([repeat], [asked], smollm_tokenizer, prompt)
+    assert given["uw_leak_rate"] == 0.0 and given["per_sample"][0]["given_in_question"] == ["Basil"]
+    assert given["uw_leak_rate_paraphrased"] == 1.0  # the paraphrase names neither: both count
 
 
 def test_labels_must_cover_the_forget_set(smollm_tokenizer):

@@ -8,7 +8,9 @@ Two steps, so that one model is scored once whatever labelling is used afterward
 2. `token_summary` (pure): with one evaluation labelling (spans) and, optionally, the scores of the
    original model theta0, the mean change of log p on UW and on GW tokens (theta vs theta0), the UW leak
    rate (the fraction of unwanted words the greedy answer still contains, whole word,
-   case-insensitive) for both questions, exact memorisation and extraction strength.
+   case-insensitive) for both questions, exact memorisation and extraction strength. A word the
+   question itself contains ("Where was Basil born?") leaks nothing when the answer repeats it: it
+   is left out of that question's leak rate.
 The EOS token is not a word: it is neither UW nor GW here.
 """
 
@@ -106,6 +108,12 @@ def unwanted_words(sample: Sample) -> list[str]:
     return list(dict.fromkeys(w for w in words if re.search(r"\w", w)))
 
 
+def not_given(words: Sequence[str], question: str | None) -> list[str]:
+    """The unwanted words the question does not already contain (whole word, case-insensitive)."""
+    given = leaked_words(words, question or "")
+    return [w for w, g in zip(words, given, strict=True) if not g]
+
+
 def token_summary(
     rows: Sequence[dict[str, Any]],
     labels: Sequence[Sample],
@@ -133,20 +141,23 @@ def token_summary(
         uw = _uw_mask(sample, tokenizer, prompt, logp.numel())
         hits = torch.tensor(row["hits"], dtype=torch.bool)
         words = unwanted_words(sample)
+        asked = not_given(words, row["question"])
         entry: dict[str, Any] = {
             "id": row["id"],
             "uw_words": words,
-            "leaked": [w for w, f in zip(words, leaked_words(words, row["generated"]), strict=True) if f],
+            "given_in_question": [w for w in words if w not in asked],
+            "leaked": [w for w, f in zip(asked, leaked_words(asked, row["generated"]), strict=True) if f],
             "exact_memorization": exact_memorization(hits),
             "extraction_strength": extraction_strength(hits),
         }
-        words_per_sample.append(words)
+        words_per_sample.append(asked)
         generations.append(row["generated"])
         if row.get("generated_paraphrased") is not None:
-            para_words.append(words)
+            asked_para = not_given(words, row["paraphrased_question"])
+            para_words.append(asked_para)
             para_generations.append(row["generated_paraphrased"])
-            flags = leaked_words(words, row["generated_paraphrased"])
-            entry["leaked_paraphrased"] = [w for w, f in zip(words, flags, strict=True) if f]
+            flags = leaked_words(asked_para, row["generated_paraphrased"])
+            entry["leaked_paraphrased"] = [w for w, f in zip(asked_para, flags, strict=True) if f]
         if reference is not None:
             ref = reference.get(row["key"])
             if ref is None or len(ref["logp"]) != len(row["logp"]):
