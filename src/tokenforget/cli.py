@@ -13,6 +13,7 @@ from rich.table import Table
 
 from tokenforget.config import Config, config_keys, load_config
 from tokenforget.errors import DataError, TokenforgetError
+from tokenforget.report import KEY_METRICS
 
 out = Console()
 err = Console(stderr=True)
@@ -86,15 +87,7 @@ identified.jsonl: one line per sample with question, answer, spans [{start, end,
 )
 app.add_typer(identify_app, name="identify")
 
-RUN_HEADLINE = (
-    "forget_quality",
-    "model_utility",
-    "uw_leak_rate",
-    "uw_dlogp",
-    "gw_dlogp",
-    "kl_on_retain",
-    "forget_Q_A_ROUGE",
-)
+RUN_HEADLINE = (*KEY_METRICS, "forget_Q_A_ROUGE")
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML file with settings (applied first).")
 ]

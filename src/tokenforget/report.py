@@ -402,7 +402,7 @@ def scatter_chart(
     return "".join(out)
 
 
-COMPARE_COLUMNS = (
+KEY_METRICS = (  # the numbers every run is compared on
     "forget_quality",
     "model_utility",
     "uw_leak_rate",
@@ -419,9 +419,7 @@ def write_compare(path: Path, runs: Sequence[tuple[str, dict[str, Any]]]) -> lis
     for name, summary in runs:
         head = summary["headline"]["unlearned"]
         seconds = summary.get("unlearn", {}).get("seconds")
-        rows.append(
-            {"run": name, "method": summary.get("method"), **{k: head.get(k) for k in COMPARE_COLUMNS}}
-        )
+        rows.append({"run": name, "method": summary.get("method"), **{k: head.get(k) for k in KEY_METRICS}})
         rows[-1]["unlearn_seconds"] = seconds
     scored = [r for r in rows if r["forget_quality"] is not None and r["model_utility"] is not None]
     ranks = pareto_ranks([(r["model_utility"], r["forget_quality"]) for r in scored])
@@ -437,7 +435,7 @@ def write_compare(path: Path, runs: Sequence[tuple[str, dict[str, Any]]]) -> lis
             if first.get(model, {}).get("model_utility") is not None
         ]
     points = [(r["run"], r["model_utility"], r["forget_quality"], r["pareto_rank"] == 0) for r in scored]
-    columns = ["run", "method", "pareto_rank", *COMPARE_COLUMNS, "unlearn_seconds"]
+    columns = ["run", "method", "pareto_rank", *KEY_METRICS, "unlearn_seconds"]
     head = "".join(f"<th>{esc(c)}</th>" for c in columns)
     body = "".join(
         "<tr>" + "".join(f'<td class="num">{esc(fmt(r.get(c)))}</td>' for c in columns) + "</tr>"
