@@ -147,3 +147,69 @@ def test_rerun_reuses_the_run_folder(finished_run):
     assert "eval forget" not in second.stdout + second.stderr  # nothing re-evaluated
     summary = json.loads((finished_run["folder"] / "summary.json").read_text())
     assert summary["stage_seconds"]["unlearn"] < 30
+
+
+def test_run_on_a_users_own_forget_set_without_a_retain_model(tmp_path, tiny_llama_dir):
+    forget = tmp_path / "forget.jsonl"
+    forget.write_text(
+        json.dumps(
+            {
+                "question": "Where was Basil born?",
+                "answer": "Basil was born in Kuwait City.",
+                "spans": [{"start": 18, "end": 29}],
+            }
+        )
+        + "\n"
+        + json.dumps(
+            {
+                "question": "What did he write?",
+                "answer": "He wrote Promise by the Seine.",
+                "spans": [{"start": 9, "end": 29}],
+            }
+        )
+        + "\n"
+    )
+    retain = tmp_path / "retain.jsonl"
+    retain.write_text(json.dumps({"question": "What is the capital of France?", "answer": "Paris."}) + "\n")
+    holdout = tmp_path / "holdout.jsonl"
+    holdout.write_text(
+        json.dumps({"question": "Where was Maria born?", "answer": "Maria was born in Lima."})
+        + "\n"
+        + json.dumps({"question": "What flows?", "answer": "Rivers flow to the sea."})
+        + "\n"
+    )
+    settings = {
+        "model.name": tiny_llama_dir,
+        "model.precision": "fp32",
+        "data.forget": forget,
+        "data.retain": retain,
+        "data.holdout": holdout,
+        "identify.method": "spans",
+        "unlearn.method": "npo",
+        "unlearn.epochs": 1,
+        "unlearn.batch_size": 2,
+        "unlearn.micro_batch_size": 2,
+        "eval.utility_rows": 3,
+        "run.runs_dir": tmp_path / "runs",
+        "run.name": "own",
+    }
+    args = [sys.executable, "-m", "tokenforget.cli", "run"]
+    for key, value in settings.items():
+        args += ["--set", f"{key}={value}"]
+    env = {**os.environ, "TOKENFORGET_CACHE": str(tmp_path / "cache"), "COLUMNS": "200"}
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = tmp_path / "runs" / "own"
+    summary = json.loads((folder / "summary.json").read_text())
+    head = summary["headline"]
+    assert set(head) == {"unlearned", "target"} and summary["benchmark"] is None
+    assert (
+        head["unlearned"]["forget_quality"] is None
+        and "retain model" in summary["unavailable"]["forget_quality"]
+    )
+    assert head["unlearned"]["utility_ra_wf"] is not None and head["unlearned"]["kl_on_retain"] > 0
+    assert 0 <= head["unlearned"]["mia_auc_min_k"] <= 1
+    assert head["unlearned"]["uw_dlogp"] != 0 and head["target"]["uw_dlogp"] == 0
+    page = (folder / "report.html").read_text()
+    assert "Not available for this run" in page and 'class="tok uw"' in page
+    assert summary["stage_seconds"]["prepare"] < 1  # no benchmark to prepare

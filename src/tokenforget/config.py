@@ -98,6 +98,10 @@ class DataSettings(_Section):
     )
     forget: str | None = Field(None, description="A user forget set (JSONL or CSV) instead of a benchmark's.")
     retain: str | None = Field(None, description="A user retain set (JSONL or CSV).")
+    holdout: str | None = Field(
+        None,
+        description="Texts or QA pairs the model never saw, for membership attacks against the forget set.",
+    )
     max_length: int = Field(512, ge=8, description="Longest tokenised sample; longer ones are an error.")
 
 

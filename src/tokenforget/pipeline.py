@@ -22,6 +22,7 @@ from typing import Any
 from tokenforget.config import Config
 from tokenforget.data.benchmarks import QABenchmark
 from tokenforget.data.records import Sample, read_samples
+from tokenforget.models import resolve_model
 from tokenforget.prepare import Prepared, prepare, rouge_table
 from tokenforget.runs import open_run, write_json
 
@@ -31,7 +32,7 @@ MODELS = ("unlearned", "target", "retain")
 @dataclass
 class RunResult:
     folder: Path
-    prepared: Prepared
+    prepared: Prepared | None  # None for a user's own forget set (no benchmark)
     summary: dict[str, Any]
     report: Path
 
@@ -88,7 +89,23 @@ def identify_stage(cfg: Config, bench: QABenchmark, prepared: Prepared, folder: 
     return identified
 
 
-def unlearn_config(cfg: Config, prepared: Prepared, identified: Path) -> Config:
+def own_identify_stage(cfg: Config, folder: Path) -> Path:
+    """Label the user's forget set (`identify.method spans` keeps the file's own spans)."""
+    from tokenforget.identify.run import identify_file
+    from tokenforget.unlearn import load_retain
+
+    identified = folder / "identified.jsonl"
+    if not identified.is_file():
+        stage_cfg = cfg
+        if cfg.identify.method == "contrast" and cfg.identify.model is None:
+            stage_cfg = with_settings(cfg, identify={"model": cfg.model.name})
+        identify_file(stage_cfg, Path(cfg.data.forget), identified, retain=load_retain(cfg))
+    return identified
+
+
+def unlearn_config(cfg: Config, prepared: Prepared | None, identified: Path) -> Config:
+    if prepared is None:  # the user's model and data
+        return with_settings(cfg, data={"forget": str(identified)})
     return with_settings(
         cfg,
         model={"name": str(prepared.target)},
@@ -108,15 +125,92 @@ def forget_generations(eval_dir: Path, count: int) -> list[str] | None:
     return [r[1] for r in rows] if all(r is not None for r in rows) else None
 
 
+def token_stage(
+    cfg: Config,
+    paths: dict[str, str],
+    dirs: dict[str, Path],
+    forget: list[Sample],
+    identified: Path,
+    generations: dict[str, list[str] | None] | None = None,
+) -> dict[str, Any]:
+    """Token-level forgetting of every model against the target, under one labelling."""
+    from tokenforget.evaluate.tokens import sample_key, scored_model, token_summary
+    from tokenforget.identify import read_identified
+    from tokenforget.models import load_tokenizer
+
+    labels_path = Path(cfg.eval.token_labels) if cfg.eval.token_labels else identified
+    labels = read_identified(labels_path)
+    generations = generations or {}
+    rows = {
+        name: scored_model(cfg, path, forget, dirs[name], generations.get(name))
+        for name, path in paths.items()
+    }
+    tokenizer = load_tokenizer(paths["target"], cfg.model.trust_remote_code)
+    return {
+        "tokens": {
+            name: token_summary(rows[name], labels, tokenizer, cfg.prompt, rows["target"]) for name in paths
+        },
+        "token_rows": rows,
+        "labels": str(labels_path),
+        "label_spans": {sample_key(s): [(sp.start, sp.end) for sp in s.spans or ()] for s in labels},
+        "labels_are_the_runs_own": cfg.eval.token_labels is None,
+    }
+
+
+def kl_stage(
+    cfg: Config, paths: dict[str, str], dirs: dict[str, Path], retain: list[Sample] | None
+) -> dict[str, Any]:
+    """Mean per-token KL(target || model) on retain answers, cached per model (none without retain)."""
+    from tokenforget.evaluate.attacks import kl_to_reference
+    from tokenforget.models import load_model
+
+    if not retain:
+        reason = "needs a retain set (--set data.retain=FILE)"
+        return {name: {"mean_token_kl": None, "unavailable": reason} for name in paths}
+    kl: dict[str, Any] = {"target": {"mean_token_kl": 0.0}}
+    cached = {name: dirs[name] / "kl_to_target.json" for name in paths if name != "target"}
+    if not all(p.is_file() for p in cached.values()):
+        reference, tokenizer, precision = load_model(cfg.model, paths["target"])
+        for name, path in cached.items():
+            if not path.is_file():
+                model, _, _ = load_model(cfg.model, paths[name])
+                result = kl_to_reference(
+                    model, reference, tokenizer, retain, cfg.prompt, precision, cfg.eval.batch_size
+                )
+                write_json(path, result)
+    for name, path in cached.items():
+        kl[name] = json.loads(path.read_text())
+    return kl
+
+
+def mia_stage(
+    cfg: Config, paths: dict[str, str], dirs: dict[str, Path], forget: list[Sample]
+) -> dict[str, Any]:
+    """Membership attacks, forget set vs `data.holdout`, per model (cached); none without a holdout."""
+    from tokenforget.evaluate.attacks import membership_attack
+    from tokenforget.models import load_model
+
+    if cfg.data.holdout is None:
+        return {}
+    holdout = read_samples(cfg.data.holdout)
+    results = {}
+    for name, path in paths.items():
+        cache = dirs[name] / "mia_forget_vs_holdout.json"
+        if not cache.is_file():
+            model, tokenizer, precision = load_model(cfg.model, path)
+            attack = membership_attack(
+                model, tokenizer, forget, holdout, cfg.prompt, precision, batch_size=cfg.eval.batch_size
+            )
+            write_json(cache, attack)
+        results[name] = json.loads(cache.read_text())["auc"]
+    return results
+
+
 def eval_stage(
     cfg: Config, bench: QABenchmark, prepared: Prepared, model_dir: Path, identified: Path, folder: Path
 ) -> dict[str, Any]:
     """TOFU summaries, token-level forgetting and KL on retain for the unlearned, target, retain models."""
-    from tokenforget.evaluate.attacks import kl_to_reference
     from tokenforget.evaluate.tofu_run import evaluate_tofu, resolve_profile, split_rows
-    from tokenforget.evaluate.tokens import sample_key, scored_model, token_summary
-    from tokenforget.identify import read_identified
-    from tokenforget.models import load_model, load_tokenizer
 
     eval_root = prepared.folder / "eval" / cfg.eval.profile
     paths = {"unlearned": str(model_dir), "target": str(prepared.target), "retain": str(prepared.retain)}
@@ -125,48 +219,64 @@ def eval_stage(
     tofu = {}
     for name in ("retain", "target", "unlearned"):  # retain first: the others' forget quality needs it
         tofu[name] = evaluate_tofu(cfg, paths[name], bench, dirs[name], dirs["retain"])
-
-    labels_path = Path(cfg.eval.token_labels) if cfg.eval.token_labels else identified
-    labels = read_identified(labels_path)
     forget = bench.eval_forget
-    rows = {
-        name: scored_model(cfg, paths[name], forget, dirs[name], forget_generations(dirs[name], len(forget)))
-        for name in MODELS
-    }
-    tokenizer = load_tokenizer(paths["target"], cfg.model.trust_remote_code)
-    tokens = {
-        name: token_summary(rows[name], labels, tokenizer, cfg.prompt, rows["target"]) for name in MODELS
-    }
-
+    generations = {name: forget_generations(dirs[name], len(forget)) for name in paths}
     retain_rows = split_rows(bench, resolve_profile(cfg.eval))["retain"]
-    kl: dict[str, Any] = {"target": {"mean_token_kl": 0.0}}
-    cached = {name: dirs[name] / "kl_to_target.json" for name in ("unlearned", "retain")}
-    if not all(p.is_file() for p in cached.values()):
-        reference, _, precision = load_model(cfg.model, paths["target"])
-        for name, path in cached.items():
-            if not path.is_file():
-                model, _, _ = load_model(cfg.model, paths[name])
-                result = kl_to_reference(
-                    model, reference, tokenizer, retain_rows, cfg.prompt, precision, cfg.eval.batch_size
-                )
-                write_json(path, result)
-    for name, path in cached.items():
-        kl[name] = json.loads(path.read_text())
     return {
+        "models": list(MODELS),
         "tofu": tofu,
-        "tokens": tokens,
-        "token_rows": rows,
-        "kl": kl,
-        "labels": str(labels_path),
-        "label_spans": {sample_key(s): [(sp.start, sp.end) for sp in s.spans or ()] for s in labels},
-        "labels_are_the_runs_own": cfg.eval.token_labels is None,
+        **token_stage(cfg, paths, dirs, forget, identified, generations),
+        "kl": kl_stage(cfg, paths, dirs, retain_rows),
+        "mia": mia_stage(cfg, paths, dirs, bench.forget),
         "dirs": {k: str(v) for k, v in dirs.items()},
     }
+
+
+def own_eval_stage(cfg: Config, model_dir: Path, identified: Path, folder: Path) -> dict[str, Any]:
+    """A user's forget set and model, no retain model: everything that needs no retain model."""
+    from tokenforget.data.benchmarks import tofu_mini
+    from tokenforget.evaluate.tofu_run import evaluate_tofu
+    from tokenforget.identify import read_identified
+    from tokenforget.unlearn import load_retain
+
+    paths = {"unlearned": str(model_dir), "target": cfg.model.name}
+    dirs = {name: folder / "eval" / name for name in paths}
+    utility = tofu_mini()  # real_authors and world_facts: general knowledge any model should keep
+    tofu = {
+        name: evaluate_tofu(cfg, path, utility, dirs[name], None, ("real_authors", "world_facts"))
+        for name, path in paths.items()
+    }
+    for summary in tofu.values():
+        parts = [v for k, v in summary.items() if k.startswith(("ra_", "wf_")) and isinstance(v, float)]
+        summary["utility_ra_wf"] = model_utility_of(parts)
+    forget = read_identified(cfg.data.forget)
+    retain = load_retain(cfg)
+    return {
+        "models": list(paths),
+        "tofu": tofu,
+        **token_stage(cfg, paths, dirs, forget, identified),
+        "kl": kl_stage(cfg, paths, dirs, retain[: cfg.eval.retain_rows] if retain else None),
+        "mia": mia_stage(cfg, paths, dirs, forget),
+        "dirs": {k: str(v) for k, v in dirs.items()},
+        "unavailable": {
+            "forget_quality": "needs a retain model (a model never trained on the forget set): "
+            "run a benchmark, or evaluate your retain model with tokenforget eval tofu",
+            "model_utility": "TOFU's utility needs the retain split of a benchmark; utility_ra_wf is the "
+            "harmonic mean of the 6 real_authors / world_facts numbers",
+        },
+    }
+
+
+def model_utility_of(values: list[float]) -> float | None:
+    from tokenforget.evaluate.tofu import model_utility
+
+    return model_utility(values) if len(values) == 6 else None
 
 
 HEADLINE = (
     "forget_quality",
     "model_utility",
+    "utility_ra_wf",
     "forget_Q_A_ROUGE",
     "forget_truth_ratio",
     "retain_Q_A_ROUGE",
@@ -175,12 +285,14 @@ TOKEN_HEADLINE = ("uw_dlogp", "gw_dlogp", "uw_leak_rate", "uw_leak_rate_paraphra
 
 
 def headline(evals: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per model the numbers of the report's first table."""
+    """Per model the numbers of the report's first table (None where a number does not apply)."""
     table = {}
-    for name in MODELS:
-        row = {k: evals["tofu"][name].get(k) for k in HEADLINE}
+    for name in evals["models"]:
+        row = {k: evals["tofu"].get(name, {}).get(k) for k in HEADLINE}
         row.update({k: evals["tokens"][name].get(k) for k in TOKEN_HEADLINE})
         row["kl_on_retain"] = evals["kl"][name]["mean_token_kl"]
+        if name in evals.get("mia", {}):
+            row["mia_auc_min_k"] = evals["mia"][name]["min_k"]
         table[name] = row
     return table
 
@@ -193,49 +305,52 @@ def run(cfg: Config) -> RunResult:
     from tokenforget.unlearn import unlearn
 
     validate_inputs(cfg)
-    if cfg.data.forget is not None:
-        from tokenforget.errors import ConfigError
-
-        raise ConfigError(
-            "`tokenforget run` runs a benchmark (run.benchmark); for your own forget set use the "
-            "commands one by one: tokenforget identify, tokenforget unlearn, tokenforget eval tokens/kl/mia"
-        )
     folder = open_run(cfg)
     clock = StageClock()
+    own = cfg.data.forget is not None  # the user's forget set and model: no benchmark, no retain model
+    prepared = bench = None
     with clock("prepare"):
-        prepared = prepare(cfg)
-        bench = load_benchmark(cfg)
+        if not own:
+            prepared = prepare(cfg)
+            bench = load_benchmark(cfg)
     with clock("identify"):
-        identified = identify_stage(cfg, bench, prepared, folder)
+        identified = own_identify_stage(cfg, folder) if own else identify_stage(cfg, bench, prepared, folder)
     with clock("unlearn"):
         unlearned = unlearn(unlearn_config(cfg, prepared, identified), folder / "unlearn")
     with clock("eval"):
-        evals = eval_stage(cfg, bench, prepared, unlearned.model_dir, identified, folder)
+        if own:
+            evals = own_eval_stage(cfg, unlearned.model_dir, identified, folder)
+        else:
+            evals = eval_stage(cfg, bench, prepared, unlearned.model_dir, identified, folder)
+    target = str(prepared.target) if prepared else resolve_model(cfg.model.name)
+    models = {"unlearned": str(unlearned.model_dir), "target": target}
+    if prepared:
+        models["retain"] = str(prepared.retain)
     summary = {
-        "benchmark": cfg.run.benchmark,
+        "benchmark": cfg.run.benchmark if not own else None,
+        "forget_data": cfg.data.forget,
         "method": cfg.unlearn.method,
         "identifier": cfg.identify.method,
-        "models": {
-            "unlearned": str(unlearned.model_dir),
-            "target": str(prepared.target),
-            "retain": str(prepared.retain),
-        },
+        "models": models,
         "headline": headline(evals),
+        "unavailable": evals.get("unavailable", {}),
         "tofu": evals["tofu"],
         "tokens": {
             name: {k: v for k, v in t.items() if k != "per_sample"} for name, t in evals["tokens"].items()
         },
+        "mia_forget_vs_holdout": evals["mia"],
         "token_labels": evals["labels"],
         "unlearn": unlearned.summary,
-        "prepare_rougeL_recall": dict(rouge_table(prepared.report)),
-        "prepare_seconds": prepared.report.get("seconds", {}),
         "eval_logs": evals["dirs"],
     }
+    if prepared:
+        summary["prepare_rougeL_recall"] = dict(rouge_table(prepared.report))
+        summary["prepare_seconds"] = prepared.report.get("seconds", {})
     with clock("report"):
         report = write_report(folder / "report.html", summary, evals, folder / "unlearn", clock.seconds)
     summary["stage_seconds"] = clock.seconds
     write_json(folder / "summary.json", summary)
-    write_receipt(folder / "receipt.json", cfg, prepared.target, identified, unlearned.model_dir, summary)
+    write_receipt(folder / "receipt.json", cfg, Path(target), identified, unlearned.model_dir, summary)
     return RunResult(folder=folder, prepared=prepared, summary=summary, report=report)
 
 

@@ -25,6 +25,8 @@ LIBRARIES = ("tokenforget", "torch", "transformers", "accelerate", "peft", "safe
 
 def model_hash(folder: Path) -> dict[str, Any]:
     """Per-file SHA-256 of a model folder (weights, config, tokenizer) and one digest over them."""
+    if not folder.is_dir():
+        return {"path": str(folder), "sha256": None, "files": {}, "note": "not a local folder (a hub name)"}
     files = {
         p.relative_to(folder).as_posix(): file_sha256(p)
         for p in sorted(folder.rglob("*"))
@@ -77,6 +79,8 @@ def check_receipt(path: Path) -> list[str]:
     for role in ("input_model", "output_model"):
         recorded = content[role]
         folder = Path(recorded["path"])
+        if recorded["sha256"] is None:
+            continue  # a hub name: nothing local to hash
         if not folder.is_dir():
             problems.append(f"{role}: {folder} is missing")
         elif model_hash(folder)["sha256"] != recorded["sha256"]:

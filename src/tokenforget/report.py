@@ -100,6 +100,8 @@ def headline_table(headline: dict[str, dict[str, Any]]) -> str:
     head = "".join(f"<th>{esc(m)}</th>" for m in models)
     rows = []
     for key, label, hint in METRICS:
+        if all(headline[m].get(key) is None for m in models):
+            continue
         cells = "".join(
             f'<td class="num" data-metric="{esc(key)}" data-model="{esc(m)}">{fmt(headline[m].get(key))}</td>'
             for m in models
@@ -199,41 +201,59 @@ def training_curves(log_path: Path) -> str:
     return '<div style="display:flex;flex-wrap:wrap;gap:8px">' + "".join(charts) + "</div>"
 
 
-def generated(eval_dir: Path, split_file: str) -> dict[str, tuple[str, str]]:
-    """question -> (greedy answer, true answer) from a TOFU eval log."""
-    path = eval_dir / split_file
-    if not path.is_file():
-        return {}
-    texts = json.loads(path.read_text()).get("generated_text", {})
-    return {str(k): (v[1], v[2]) for k, v in texts.items()}
-
-
-def answers_table(
-    evals: dict[str, Any], split_file: str, models: Sequence[str], limit: int, leaks: dict | None
-) -> str:
-    logs = {m: generated(Path(evals["dirs"][m]), split_file) for m in models}
-    path = Path(evals["dirs"][models[0]]) / split_file
-    if not path.is_file():
-        return ""
-    prompts = json.loads(path.read_text()).get("generated_text", {})
-    rows = []
-    for index in sorted(logs[models[0]], key=int)[:limit]:
-        truth = logs[models[0]][index][1]
-        question = prompts[index][0]
+def answers_table(rows: Sequence[dict[str, Any]], models: Sequence[str]) -> str:
+    """Greedy answers side by side. rows: {question, truth, answers: {model: text}, leaked: {model:
+    bool} (optional: red when the answer still holds an unwanted word, green when not)}."""
+    if not rows:
+        return '<p class="hint">Not available for this run.</p>'
+    out = []
+    for row in rows:
         cells = []
         for m in models:
-            text = logs[m].get(index, ("", ""))[0]
-            cls = ""
-            if leaks is not None:
-                leaked = leaks[m][int(index)]["leaked"] if int(index) < len(leaks[m]) else []
-                cls = ' class="leak"' if leaked else ' class="gone"'
-            cells.append(f"<td{cls}>{esc(text)}</td>")
-        rows.append(
-            f'<tr><td colspan="{len(models)}"><div class="q">Q: {esc(_question(question))}'
-            f"<br>true answer: {esc(truth)}</div></td></tr><tr>{''.join(cells)}</tr>"
+            flag = row.get("leaked", {}).get(m)
+            cls = "" if flag is None else (' class="leak"' if flag else ' class="gone"')
+            cells.append(f"<td{cls}>{esc(row['answers'].get(m, ''))}</td>")
+        out.append(
+            f'<tr><td colspan="{len(models)}"><div class="q">Q: {esc(row["question"])}'
+            f"<br>true answer: {esc(row['truth'])}</div></td></tr><tr>{''.join(cells)}</tr>"
         )
     head = "".join(f"<th>{esc(m)}</th>" for m in models)
-    return f'<table class="answers"><tr>{head}</tr>{"".join(rows)}</table>'
+    return f'<table class="answers"><tr>{head}</tr>{"".join(out)}</table>'
+
+
+def forget_answer_rows(evals: dict[str, Any], models: Sequence[str]) -> list[dict[str, Any]]:
+    """Greedy answers to the forget questions from the token-level scoring pass of every model."""
+    rows = {m: evals["token_rows"][m] for m in models}
+    samples = {m: evals["tokens"][m]["per_sample"] for m in models}
+    first = rows[models[0]]
+    return [
+        {
+            "question": first[k]["question"],
+            "truth": first[k]["answer"],
+            "answers": {m: rows[m][k]["generated"] for m in models},
+            "leaked": {m: bool(samples[m][k]["leaked"]) for m in models},
+        }
+        for k in range(len(first))
+    ]
+
+
+def retain_answer_rows(evals: dict[str, Any], models: Sequence[str], limit: int) -> list[dict[str, Any]]:
+    """Greedy answers to retain questions from the TOFU retain logs, where every model has one."""
+    logs = {}
+    for m in models:
+        path = Path(evals["dirs"][m]) / "eval_log.json"
+        if not path.is_file():
+            return []
+        logs[m] = json.loads(path.read_text()).get("generated_text", {})
+    first = logs[models[0]]
+    return [
+        {
+            "question": _question(first[k][0]),
+            "truth": first[k][2],
+            "answers": {m: logs[m].get(k, ["", ""])[1] for m in models},
+        }
+        for k in sorted(first, key=int)[:limit]
+    ]
 
 
 def _question(prompt: str) -> str:
@@ -276,8 +296,10 @@ def write_report(
     stage_seconds: dict[str, float],
 ) -> Path:
     """Write the run's report.html (self-contained) and return its path."""
-    tokens = evals["tokens"]
-    leaks = {m: tokens[m]["per_sample"] for m in ("target", "unlearned", "retain")}
+    models = list(summary["headline"])
+    shown = [m for m in ("target", "unlearned", "retain") if m in models]
+    unavailable = summary.get("unavailable", {})
+    missing = "".join(f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in unavailable.items())
     labels_note = (
         "the run's own identifier labels"
         if evals.get("labels_are_the_runs_own")
@@ -287,8 +309,9 @@ def write_report(
         f'<tr><td>{esc(k)}</td><td class="num">{v:.1f}</td></tr>' for k, v in stage_seconds.items()
     )
     unlearn = summary.get("unlearn", {})
+    subject = summary.get("benchmark") or summary.get("forget_data")
     body = f"""
-<h1>tokenforget report: {esc(summary.get("method"))} on {esc(summary.get("benchmark"))}</h1>
+<h1>tokenforget report: {esc(summary.get("method"))} on {esc(subject)}</h1>
 <p class="sub">identifier <b>{esc(summary.get("identifier"))}</b> · unlearned model
 <code>{esc(summary["models"]["unlearned"])}</code> · token metrics use {esc(labels_note)}
 (<code>{esc(summary.get("token_labels"))}</code>)</p>
@@ -296,13 +319,14 @@ def write_report(
 <p class="hint">The unlearned model next to the target (before unlearning) and the retain model (never saw the
 forget set: the goal). A targeted method moves unwanted words (UW) a lot and general words (GW) little.</p>
 {headline_table(summary["headline"])}
+{f'<p class="hint">Not available for this run:</p><ul class="hint">{missing}</ul>' if missing else ""}
 <h2>Token view: what was forgotten</h2>
 {token_section(evals)}
 <h2>Greedy answers to forget questions, before and after</h2>
 <p class="hint">Red: the answer still contains an unwanted word; green: none of them.</p>
-{answers_table(evals, "eval_log_forget.json", ("target", "unlearned", "retain"), 40, leaks)}
+{answers_table(forget_answer_rows(evals, shown), shown)}
 <h2>Greedy answers to retain questions, before and after</h2>
-{answers_table(evals, "eval_log.json", ("target", "unlearned", "retain"), 15, None)}
+{answers_table(retain_answer_rows(evals, shown, 15), shown)}
 <h2>Training</h2>
 <p class="hint">{esc(unlearn.get("steps", "?"))} steps; every loss term per optimizer step, and the
 learning rate.</p>

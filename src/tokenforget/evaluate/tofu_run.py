@@ -128,9 +128,15 @@ def split_log(
 
 
 def evaluate_tofu(
-    cfg: Config, model_name: str, bench: QABenchmark, out: Path, retain_logs: Path | None = None
+    cfg: Config,
+    model_name: str,
+    bench: QABenchmark,
+    out: Path,
+    retain_logs: Path | None = None,
+    splits: tuple[str, ...] = tuple(LOG_FILES),
 ) -> dict[str, Any]:
-    """Evaluate `model_name` on `bench`, write the four published log files and summary.json in `out`."""
+    """Evaluate `model_name` on `bench`, write the published log files of `splits` (default all
+    four) and summary.json in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     stamp = {
         "model": str(model_name),
@@ -148,7 +154,7 @@ def evaluate_tofu(
     seconds: dict[str, float] = {}
     model = tokenizer = precision = None
     for split, name in LOG_FILES.items():
-        if (out / name).is_file():
+        if split not in splits or (out / name).is_file():
             continue
         if model is None:
             model, tokenizer, precision = load_model(cfg.model, model_name)
