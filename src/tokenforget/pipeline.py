@@ -311,7 +311,7 @@ def run(cfg: Config) -> RunResult:
     prepared = bench = None
     with clock("prepare"):
         if not own:
-            prepared = prepare(cfg)
+            prepared = prepare(cfg, rouge_check=False)  # the eval stage scores both models fully
             bench = load_benchmark(cfg)
     with clock("identify"):
         identified = own_identify_stage(cfg, folder) if own else identify_stage(cfg, bench, prepared, folder)

@@ -151,8 +151,11 @@ def _rouge_report(cfg: Config, model_dir: str, bench: QABenchmark) -> dict[str, 
     return out
 
 
-def prepare(cfg: Config) -> Prepared:
-    """Make (or find) the target and retain models of cfg.run.benchmark; see the module doc."""
+def prepare(cfg: Config, rouge_check: bool = True) -> Prepared:
+    """Make (or find) the target and retain models of cfg.run.benchmark; see the module doc.
+
+    rouge_check=False skips the greedy ROUGE check of the base, retain and target models (the main
+    job evaluates the retain and target models fully right after)."""
     bench = load_benchmark(cfg)
     base = resolve_model(cfg.model.name)
     folder = prepared_folder(cfg, bench)
@@ -199,7 +202,7 @@ def prepare(cfg: Config) -> Prepared:
         report_file.write_text(json.dumps(report, indent=2))
     rouge = report.setdefault("rouge", {})
     for name, model_dir in (("base", base), ("retain", str(retain_dir)), ("target", str(target_dir))):
-        if name in rouge:
+        if name in rouge or not rouge_check:
             continue
         console.print(f"[bold]prepare[/] greedy ROUGE check of the {name} model")
         started = time.perf_counter()
