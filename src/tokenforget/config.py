@@ -291,15 +291,22 @@ class UnlearnSettings(_Section):
     beta2: float | None = Field(None, ge=0, description="SatImp: exponent of (1 - p) (default 1).")
     steering: float | None = Field(None, gt=0, description="RMU: norm of the control vector (default 6.5).")
     layer: int | None = Field(None, ge=0, description="RMU: hidden layer (default: the middle block).")
-    lr: float = Field(1e-5, gt=0, description="Peak learning rate (AdamW).")
-    epochs: float = Field(10.0, gt=0, description="Epochs over the forget set.")
+    lr: float = Field(
+        1e-4,
+        gt=0,
+        description=(
+            "Peak learning rate (AdamW). 1e-4 with 3 epochs: measured on the embedded 135M model and "
+            "TOFU-mini (README); the papers' 7B recipe is lr 1e-5, 10 epochs."
+        ),
+    )
+    epochs: float = Field(3.0, gt=0, description="Epochs over the forget set (papers, 7B: 10).")
     batch_size: int = Field(
         8, ge=1, description="Forget samples per optimizer step (all processes together)."
     )
     micro_batch_size: int = Field(8, ge=1, description="Forget samples per forward and process.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     warmup_ratio: float = Field(
-        0.1, ge=0, le=1, description="Fraction of steps of linear warm-up (1 epoch of 10)."
+        0.1, ge=0, le=1, description="Fraction of steps of linear warm-up (papers: 1 epoch of 10)."
     )
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
     lora: LoraSettings | None = Field(
