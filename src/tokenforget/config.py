@@ -249,6 +249,13 @@ class IdentifySettings(_Section):
     temperature: float = Field(0.0, ge=0, description="generative: sampling temperature (>0 for --runs k).")
     max_tokens: int = Field(512, ge=16, description="generative: longest reply.")
     runs: int = Field(1, ge=1, description="generative: label the set k times and report Jaccard stability.")
+    labels: str | None = Field(
+        None,
+        description=(
+            "`tokenforget run` on a benchmark: take the forget set's labels from this file (identified.jsonl "
+            "or the published layout, e.g. the paper's GPT-4o labels) instead of running an identifier."
+        ),
+    )
 
 
 class UnlearnSettings(_Section):

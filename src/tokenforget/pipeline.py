@@ -78,6 +78,8 @@ def identify_stage(cfg: Config, bench: QABenchmark, prepared: Prepared, folder: 
     identified = folder / "identified.jsonl"
     if identified.is_file():
         return identified
+    if cfg.identify.labels is not None:
+        return copy_labels(Path(cfg.identify.labels), bench.forget, identified)
     forget_file = folder / "forget.jsonl"
     write_forget_file(forget_file, bench.forget)
     stage_cfg = cfg
@@ -100,6 +102,25 @@ def own_identify_stage(cfg: Config, folder: Path) -> Path:
         if cfg.identify.method == "contrast" and cfg.identify.model is None:
             stage_cfg = with_settings(cfg, identify={"model": cfg.model.name})
         identify_file(stage_cfg, Path(cfg.data.forget), identified, retain=load_retain(cfg))
+    return identified
+
+
+def copy_labels(labels: Path, forget: list[Sample], identified: Path) -> Path:
+    """Given labels for the benchmark's forget set, as identified.jsonl (checked to cover it)."""
+    from tokenforget.errors import ConfigError
+    from tokenforget.identify.formats import read_identified, write_identified
+
+    by_text = {(s.question, s.answer): s for s in read_identified(labels)}
+    missing = [s for s in forget if (s.question, s.answer) not in by_text]
+    if missing:
+        raise ConfigError(
+            f"identify.labels {labels} does not label {len(missing)} of the {len(forget)} forget samples, "
+            f"e.g. {missing[0].question!r}: give labels of this forget set"
+        )
+    rows = [by_text[(s.question, s.answer)] for s in forget]
+    for row, sample in zip(rows, forget, strict=True):
+        row.id = sample.id
+    write_identified(identified, rows, "labels", {"file": str(labels)})
     return identified
 
 
