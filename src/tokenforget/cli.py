@@ -30,7 +30,7 @@ The workflow, each step a command and a Python call:
   data      validate your forget/retain files (JSONL or CSV) before anything reads them
   identify  label the unwanted words of each forget answer (7 identifiers), grade a labelling
   unlearn   make a model forget a forget set (TPO and every baseline), resumable, DDP-ready
-  eval      TOFU logs + summary, membership attacks, KL to the original; summarise any TOFU logs
+  eval      TOFU logs + summary, MUSE, membership attacks, KL, token-level forgetting (UW vs GW)
   config    list every setting, show the resolved config, print its JSON schema
   model     convert the embedded default model (SmolLM2-135M-Instruct) once, show where it is
   compare   put finished runs on the forget-quality / utility plane with the Pareto frontier
