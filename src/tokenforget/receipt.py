@@ -83,10 +83,8 @@ def check_receipt(path: Path) -> list[str]:
             continue  # a hub name: nothing local to hash
         if not folder.is_dir():
             problems.append(f"{role}: {folder} is missing")
-        elif model_hash(folder)["sha256"] != recorded["sha256"]:
-            changed = sorted(
-                k for k, v in model_hash(folder)["files"].items() if recorded["files"].get(k) != v
-            )
+        elif (now := model_hash(folder))["sha256"] != recorded["sha256"]:
+            changed = sorted(k for k, v in now["files"].items() if recorded["files"].get(k) != v)
             problems.append(f"{role}: {folder} differs ({', '.join(changed) or 'files removed'})")
     forget = content["forget_data"]
     if not Path(forget["path"]).is_file() or file_sha256(Path(forget["path"])) != forget["sha256"]:
