@@ -136,12 +136,11 @@ def unlearn_config(cfg: Config, prepared: Prepared | None, identified: Path) -> 
 
 def forget_generations(eval_dir: Path, count: int) -> list[str] | None:
     """Greedy answers to the forget questions from a finished TOFU forget log, in row order."""
-    from tokenforget.evaluate.tofu import LOG_FILES
+    from tokenforget.evaluate.tofu import generated_texts
 
-    path = eval_dir / LOG_FILES["forget"]
-    if not path.is_file():
+    texts = generated_texts(eval_dir, "forget")
+    if texts is None:
         return None
-    texts = json.loads(path.read_text()).get("generated_text", {})
     rows = [texts.get(str(k)) for k in range(count)]
     return [r[1] for r in rows] if all(r is not None for r in rows) else None
 

@@ -239,12 +239,11 @@ def forget_answer_rows(evals: dict[str, Any], models: Sequence[str]) -> list[dic
 
 def retain_answer_rows(evals: dict[str, Any], models: Sequence[str], limit: int) -> list[dict[str, Any]]:
     """Greedy answers to retain questions from the TOFU retain logs, where every model has one."""
-    logs = {}
-    for m in models:
-        path = Path(evals["dirs"][m]) / "eval_log.json"
-        if not path.is_file():
-            return []
-        logs[m] = json.loads(path.read_text()).get("generated_text", {})
+    from tokenforget.evaluate.tofu import generated_texts
+
+    logs = {m: generated_texts(Path(evals["dirs"][m]), "retain") for m in models}
+    if any(log is None for log in logs.values()):
+        return []
     first = logs[models[0]]
     return [
         {

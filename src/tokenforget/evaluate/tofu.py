@@ -235,6 +235,15 @@ def read_json(path: Path) -> Any:
     return read_json_file(path, "give the eval log as written by the evaluator")
 
 
+def generated_texts(folder: Path, split: str) -> dict[str, list] | None:
+    """`generated_text` of a split's log in an eval folder: {"<index>": [prompt, greedy answer,
+    true answer]}; None when the split has not been evaluated there."""
+    path = Path(folder) / LOG_FILES[split]
+    if not path.is_file():
+        return None
+    return read_json(path).get("generated_text", {})
+
+
 def write_eval_log(path: Path, log: dict[str, list]) -> None:
     """Write the published layout: {field: {"<index>": value}}."""
     payload = {field: {str(i): v for i, v in enumerate(values)} for field, values in log.items()}
