@@ -39,7 +39,8 @@ def test_batched_padded_scoring_equals_one_sequence_at_a_time(tiny_llama_dir, in
 
 
 def test_eval_tofu_writes_published_logs_and_resumes(tmp_path, tiny_llama_dir):
-    cfg = load_config(overrides=["model.precision=fp32", "eval.retain_rows=4", "eval.batch_size=16"])
+    overrides = ["model.precision=fp32", "eval.retain_rows=4", "eval.batch_size=16"]
+    cfg = load_config(overrides=overrides)
     bench = tofu_mini()
     bench.eval_real_authors = bench.eval_real_authors[:6]  # keep the tiny run short
     bench.eval_world_facts = bench.eval_world_facts[:6]
@@ -64,12 +65,25 @@ def test_eval_tofu_writes_published_logs_and_resumes(tmp_path, tiny_llama_dir):
         "eval_seconds": summary["eval_seconds"],
         "profile": "tofu-mini",
     }
-    assert set(summary["eval_seconds"]) == set(LOG_FILES)
+    assert list(summary["eval_seconds"]) == ["+".join(LOG_FILES)]  # a small eval: one pass
     (tmp_path / "eval" / "eval_log.json").unlink()  # as if killed before the retain split finished
     again = evaluate_tofu(cfg, str(tiny_llama_dir), bench, tmp_path / "eval")
     assert again["model_utility"] == pytest.approx(summary["model_utility"])
-    assert json.loads((tmp_path / "eval" / "summary.json").read_text())["eval_seconds"].keys() == set(
-        LOG_FILES
-    )
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text())["eval_seconds"].keys() == {
+        "+".join(LOG_FILES),
+        "retain",  # only the missing split ran again
+    }
     with_retain = evaluate_tofu(cfg, str(tiny_llama_dir), bench, tmp_path / "eval", tmp_path / "eval")
     assert with_retain["forget_quality"] == pytest.approx(1.0)  # the same model as its own retain model
+
+    # small generation batches: one pass per split, and the same logs as the all-splits pass
+    split_by_split = load_config(overrides=[*overrides, "eval.generation_batch_size=2"])
+    apart = evaluate_tofu(split_by_split, str(tiny_llama_dir), bench, tmp_path / "apart")
+    assert set(apart["eval_seconds"]) == set(LOG_FILES)
+    for name in LOG_FILES.values():
+        together = json.loads((tmp_path / "eval" / name).read_text())
+        alone = json.loads((tmp_path / "apart" / name).read_text())
+        assert alone["generated_text"] == together["generated_text"]
+        assert alone["num_token_perturb"] == together["num_token_perturb"]
+        for field in ("avg_gt_loss", "avg_paraphrased_loss", "truth_ratio"):
+            assert list(alone[field].values()) == pytest.approx(list(together[field].values()), rel=1e-4)

@@ -468,7 +468,8 @@ def eval_tofu(
 ) -> None:
     """Evaluate a model on TOFU: per-question logs under the published file names, then the summary.
 
-    Resumable per split; a folder evaluated with the same settings is not evaluated again.
+    Resumable per pass (a small eval scores all splits in one pass); a folder evaluated with the
+    same settings is not evaluated again.
     """
     from tokenforget.data.benchmarks import load_benchmark
     from tokenforget.evaluate.tofu_run import evaluate_tofu

@@ -170,7 +170,15 @@ class EvalSettings(_Section):
         "geometric",
         description="geometric: the published aggregation; legacy-arithmetic: TOFU's training-time code.",
     )
-    batch_size: int = Field(32, ge=1, description="Sequences per scoring / generation batch.")
+    batch_size: int = Field(32, ge=1, description="Answers per teacher-forced scoring batch.")
+    generation_batch_size: int = Field(
+        96,
+        ge=1,
+        description=(
+            "Questions per greedy generation batch (a decoding step costs little more for more "
+            "rows, so larger is faster while memory allows)."
+        ),
+    )
     token_labels: str | None = Field(
         None,
         description=(

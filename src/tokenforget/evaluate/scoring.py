@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -113,81 +113,90 @@ def _forwards(
                 yield chunk, answer_forward(model, batch)
         return
     prompts = sorted(groups, key=len)
-    chunk_prompts: list[tuple[int, ...]] = []
-    for position, prompt_ids in enumerate(prompts):
-        chunk_prompts.append(prompt_ids)
-        last = position == len(prompts) - 1
-        if last or sum(len(groups[p]) for p in chunk_prompts) >= batch_size:
-            chunk = [i for p in chunk_prompts for i in groups[p]]
+    for start in range(0, len(prompts), batch_size):
+        chunk_prompts = prompts[start : start + batch_size]
+        with precision.autocast():
+            state = prompt_state(model, chunk_prompts, pad_id, precision.device)
+        # answers of every prompt in the chunk, by length: a batch pads to similar lengths
+        members = sorted(
+            ((g, i) for g, p in enumerate(chunk_prompts) for i in groups[p]),
+            key=lambda m: len(encoded[m[1]].input_ids) - encoded[m[1]].prompt_len,
+        )
+        for first in range(0, len(members), batch_size):
+            batch = members[first : first + batch_size]
+            answers = [encoded[i].input_ids[encoded[i].prompt_len :] for _, i in batch]
             with precision.autocast():
-                fwd = shared_prompt_forward(
-                    model,
-                    [list(p) for p in chunk_prompts],
-                    [
-                        [encoded[i].input_ids[encoded[i].prompt_len :] for i in groups[p]]
-                        for p in chunk_prompts
-                    ],
-                    pad_id,
-                    precision.device,
-                    include_eos,
-                )
-            yield chunk, fwd
-            chunk_prompts = []
+                fwd = continue_prompts(model, state, [g for g, _ in batch], answers, pad_id, include_eos)
+            yield [i for _, i in batch], fwd
 
 
-def shared_prompt_forward(
+@dataclass
+class PromptState:
+    """Left-padded prompts run once: their KV cache, mask and last hidden state."""
+
+    cache: Any
+    mask: torch.Tensor  # (prompts, width)
+    last_hidden: torch.Tensor  # (prompts, hidden): the state that predicts the first answer token
+
+
+def prompt_state(
+    model: torch.nn.Module, prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> PromptState:
+    backbone = _causal_lm(model).get_decoder()
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        mask[row, width - len(prompt) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    out = backbone(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    cache = out.cache if hasattr(out, "cache") else out.past_key_values
+    return PromptState(cache=cache, mask=mask, last_hidden=out.last_hidden_state[:, -1])
+
+
+def continue_prompts(
     model: torch.nn.Module,
-    prompts: Sequence[Sequence[int]],
-    answers: Sequence[Sequence[Sequence[int]]],
+    state: PromptState,
+    owners: Sequence[int],
+    answers: Sequence[Sequence[int]],
     pad_id: int,
-    device: torch.device,
     include_eos: bool = True,
 ) -> AnswerForward:
-    """Answer-position logits of several answers per prompt, each prompt run once.
+    """Answer-position logits of `answers[k]` continuing prompt `owners[k]` of `state` (left intact,
+    so one prompt pass serves any number of answer batches)."""
+    import copy
 
-    The prompts run left-padded with the KV cache kept; the cache rows are repeated once per answer
-    and the answers continue from it (right-padded, positions continuing each prompt's own). Rows
-    of the result follow the answers in order, prompt by prompt; the same numbers as scoring each
-    (prompt + answer) on its own, for a fraction of the prompt tokens.
-    """
     lm = _causal_lm(model)
     backbone = lm.get_decoder()
-    width = max(len(p) for p in prompts)
-    prompt_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, ids in enumerate(prompts):
-        prompt_ids[row, width - len(ids) :] = torch.tensor(ids)
-        prompt_mask[row, width - len(ids) :] = 1
-    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-    positions = (prompt_mask.cumsum(-1) - 1).clamp_min(0)
-    out = backbone(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True)
-    owner = torch.tensor([g for g, group in enumerate(answers) for _ in group], device=device)
-    flat = [a for group in answers for a in group]
-    cache = out.cache if hasattr(out, "cache") else out.past_key_values
+    device = state.mask.device
+    owner = torch.tensor(list(owners), device=device)
+    cache = copy.deepcopy(state.cache)  # the continuation appends to it
     cache.batch_select_indices(owner)
-    answer_width = max(len(a) for a in flat)
-    answer_ids = torch.full((len(flat), answer_width), pad_id, dtype=torch.long)
-    answer_mask = torch.zeros((len(flat), answer_width), dtype=torch.long)
-    for row, ids in enumerate(flat):
+    width = max(len(a) for a in answers)
+    answer_ids = torch.full((len(answers), width), pad_id, dtype=torch.long)
+    answer_mask = torch.zeros((len(answers), width), dtype=torch.long)
+    for row, ids in enumerate(answers):
         answer_ids[row, : len(ids)] = torch.tensor(ids)
         answer_mask[row, : len(ids)] = 1
     answer_ids, answer_mask = answer_ids.to(device), answer_mask.to(device)
-    lengths = prompt_mask.sum(-1)[owner]
-    answer_positions = lengths[:, None] + torch.arange(answer_width, device=device)[None]
+    lengths = state.mask.sum(-1)[owner]
+    answer_positions = lengths[:, None] + torch.arange(width, device=device)[None]
     after = backbone(
         input_ids=answer_ids,
-        attention_mask=torch.cat([prompt_mask[owner], answer_mask], dim=1),
+        attention_mask=torch.cat([state.mask[owner], answer_mask], dim=1),
         position_ids=answer_positions,
         use_cache=True,
         **{_cache_argument(backbone): cache},
     )
     # the state that predicts answer token j: the prompt's last for j = 0, answer token j-1 after
-    predicting = torch.cat([out.last_hidden_state[owner, -1:], after.last_hidden_state[:, :-1]], dim=1)
+    predicting = torch.cat([state.last_hidden[owner, None], after.last_hidden_state[:, :-1]], dim=1)
     where = answer_mask.bool()
     if not include_eos:
-        where[torch.arange(len(flat), device=device), answer_mask.sum(-1) - 1] = False
+        where[torch.arange(len(answers), device=device), answer_mask.sum(-1) - 1] = False
     logits = lm.get_output_embeddings()(predicting[where])
-    rows = torch.arange(len(flat), device=device)[:, None].expand_as(answer_ids)[where]
+    rows = torch.arange(len(answers), device=device)[:, None].expand_as(answer_ids)[where]
     return AnswerForward(logits=logits, targets=answer_ids[where], rows=rows)
 
 

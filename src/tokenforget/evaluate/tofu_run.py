@@ -1,9 +1,10 @@
 """`tokenforget eval tofu`: evaluate a model on a QA benchmark and write the published TOFU logs.
 
-Per split, one teacher-forced pass scores every distinct (question, answer) text (true answer,
-paraphrase, perturbed options) and one batched greedy pass generates the answers; the log is written
-under its published file name as soon as the split is done, so an interrupted evaluation resumes at
-the next split and a finished model is never evaluated twice (`eval_settings.json` records what
+One teacher-forced pass scores every distinct (question, answer) text (true answer, paraphrase,
+perturbed options) and one batched greedy pass generates the answers, over all splits at once when
+they are small (tofu-mini) or split by split when they are not; each log is written under its
+published file name as soon as its pass is done, so an interrupted evaluation resumes at the next
+pass and a finished model is never evaluated twice (`eval_settings.json` records what
 produced the folder; other settings start over).
 """
 
@@ -62,33 +63,63 @@ def split_rows(bench: QABenchmark, profile: Profile) -> dict[str, list[Sample]]:
     return rows
 
 
-def split_log(
-    model: Any, tokenizer: Any, samples: list[Sample], cfg: Config, precision: Any, profile: Profile
-) -> dict[str, list]:
-    """The published per-question fields of one split."""
+def answer_base(s: Sample) -> str:
+    """The answer the truth ratio compares the perturbed ones with: the paraphrase, or the answer
+    itself where the split has none (real_authors, world_facts)."""
+    return s.meta.get("paraphrased_answer") or s.answer
 
-    def base(s: Sample) -> str:
-        return s.meta.get("paraphrased_answer") or s.answer  # real_authors/world_facts: no paraphrase
 
+def scored_pairs(samples: list[Sample]) -> list[tuple[str | None, str]]:
     pairs = []
     for s in samples:
-        pairs += [(s.question, s.answer), (s.question, base(s))]
+        pairs += [(s.question, s.answer), (s.question, answer_base(s))]
         pairs += [(s.question, p) for p in s.meta.get("perturbed_answer", [])]
+    return pairs
+
+
+def split_logs(
+    model: Any,
+    tokenizer: Any,
+    rows: dict[str, list[Sample]],
+    cfg: Config,
+    precision: Any,
+    profile: Profile,
+) -> dict[str, dict[str, list]]:
+    """The published per-question fields of each split in `rows`, from one scoring pass and one
+    generation pass over all of them (fewer, fuller batches than split by split)."""
+    everything = [s for samples in rows.values() for s in samples]
     losses = answer_losses(
-        model, tokenizer, pairs, cfg.prompt, precision, cfg.eval.include_eos, cfg.eval.batch_size
-    )
-    generated = answer_questions(
         model,
         tokenizer,
-        samples,
+        scored_pairs(everything),
         cfg.prompt,
         precision,
-        profile.max_new_tokens,
+        cfg.eval.include_eos,
         cfg.eval.batch_size,
-        profile.max_length,
     )
-    rouge = rouge_recall(generated, [s.answer for s in samples])
+    generated = iter(
+        answer_questions(
+            model,
+            tokenizer,
+            everything,
+            cfg.prompt,
+            precision,
+            profile.max_new_tokens,
+            cfg.eval.generation_batch_size,
+            profile.max_length,
+        )
+    )
+    return {
+        split: split_log(samples, [next(generated) for _ in samples], losses, tokenizer, cfg)
+        for split, samples in rows.items()
+    }
 
+
+def split_log(
+    samples: list[Sample], generated: list[str], losses: dict, tokenizer: Any, cfg: Config
+) -> dict[str, list]:
+    """One split's published log fields from its answer losses and greedy answers."""
+    rouge = rouge_recall(generated, [s.answer for s in samples])
     log: dict[str, list] = {
         k: []
         for k in (
@@ -108,7 +139,7 @@ def split_log(
         )
     }
     for s, text, scores in zip(samples, generated, rouge, strict=True):
-        gt, para = losses[(s.question, s.answer)], losses[(s.question, base(s))]
+        gt, para = losses[(s.question, s.answer)], losses[(s.question, answer_base(s))]
         perturbed = [losses[(s.question, p)] for p in s.meta.get("perturbed_answer", [])]
         log["avg_gt_loss"].append(gt.mean)
         log["gt_loss"].append(gt.total)
@@ -125,6 +156,15 @@ def split_log(
         log["num_token_paraphrased"].append(para.tokens)
         log["num_token_perturb"].append([p.tokens for p in perturbed])
     return log
+
+
+def eval_passes(pending: dict[str, list[Sample]], generation_batch: int) -> list[list[str]]:
+    """Splits evaluated together: all pending ones when they are a few generation batches (the
+    tofu-mini profile: one pass), otherwise one split per pass so a long evaluation resumes at the
+    next split."""
+    if sum(len(rows) for rows in pending.values()) <= 4 * generation_batch:
+        return [list(pending)] if pending else []
+    return [[split] for split in pending]
 
 
 def evaluate_tofu(
@@ -153,15 +193,21 @@ def evaluate_tofu(
     rows = split_rows(bench, profile)
     seconds: dict[str, float] = {}
     model = tokenizer = precision = None
-    for split, name in LOG_FILES.items():
-        if split not in splits or (out / name).is_file():
-            continue
+    pending = {
+        split: rows[split]
+        for split, name in LOG_FILES.items()
+        if split in splits and not (out / name).is_file()
+    }
+    for group in eval_passes(pending, cfg.eval.generation_batch_size):
         if model is None:
             model, tokenizer, precision = load_model(cfg.model, model_name)
-        console.print(f"[bold]eval[/] {split}: {len(rows[split])} questions")
+        batch = {split: pending[split] for split in group}
+        console.print("[bold]eval[/] " + ", ".join(f"{k}: {len(v)} questions" for k, v in batch.items()))
         started = time.perf_counter()
-        write_eval_log(out / name, split_log(model, tokenizer, rows[split], cfg, precision, profile))
-        seconds[split] = round(time.perf_counter() - started, 1)
+        logs = split_logs(model, tokenizer, batch, cfg, precision, profile)
+        for split, log in logs.items():
+            write_eval_log(out / LOG_FILES[split], log)
+        seconds["+".join(group)] = round(time.perf_counter() - started, 1)
     retain = read_tofu_logs(retain_logs) if retain_logs is not None else None
     summary = summarize(read_tofu_logs(out), retain, cfg.eval.truth_ratio)
     previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}

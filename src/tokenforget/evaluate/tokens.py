@@ -58,6 +58,7 @@ def score_model(
     max_new_tokens: int = 48,
     batch_size: int = 32,
     generated: Sequence[str] | None = None,
+    generation_batch_size: int | None = None,
 ) -> list[dict[str, Any]]:
     """Per sample: answer tokens (text, log p, argmax hit) and greedy answers, no labels needed.
 
@@ -71,7 +72,11 @@ def score_model(
     asked += [(q, s) for q, s in zip(paraphrased, samples, strict=True) if q]
     # the answer only closes the encoding; generation starts from the prompt tokens
     prompts = [encode(Sample(answer=s.answer, question=q), tokenizer, prompt).prompt_ids for q, s in asked]
-    texts = iter(generate_greedy(model, tokenizer, prompts, precision, max_new_tokens, batch_size))
+    texts = iter(
+        generate_greedy(
+            model, tokenizer, prompts, precision, max_new_tokens, generation_batch_size or batch_size
+        )
+    )
     originals = list(generated) if generated is not None else [next(texts) for _ in samples]
     rows = []
     for sample, pair, original, para in zip(samples, pairs, originals, paraphrased, strict=True):
@@ -220,7 +225,15 @@ def scored_model(
             return cached["rows"]
     model, tokenizer, precision = load_model(cfg.model, model_name)
     rows = score_model(
-        model, tokenizer, samples, cfg.prompt, precision, max_new_tokens, cfg.eval.batch_size, generated
+        model,
+        tokenizer,
+        samples,
+        cfg.prompt,
+        precision,
+        max_new_tokens,
+        cfg.eval.batch_size,
+        generated,
+        cfg.eval.generation_batch_size,
     )
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"stamp": stamp, "rows": rows}))
