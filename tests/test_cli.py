@@ -89,6 +89,21 @@ def test_run_folder_refuses_a_different_config(tmp_path):
     else:
         raise AssertionError("a changed config must not reuse the run folder")
 
+    # a folder from a release without eval.generation_batch_size reopens while the key is at its
+    # default, and is refused once it is not
+    import yaml
+
+    written = yaml.safe_load((folder / "config.yaml").read_text())
+    del written["eval"]["generation_batch_size"]
+    (folder / "config.yaml").write_text(yaml.safe_dump(written))
+    assert open_run(load_config(overrides=base)) == folder
+    try:
+        open_run(load_config(overrides=[*base, "eval.generation_batch_size=7"]))
+    except ConfigError as exc:
+        assert "eval.generation_batch_size" in str(exc)
+    else:
+        raise AssertionError("a new key away from its default must not reuse the run folder")
+
 
 def test_identify_spans_then_score_against_the_published_labels(tmp_path):
     from conftest import SHARED
