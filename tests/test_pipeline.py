@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+EVAL_PASS = re.compile(r"eval (retain|forget|real_authors|world_facts): \d+ questions")
 
 
 def run_args(tiny_llama_dir: Path, runs: Path) -> list[str]:
@@ -26,6 +27,7 @@ def run_args(tiny_llama_dir: Path, runs: Path) -> list[str]:
         "eval.utility_rows": 4,
         "unlearn.epochs": 1,
         "unlearn.lr": 1e-3,
+        "unlearn.eval_every": 2,
         "run.runs_dir": runs,
         "run.name": "e2e",
     }
@@ -61,6 +63,10 @@ def test_run_does_every_stage_and_prints_where_the_report_is(finished_run):
     assert summary["unlearn"]["method"] == "tpo"
     assert f"report: {(folder / 'report.html').resolve()}" in first.stdout.replace("\n", "")
     assert "stage times (s): prepare" in first.stdout
+    assert EVAL_PASS.search(first.stdout + first.stderr)  # the three models were evaluated
+    steps = summary["unlearn"]["steps"]
+    assert [r["step"] for r in summary["trajectory"]] == [*range(0, steps, 2), steps]
+    assert summary["trajectory"][0]["uw_dlogp"] == 0.0  # step 0 is the target itself
 
 
 def test_report_is_self_contained(finished_run):
@@ -69,6 +75,7 @@ def test_report_is_self_contained(finished_run):
     assert not re.search(r"https?://", page)
     assert 'class="tok uw"' in page  # an unwanted word is highlighted
     assert "<svg" in page and "<polyline" in page  # training curves
+    assert "Evaluation during training" in page  # unlearn.eval_every's trajectory
 
 
 def test_receipt_verifies_and_notices_a_changed_model(finished_run, tmp_path):
@@ -144,7 +151,7 @@ def test_rerun_reuses_the_run_folder(finished_run):
     )
     assert second.returncode == 0, second.stderr[-3000:]
     assert "already done" in second.stdout + second.stderr  # unlearn is not trained again
-    assert "eval forget" not in second.stdout + second.stderr  # nothing re-evaluated
+    assert not EVAL_PASS.search(second.stdout + second.stderr)  # nothing re-evaluated
     summary = json.loads((finished_run["folder"] / "summary.json").read_text())
     assert summary["stage_seconds"]["unlearn"] < 30
 

@@ -1,5 +1,6 @@
 """report.html building blocks: escaping, the token view, number formatting, charts."""
 
+import json
 import math
 
 from tokenforget.report import delta_color, fmt, line_chart, token_view
@@ -93,3 +94,18 @@ def test_sweep_points_are_every_combination_with_readable_names():
     ]
     with pytest.raises(ConfigError, match=r"section\.key=v1,v2"):
         sweep_points(["lr=1e-5"])
+
+
+def test_trajectory_charts_draw_forget_retain_and_uw_gw_curves(tmp_path):
+    from tokenforget.report import trajectory_charts
+
+    assert trajectory_charts(tmp_path / "trajectory.jsonl") == ""  # no in-training evaluation
+    rows = [
+        {"step": 0, "forget_Q_A_Prob": 0.9, "retain_Q_A_Prob": 0.3, "uw_dlogp": 0.0, "gw_dlogp": 0.0},
+        {"step": 5, "forget_Q_A_Prob": 0.4, "retain_Q_A_Prob": 0.28, "uw_dlogp": -1.5, "gw_dlogp": None},
+    ]
+    (tmp_path / "trajectory.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    html = trajectory_charts(tmp_path / "trajectory.jsonl")
+    assert html.count("<svg") == 2 and html.count("<polyline") == 4
+    for legend in (">forget<", ">retain<", ">UW<", ">GW<"):
+        assert legend in html

@@ -187,8 +187,11 @@ def weights_of(folder):
 
 @pytest.mark.parametrize(
     ("method", "more"),
-    [("npo_rt", []), ("atwu", ["--set", "atwu.update_every=2", "--set", "atwu.scorer_lr=0.5"])],
-    ids=["npo_rt", "atwu-scorer-state"],
+    [
+        ("npo_rt", ["--set", "unlearn.eval_every=2"]),
+        ("atwu", ["--set", "atwu.update_every=2", "--set", "atwu.scorer_lr=0.5"]),
+    ],
+    ids=["npo_rt-with-trajectory", "atwu-scorer-state"],
 )
 def test_unlearn_survives_kill_9_and_resumes_to_the_same_weights(
     tmp_path, tiny_llama_dir, forget_file, method, more
@@ -226,6 +229,16 @@ def test_unlearn_survives_kill_9_and_resumes_to_the_same_weights(
     clean_log, resumed_log = log_rows(tmp_path / "clean"), log_rows(tmp_path / "killed")
     assert [r["step"] for r in resumed_log] == list(range(1, 7))  # no step logged twice or lost
     assert [r["loss"] for r in resumed_log] == [r["loss"] for r in clean_log]
+    if "unlearn.eval_every=2" in more:  # the in-training evaluation resumed on the same curve
+        from tokenforget.evaluate.trajectory import read_trajectory
+
+        clean_t = read_trajectory(tmp_path / "clean" / "trajectory.jsonl")
+        resumed_t = read_trajectory(tmp_path / "killed" / "trajectory.jsonl")
+        assert [r["step"] for r in resumed_t] == [0, 2, 4, 6]
+        for a_row, b_row in zip(clean_t, resumed_t, strict=True):
+            assert b_row == pytest.approx(a_row, abs=1e-9)
+        assert clean_t[0]["uw_dlogp"] == 0.0 and clean_t[0]["gw_dlogp"] == 0.0  # step 0 is theta0
+        assert clean_t[-1]["uw_dlogp"] < 0  # NPO pushed the forget answers down
     if method == "atwu":  # the scorer resumed exactly too: the same learned weights
         a_w = (tmp_path / "clean" / "token_weights.jsonl").read_text()
         assert a_w == (tmp_path / "killed" / "token_weights.jsonl").read_text()

@@ -330,6 +330,16 @@ class UnlearnSettings(_Section):
     merge_lora: bool = Field(True, description="With LoRA: write merged weights (false: the adapter only).")
     checkpoint_every: int = Field(5, ge=1, description="Optimizer steps between resumable checkpoints.")
     seed: int = Field(0, description="Seed for data order, IdkPO answers and RMU's control vector.")
+    eval_every: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Every N optimizer steps (and at step 0 and the last step), score the forget answers and "
+            "the first eval.retain_rows retain answers: trajectory.jsonl with Q_A_Prob on both and "
+            "the change of log p on UW/GW tokens (labels: eval.token_labels, else the run's). One "
+            "process only; null = off."
+        ),
+    )
 
     @field_validator("method")
     @classmethod

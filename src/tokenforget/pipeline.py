@@ -320,6 +320,7 @@ def headline(evals: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def run(cfg: Config) -> RunResult:
     """Run the main job in runs/<cfg.run.name>/ and write summary.json, report.html, receipt.json."""
     from tokenforget.data.benchmarks import load_benchmark
+    from tokenforget.evaluate.trajectory import TRAJECTORY_FILE, read_trajectory
     from tokenforget.receipt import write_receipt
     from tokenforget.report import write_report
     from tokenforget.unlearn import unlearn
@@ -361,6 +362,7 @@ def run(cfg: Config) -> RunResult:
         "mia_forget_vs_holdout": evals["mia"],
         "token_labels": evals["labels"],
         "unlearn": unlearned.summary,
+        "trajectory": read_trajectory(unlearned.folder / TRAJECTORY_FILE),  # with unlearn.eval_every
         "eval_logs": evals["dirs"],
     }
     if prepared:

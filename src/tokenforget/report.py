@@ -287,6 +287,38 @@ def token_section(evals: dict[str, Any], limit: int = 40) -> str:
     return legend + "".join(cards)
 
 
+def trajectory_charts(path: Path) -> str:
+    """The in-training evaluation (trajectory.jsonl), when the run had one."""
+    from tokenforget.evaluate.trajectory import read_trajectory
+
+    rows = read_trajectory(path)
+    if not rows:
+        return ""
+
+    def series(key: str) -> list[tuple[float, float]]:
+        return [(r["step"], float(r[key])) for r in rows if isinstance(r.get(key), (int, float))]
+
+    charts = [
+        line_chart(
+            {"forget": series("forget_Q_A_Prob"), "retain": series("retain_Q_A_Prob")},
+            "Q_A_Prob (forget should fall, retain stay)",
+            420,
+            200,
+        ),
+        line_chart(
+            {"UW": series("uw_dlogp"), "GW": series("gw_dlogp")},
+            "mean change of log p vs theta0",
+            420,
+            200,
+        ),
+    ]
+    return (
+        '<h3>Evaluation during training</h3><p class="hint">Every unlearn.eval_every steps, '
+        "teacher-forced on the forget answers and a slice of retain answers (trajectory.jsonl).</p>"
+        '<div style="display:flex;flex-wrap:wrap;gap:8px">' + "".join(charts) + "</div>"
+    )
+
+
 def write_report(
     path: Path,
     summary: dict[str, Any],
@@ -330,6 +362,7 @@ forget set: the goal). A targeted method moves unwanted words (UW) a lot and gen
 <p class="hint">{esc(unlearn.get("steps", "?"))} steps; every loss term per optimizer step, and the
 learning rate.</p>
 {training_curves(unlearn_dir / "train_log.jsonl")}
+{trajectory_charts(unlearn_dir / "trajectory.jsonl")}
 <h2>Stage times (seconds, this invocation)</h2>
 <table style="width:auto">{times}</table>
 <h2>Everything</h2>

@@ -37,10 +37,14 @@ def open_folder(folder: Path, cfg: Config) -> Path:
     if config_file.is_file():
         previous = yaml.safe_load(config_file.read_text()) or {}
         old, new = _flatten(previous), _flatten(resolved)
-        # a key newer than the folder counts as unchanged at its default (upgrades keep old runs)
         defaults = _flatten(Config().model_dump(mode="json"))
-        old = {**{k: v for k, v in defaults.items() if k not in old}, **old}
-        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        changed = sorted(
+            k
+            for k in old.keys() | new.keys()
+            if old.get(k) != new.get(k)
+            # a key newer than the folder counts as unchanged at its default (upgrades keep old runs)
+            and not (k not in old and k in defaults and new.get(k) == defaults[k])
+        )
         if changed:
             raise ConfigError(
                 f"{folder} was made with a different config (changed: {', '.join(changed[:8])}). "

@@ -44,6 +44,7 @@ from tokenforget.config import AtwuSettings, Config
 from tokenforget.data.encode import Encoded, encode, pad_batch
 from tokenforget.data.records import Sample, Span, read_samples
 from tokenforget.errors import ConfigError, DataError, DataIssue
+from tokenforget.evaluate.trajectory import Probe, Trajectory
 from tokenforget.losses import (
     METHODS,
     LossInputs,
@@ -496,7 +497,9 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
 
     log_path = folder / TRAIN_LOG
     checkpoint_dir = folder / "checkpoints"
-    _trim_log(log_path, checkpoint_dir)
+    done = _checkpoint_step(checkpoint_dir)
+    _trim_log(log_path, done)
+    trajectory = start_trajectory(cfg, session, folder, world, done)
     seconds_at_start = time.perf_counter()
 
     def on_step(step: int, parts: dict[str, float], lr: float) -> None:
@@ -505,6 +508,8 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
             row["seconds"] = round(time.perf_counter() - seconds_at_start, 2)
             with open(log_path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(row) + "\n")
+        if trajectory is not None and (step % (u.eval_every or 1) == 0 or step == total):
+            trajectory.measure(model, step)
 
     fit = FitSettings(
         epochs=u.epochs,
@@ -616,11 +621,51 @@ def learned_weights(session: Session, path: Path, batch_size: int) -> dict[str, 
     return {"alignment": alignment(torch.cat(all_g), torch.cat(all_uw)), "token_weights": str(path)}
 
 
-def _trim_log(log_path: Path, checkpoint_dir: Path) -> None:
+def _checkpoint_step(checkpoint_dir: Path) -> int:
+    """The optimizer step a run resumes after (0: a fresh start)."""
+    state_file = checkpoint_dir / "state.json"
+    return json.loads(state_file.read_text())["step"] if state_file.is_file() else 0
+
+
+def start_trajectory(cfg: Config, session: Session, folder: Path, world: int, done: int) -> Trajectory | None:
+    """The in-training evaluation of `unlearn.eval_every` (None when off), measured at step 0 on a
+    fresh start."""
+    if cfg.unlearn.eval_every is None:
+        return None
+    if world > 1:
+        raise ConfigError(
+            "unlearn.eval_every scores the model in one process; under `accelerate launch` with "
+            f"{world} processes set --set unlearn.eval_every=null (evaluate the saved model after)"
+        )
+    forget = session.forget
+    if cfg.eval.token_labels:
+        from tokenforget.evaluate.tokens import sample_key
+        from tokenforget.identify import read_identified
+
+        labels = {sample_key(s): s for s in read_identified(cfg.eval.token_labels)}
+        if all(sample_key(s) in labels for s in session.sources):  # else: the run's own labels
+            forget = [
+                encode(labels[sample_key(s)], session.tokenizer, cfg.prompt, cfg.data.max_length)
+                for s in session.sources
+            ]
+    retain = (load_retain(cfg) or [])[: cfg.eval.retain_rows]
+    probe = Probe(
+        forget=forget,
+        retain=[encode(s, session.tokenizer, cfg.prompt, cfg.data.max_length) for s in retain],
+        pad_id=session.tokenizer.pad_token_id,
+        precision=session.precision,
+        batch_size=cfg.eval.batch_size,
+    )
+    trajectory = Trajectory(folder, probe)
+    trajectory.resume(done)
+    if done == 0:
+        trajectory.measure(session.model, 0)
+    return trajectory
+
+
+def _trim_log(log_path: Path, done: int) -> None:
     """On resume, drop log lines of steps after the checkpoint (they are run again)."""
     if not log_path.is_file():
         return
-    state_file = checkpoint_dir / "state.json"
-    done = json.loads(state_file.read_text())["step"] if state_file.is_file() else 0
     kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= done]
     log_path.write_text("".join(line + "\n" for line in kept))

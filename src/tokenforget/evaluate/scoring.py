@@ -69,19 +69,39 @@ def answer_losses(
         for chunk, fwd in _forwards(
             model, encoded, tokenizer.pad_token_id, precision, include_eos, batch_size
         ):
-            nll = token_nll(fwd).double().cpu()
-            counts = torch.bincount(fwd.rows.cpu(), minlength=len(chunk)).tolist()
-            per_row = torch.split(nll, counts)  # positions are grouped by row, in order
+            per_row = _by_row(token_nll(fwd).double(), fwd, len(chunk))
             z_rows = (
-                torch.split(min_k_plus_plus_z(fwd.logits, fwd.targets).cpu(), counts)
+                _by_row(min_k_plus_plus_z(fwd.logits, fwd.targets), fwd, len(chunk))
                 if with_distribution
                 else [None] * len(chunk)
             )
-            hit_rows = torch.split((fwd.logits.argmax(-1) == fwd.targets).cpu(), counts)
+            hit_rows = _by_row(fwd.logits.argmax(-1) == fwd.targets, fwd, len(chunk))
             for row, index in enumerate(chunk):
                 results[unique[index]] = AnswerLoss(per_row[row], z_rows[row], hit_rows[row])
             bar.advance(bar.task_ids[0], len(chunk))
     return results
+
+
+def encoded_nll(
+    model: PreTrainedModel,
+    encoded: Sequence[Encoded],
+    pad_id: int,
+    precision: Precision,
+    batch_size: int = 32,
+) -> list[torch.Tensor]:
+    """Per-token NLL (float64, CPU, EOS included) of each already encoded answer, in input order."""
+    out: list[torch.Tensor] = [torch.empty(0)] * len(encoded)
+    with eval_mode(model):
+        for chunk, fwd in _forwards(model, list(encoded), pad_id, precision, True, batch_size):
+            for index, nll in zip(chunk, _by_row(token_nll(fwd).double(), fwd, len(chunk)), strict=True):
+                out[index] = nll
+    return out
+
+
+def _by_row(values: torch.Tensor, fwd: AnswerForward, rows: int) -> tuple[torch.Tensor, ...]:
+    """Per-position values split into one CPU tensor per row (positions are grouped by row, in order)."""
+    counts = torch.bincount(fwd.rows.cpu(), minlength=rows).tolist()
+    return torch.split(values.cpu(), counts)
 
 
 def _forwards(

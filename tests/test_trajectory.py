@@ -1,0 +1,45 @@
+"""The in-training evaluation's numbers against hand computation on fixed tensors."""
+
+import math
+
+import pytest
+import torch
+
+from tokenforget.data.encode import Encoded
+from tokenforget.evaluate.trajectory import point_from_nll, qa_prob, token_masks
+
+
+def test_masks_leave_eos_out_of_both_uw_and_gw():
+    a = Encoded(
+        input_ids=[1, 2, 3, 4, 0],
+        prompt_len=1,
+        answer_offsets=[(0, 3), (3, 8), (8, 9), (9, 9)],
+        uw=[False, True, False, False],
+    )
+    b = Encoded(input_ids=[1, 5, 0], prompt_len=1, answer_offsets=[(0, 4), (4, 4)], uw=None)
+    uw, gw = token_masks([a, b])
+    assert uw.tolist() == [False, True, False, False, False, False]
+    assert gw.tolist() == [True, False, True, False, True, False]
+
+
+def test_point_from_nll_by_hand():
+    forget = [torch.tensor([1.0, 2.0, 0.5]), torch.tensor([0.1, 0.3])]
+    retain = [torch.tensor([2.0, 2.0]), torch.tensor([0.0])]
+    theta0 = torch.tensor([-0.5, -1.0, -0.5, -0.1, -0.1])
+    uw = torch.tensor([False, True, False, True, False])
+    gw = torch.tensor([True, False, False, False, True])  # the third token is EOS
+    row = point_from_nll(forget, retain, theta0, (uw, gw))
+    assert row["forget_Q_A_Prob"] == pytest.approx((math.exp(-3.5 / 3) + math.exp(-0.2)) / 2)
+    assert row["retain_Q_A_Prob"] == pytest.approx((math.exp(-2.0) + 1.0) / 2)
+    # log p = -nll = -1, -2, -0.5, -0.1, -0.3; minus theta0: -0.5, -1.0, 0.0, 0.0, -0.2
+    assert row["uw_dlogp"] == pytest.approx((-1.0 + 0.0) / 2)
+    assert row["gw_dlogp"] == pytest.approx((-0.5 - 0.2) / 2)
+
+
+def test_no_uw_token_and_no_retain_give_none_not_nan():
+    row = point_from_nll(
+        [torch.tensor([1.0])], [], torch.tensor([-1.0]), (torch.tensor([False]), torch.tensor([True]))
+    )
+    assert row["uw_dlogp"] is None and row["retain_Q_A_Prob"] is None
+    assert row["gw_dlogp"] == pytest.approx(0.0)
+    assert qa_prob([]) is None
