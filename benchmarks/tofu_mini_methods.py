@@ -1,15 +1,28 @@
-"""The TOFU-mini showdown: unlearning methods at equal steps and learning rate, one yardstick.
+"""The TOFU-mini showdown: every method with the same tuning budget, the same steps, one yardstick.
 
-    python benchmarks/tofu_mini_methods.py [--gold ../shared/data/tofu_identified/forget01_gpt.jsonl]
+    python benchmarks/tofu_mini_methods.py                  # everything (hours on 2 CPU cores)
+    python benchmarks/tofu_mini_methods.py --collect        # only tabulate the finished run folders
+    python benchmarks/tofu_mini_methods.py --only tpo npo   # a subset of methods
 
-Runs `tokenforget run` once per method (run folders `runs/showdown-<name>/`: resumable, a finished
-one is reused), every one at the defaults (lr 1e-4, 3 epochs = 15 steps of 8 forget answers, seed 0)
-with token-level metrics on the paper's GPT-4o labels, then writes
-`benchmarks/results/tofu_mini_methods.json` (the table) and `tofu_mini_methods_compare.html`
-(the forget-quality / utility plane). TPO runs twice: with the offline default identifier
-(predictability) and with the GPT-4o labels as its UW set; GA and NPO also on UW tokens only
-(`--tokens uw`, predictability labels), which separates the identifier's effect from the loss's.
-One seed and one grid point per method: the issue's 3 seeds and per-method sweeps are not run yet.
+Protocol (the same for every method):
+1. Tuning: `tokenforget sweep` over one learning-rate grid (--lrs, default 3e-5,1e-4,3e-4) at seed 0;
+   3 epochs = 15 optimizer steps of 8 forget answers; each method's published beta/lambda.
+2. Best point, one stated rule: the highest forget quality among grid points whose model utility
+   is at least --utility-floor (default 0.9) times the target's; if no point keeps that much
+   utility, the point with the highest model utility.
+3. Seeds: the best point again at seeds 1 and 2 (data order, IdkPO answers); the table gives the
+   mean and the spread (min, max) over the seeds run so far.
+4. Reported step: the final model (after the last optimizer step), for every method. Every run also
+   evaluates itself every 5 steps (`unlearn.eval_every`): its trajectory is in its report.
+5. Yardstick: token-level metrics on the paper's GPT-4o labels (--gold) for every run. TPO runs
+   twice: with the offline default identifier (predictability) and with the GPT-4o labels as its UW
+   set; GA and NPO also on UW tokens only (`unlearn.tokens=uw`, predictability labels), which
+   separates the identifier's effect from the loss's.
+
+Runs go to `runs/sd-<method>-lr<lr>_seed<seed>/` (resumable; a finished one is reused), so the
+showdown can be stopped and finished later. After every run it rewrites
+`benchmarks/results/tofu_mini_methods.json` (the table and every run) and
+`tofu_mini_methods_compare.html` (every run on the forget-quality / utility plane).
 """
 
 from __future__ import annotations
@@ -18,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -27,10 +41,14 @@ METHODS: dict[str, list[str]] = {
     "tpo": [],
     "tpo-gold": ["identify.labels={gold}"],
     "ga": ["unlearn.method=ga"],
-    "npo": ["unlearn.method=npo"],
     "graddiff": ["unlearn.method=graddiff"],
+    "npo": ["unlearn.method=npo"],
+    "npo-rt": ["unlearn.method=npo_rt"],
+    "simnpo": ["unlearn.method=simnpo"],
+    "idkpo": ["unlearn.method=idkpo"],
     "ga-uw": ["unlearn.method=ga", "unlearn.tokens=uw"],
     "npo-uw": ["unlearn.method=npo", "unlearn.tokens=uw"],
+    "atwu": ["unlearn.method=atwu"],
 }
 COLUMNS = (
     "forget_quality",
@@ -42,6 +60,110 @@ COLUMNS = (
     "kl_on_retain",
     "forget_Q_A_ROUGE",
 )
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def folder_of(method: str, lr: str, seed: int) -> Path:
+    return ROOT / "runs" / f"sd-{method}-lr{lr}_seed{seed}"
+
+
+def sweep(method: str, lrs: list[str], seeds: list[int], gold: str, eval_every: int) -> None:
+    """`tokenforget sweep` over lrs x seeds for one method (finished points are reused)."""
+    command = [sys.executable, "-m", "tokenforget.cli", "sweep", "--name", f"sd-{method}"]
+    command += [
+        "--grid",
+        "unlearn.lr=" + ",".join(lrs),
+        "--grid",
+        "unlearn.seed=" + ",".join(map(str, seeds)),
+    ]
+    settings = [f"eval.token_labels={gold}", f"unlearn.eval_every={eval_every}", *METHODS[method]]
+    for setting in settings:
+        command += ["--set", setting.format(gold=gold)]
+    subprocess.run(command, check=True, cwd=ROOT)
+
+
+def finished(method: str, lr: str, seed: int) -> dict | None:
+    path = folder_of(method, lr, seed) / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def best_lr(method: str, lrs: list[str], floor: float) -> str | None:
+    """The stated rule: highest forget quality with model utility >= floor x the target's; else the
+    highest model utility. None until every grid point of seed 0 is finished."""
+    points = {lr: finished(method, lr, 0) for lr in lrs}
+    if any(s is None for s in points.values()):
+        return None
+    heads = {lr: s["headline"] for lr, s in points.items()}
+    keeps = [
+        lr
+        for lr, h in heads.items()
+        if h["unlearned"]["model_utility"] >= floor * h["target"]["model_utility"]
+    ]
+    if keeps:
+        return max(keeps, key=lambda lr: heads[lr]["unlearned"]["forget_quality"])
+    return max(lrs, key=lambda lr: heads[lr]["unlearned"]["model_utility"])
+
+
+def spread(values: list[float | None]) -> dict:
+    numbers = [v for v in values if v is not None]
+    if not numbers:
+        return {"mean": None, "min": None, "max": None}
+    return {"mean": statistics.fmean(numbers), "min": min(numbers), "max": max(numbers)}
+
+
+def collect(methods: list[str], lrs: list[str], seeds: list[int], floor: float, argv: list[str]) -> dict:
+    from tokenforget.report import write_compare
+
+    table, runs, every = [], [], []
+    reference = None
+    for method in methods:
+        for lr in lrs:
+            for seed in seeds:
+                summary = finished(method, lr, seed)
+                if summary is None:
+                    continue
+                reference = reference or summary["headline"]
+                every.append((folder_of(method, lr, seed).name, summary))
+                runs.append(
+                    {
+                        "method": method,
+                        "lr": lr,
+                        "seed": seed,
+                        **{k: summary["headline"]["unlearned"].get(k) for k in COLUMNS},
+                        "unlearn_seconds": summary["unlearn"]["seconds"],
+                        "steps": summary["unlearn"]["steps"],
+                        "trajectory": summary.get("trajectory", []),
+                    }
+                )
+        best = best_lr(method, lrs, floor)
+        at_best = [r for r in runs if r["method"] == method and r["lr"] == best]
+        if at_best:
+            table.append(
+                {
+                    "method": method,
+                    "best_lr": best,
+                    "seeds": [r["seed"] for r in at_best],
+                    **{k: spread([r[k] for r in at_best]) for k in (*COLUMNS, "unlearn_seconds")},
+                }
+            )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if every:
+        groups = {name: name[3:].split("-lr")[0] for name, _ in every}  # sd-<method>-lr..: <method>
+        write_compare(RESULTS / "tofu_mini_methods_compare.html", every, groups)
+    payload = {
+        "command": "python benchmarks/tofu_mini_methods.py " + " ".join(argv),
+        "machine": {"cpu": platform.machine(), "cores": os.cpu_count()},
+        "protocol": __doc__.split("Protocol")[1].split("Runs go to")[0].strip(),
+        "lrs": lrs,
+        "seeds": seeds,
+        "utility_floor": floor,
+        "target": {k: reference["target"].get(k) for k in COLUMNS} if reference else None,
+        "retain": {k: reference["retain"].get(k) for k in COLUMNS} if reference else None,
+        "table": table,
+        "runs": runs,
+    }
+    (RESULTS / "tofu_mini_methods.json").write_text(json.dumps(payload, indent=2))
+    return payload
 
 
 def main() -> None:
@@ -49,51 +171,28 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--gold", default=str(ROOT.parent / "shared/data/tofu_identified/forget01_gpt.jsonl"))
-    parser.add_argument("--only", nargs="*", help="Run only these method names.")
+    parser.add_argument("--only", nargs="*", default=None, help="Run only these method names.")
+    parser.add_argument("--lrs", nargs="*", default=["1e-4", "3e-5", "3e-4"], help="The learning-rate grid.")
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--utility-floor", type=float, default=0.9)
+    parser.add_argument("--eval-every", type=int, default=5)
+    parser.add_argument("--collect", action="store_true", help="Only tabulate finished runs.")
     args = parser.parse_args()
-    runs = []
-    for name, settings in METHODS.items():
-        if args.only and name not in args.only:
-            continue
-        command = [sys.executable, "-m", "tokenforget.cli", "run", "--set", f"run.name=showdown-{name}"]
-        command += ["--set", f"eval.token_labels={args.gold}"]
-        for setting in settings:
-            command += ["--set", setting.format(gold=args.gold)]
-        subprocess.run(command, check=True, cwd=ROOT)
-        folder = ROOT / "runs" / f"showdown-{name}"
-        summary = json.loads((folder / "summary.json").read_text())
-        row = {k: summary["headline"]["unlearned"].get(k) for k in COLUMNS}
-        runs.append(
-            {
-                "name": name,
-                "settings": settings,
-                **row,
-                "unlearn_seconds": summary["unlearn"]["seconds"],
-                "steps": summary["unlearn"]["steps"],
-            }
-        )
-        reference = summary["headline"]
-    from tokenforget.report import write_compare
-
-    found = [
-        (
-            f"showdown-{r['name']}",
-            json.loads((ROOT / "runs" / f"showdown-{r['name']}" / "summary.json").read_text()),
-        )
-        for r in runs
-    ]
-    results = ROOT / "benchmarks" / "results"
-    write_compare(results / "tofu_mini_methods_compare.html", found)
-    payload = {
-        "command": "python benchmarks/tofu_mini_methods.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpu": platform.machine(), "cores": os.cpu_count()},
-        "recipe": "tokenforget defaults: lr 1e-4, 3 epochs, batch 8, seed 0; token metrics on --gold",
-        "target": {k: reference["target"].get(k) for k in COLUMNS},
-        "retain": {k: reference["retain"].get(k) for k in COLUMNS},
-        "runs": runs,
-    }
-    (results / "tofu_mini_methods.json").write_text(json.dumps(payload, indent=2))
-    print(json.dumps(payload, indent=2))
+    methods = args.only or list(METHODS)
+    argv = sys.argv[1:]
+    if not args.collect:
+        # cheapest evidence first: every method at the first grid point, then the rest of the
+        # grid, then the other seeds at each method's best point
+        for lrs in ([args.lrs[0]], args.lrs):
+            for method in methods:
+                sweep(method, lrs, [0], args.gold, args.eval_every)
+                collect(methods, args.lrs, args.seeds, args.utility_floor, argv)
+        for method in methods:
+            best = best_lr(method, args.lrs, args.utility_floor)
+            sweep(method, [best], args.seeds, args.gold, args.eval_every)
+            collect(methods, args.lrs, args.seeds, args.utility_floor, argv)
+    payload = collect(methods, args.lrs, args.seeds, args.utility_floor, argv)
+    print(json.dumps(payload["table"], indent=2))
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def test_compare_command_sorts_the_frontier_first_and_writes_a_self_contained_pa
     html = page.read_text()
     order = re.findall(r'<tr><td class="num">(\w+)</td>', html)
     assert order == ["tpo", "npo", "ga", "bad"]  # frontier (tpo, npo) by forget quality, then ranks 1, 2
-    assert html.count('fill="#dc2626"') == 2  # two frontier points
+    assert html.count('stroke="#111827"') == 2  # two frontier points, ringed
     assert not re.search(r"(?:src|href)\s*=|https?://|<script", html)
     assert "4 runs" in result.output.replace("\n", " ")
     empty = CliRunner().invoke(app, ["compare", str(tmp_path / "nothing")])
@@ -109,3 +109,24 @@ def test_trajectory_charts_draw_forget_retain_and_uw_gw_curves(tmp_path):
     assert html.count("<svg") == 2 and html.count("<polyline") == 4
     for legend in (">forget<", ">retain<", ">UW<", ">GW<"):
         assert legend in html
+
+
+def test_compare_ranks_each_group_on_its_own_frontier(tmp_path):
+    from tokenforget.report import write_compare
+
+    runs = [
+        ("ga-a", fake_summary("ga", 0.01, 0.1)),
+        ("ga-b", fake_summary("ga", 0.02, 0.05)),  # ga's own frontier, dominated overall
+        ("ga-c", fake_summary("ga", 0.005, 0.04)),  # dominated by ga-a and ga-b
+        ("tpo-a", fake_summary("tpo", 0.5, 0.2)),
+    ]
+    rows = {
+        r["run"]: r
+        for r in write_compare(tmp_path / "c.html", runs, {"ga-a": "GA", "ga-b": "GA", "ga-c": "GA"})
+    }
+    assert {k: r["group_rank"] for k, r in rows.items()} == {"ga-a": 0, "ga-b": 0, "ga-c": 1, "tpo-a": 0}
+    assert {k: r["pareto_rank"] for k, r in rows.items()} == {"ga-a": 1, "ga-b": 1, "ga-c": 2, "tpo-a": 0}
+    assert rows["tpo-a"]["group"] == "tpo"  # no group given: its method
+    html = (tmp_path / "c.html").read_text()
+    assert html.count("stroke-dasharray") == 1  # GA's two-point frontier; tpo's has one point
+    assert ">GA<" in html and ">tpo<" in html  # the legend

@@ -11,6 +11,7 @@ import html
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -401,13 +402,22 @@ def pareto_ranks(points: Sequence[tuple[float, float]]) -> list[int]:
     return ranks
 
 
-def scatter_chart(
-    points: Sequence[tuple[str, float, float, bool]], references: Sequence[tuple[str, float, float]]
-) -> str:
-    """Model utility (x) against forget quality (y, log scale) for every run; frontier points are
-    joined by a line; references (target, retain) drawn as hollow squares."""
+@dataclass(frozen=True)
+class ChartPoint:
+    name: str
+    utility: float
+    forget_quality: float
+    on_frontier: bool  # of every point
+    group: str | None = None
+    on_group_frontier: bool = False
+
+
+def scatter_chart(points: Sequence[ChartPoint], references: Sequence[tuple[str, float, float]]) -> str:
+    """Model utility (x) against forget quality (y, log scale) for every run, coloured by group;
+    each group's frontier joined by a dashed line of its colour, the overall frontier ringed;
+    references (target, retain) drawn as hollow squares."""
     width, height, left, right, top, bottom = 720, 440, 70, 20, 20, 50
-    every = [(x, y) for _, x, y, _ in points] + [(x, y) for _, x, y in references]
+    every = [(p.utility, p.forget_quality) for p in points] + [(x, y) for _, x, y in references]
     xs = [x for x, _ in every]
     ys = [math.log10(max(y, 1e-30)) for _, y in every]
     x0, x1 = min(xs), max(xs)
@@ -434,26 +444,38 @@ def scatter_chart(
         f'<text x="{(left + width) / 2:.0f}" y="{height - 8}" text-anchor="middle">model utility →</text>'
     )
     out.append(f'<text x="14" y="{top + 10}" font-weight="600">forget quality ↑ (log)</text>')
-    frontier = sorted((x, y) for _, x, y, on in points if on)
-    if len(frontier) > 1:
-        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in frontier)
-        out.append(
-            '<polyline fill="none" stroke="#dc2626" stroke-width="1.5" stroke-dasharray="4 3" '
-            f'points="{path}"/>'
+    groups = list(dict.fromkeys(p.group for p in points))
+    color = {g: COLORS[k % len(COLORS)] for k, g in enumerate(groups)}
+    for k, group in enumerate(groups):
+        frontier = sorted(
+            (p.utility, p.forget_quality) for p in points if p.group == group and p.on_group_frontier
         )
+        if len(frontier) > 1:
+            path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in frontier)
+            out.append(
+                f'<polyline fill="none" stroke="{color[group]}" stroke-width="1.5" stroke-dasharray="4 3" '
+                f'points="{path}"/>'
+            )
+        if len(groups) > 1:
+            out.append(
+                f'<text x="{width - right - 4}" y="{top + 14 * (k + 1)}" text-anchor="end" '
+                f'fill="{color[group]}">{esc(group)}</text>'
+            )
     for name, x, y in references:
         out.append(
             f'<rect x="{sx(x) - 5:.1f}" y="{sy(y) - 5:.1f}" width="10" height="10" fill="none" '
             'stroke="#4b5563"/>'
             f'<text x="{sx(x) + 8:.1f}" y="{sy(y) + 4:.1f}" fill="#4b5563">{esc(name)}</text>'
         )
-    for name, x, y, on in points:
-        color = "#dc2626" if on else "#2563eb"
+    for p in points:
+        x, y = sx(p.utility), sy(p.forget_quality)
+        ring = ' stroke="#111827" stroke-width="2"' if p.on_frontier else ""
         out.append(
-            f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="5" fill="{color}">'
-            f"<title>{esc(name)}</title></circle>"
-            f'<text x="{sx(x) + 8:.1f}" y="{sy(y) - 6:.1f}">{esc(name)}</text>'
+            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{color[p.group]}"{ring}>'
+            f"<title>{esc(p.name)}</title></circle>"
         )
+        if p.on_frontier or len(points) <= 12:  # many runs: name only the frontier, the rest on hover
+            out.append(f'<text x="{x + 8:.1f}" y="{y - 6:.1f}">{esc(p.name)}</text>')
     out.append("</svg>")
     return "".join(out)
 
@@ -468,19 +490,29 @@ KEY_METRICS = (  # the numbers every run is compared on
 )
 
 
-def write_compare(path: Path, runs: Sequence[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+def write_compare(
+    path: Path, runs: Sequence[tuple[str, dict[str, Any]]], groups: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
     """compare.html over finished runs (name, summary.json): the plane, the frontier, the sorted
-    table. Returns the table rows (rank 0 = on the Pareto frontier of forget quality and utility)."""
+    table. Returns the table rows (rank 0 = on the Pareto frontier of forget quality and utility;
+    `group_rank` the same within the run's group: `groups[name]`, else its method)."""
     rows = []
     for name, summary in runs:
         head = summary["headline"]["unlearned"]
         seconds = summary.get("unlearn", {}).get("seconds")
-        rows.append({"run": name, "method": summary.get("method"), **{k: head.get(k) for k in KEY_METRICS}})
+        group = (groups or {}).get(name) or summary.get("method")
+        rows.append({"run": name, "group": group, **{k: head.get(k) for k in KEY_METRICS}})
         rows[-1]["unlearn_seconds"] = seconds
     scored = [r for r in rows if r["forget_quality"] is not None and r["model_utility"] is not None]
     ranks = pareto_ranks([(r["model_utility"], r["forget_quality"]) for r in scored])
     for row, rank in zip(scored, ranks, strict=True):
         row["pareto_rank"] = rank
+    for group in {r["group"] for r in scored}:
+        members = [r for r in scored if r["group"] == group]
+        for row, rank in zip(
+            members, pareto_ranks([(r["model_utility"], r["forget_quality"]) for r in members]), strict=True
+        ):
+            row["group_rank"] = rank
     rows.sort(key=lambda r: (r.get("pareto_rank", 10**6), -(r["forget_quality"] or 0)))
     references = []
     if runs:
@@ -490,8 +522,18 @@ def write_compare(path: Path, runs: Sequence[tuple[str, dict[str, Any]]]) -> lis
             for model in ("target", "retain")
             if first.get(model, {}).get("model_utility") is not None
         ]
-    points = [(r["run"], r["model_utility"], r["forget_quality"], r["pareto_rank"] == 0) for r in scored]
-    columns = ["run", "method", "pareto_rank", *KEY_METRICS, "unlearn_seconds"]
+    points = [
+        ChartPoint(
+            r["run"],
+            r["model_utility"],
+            r["forget_quality"],
+            r["pareto_rank"] == 0,
+            r["group"],
+            r["group_rank"] == 0,
+        )
+        for r in scored
+    ]
+    columns = ["run", "group", "pareto_rank", "group_rank", *KEY_METRICS, "unlearn_seconds"]
     head = "".join(f"<th>{esc(c)}</th>" for c in columns)
     body = "".join(
         "<tr>" + "".join(f'<td class="num">{esc(fmt(r.get(c)))}</td>' for c in columns) + "</tr>"
@@ -501,9 +543,10 @@ def write_compare(path: Path, runs: Sequence[tuple[str, dict[str, Any]]]) -> lis
     page = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>tokenforget compare</title>'
         f"<style>{CSS}</style></head><body><main><h1>tokenforget: {len(rows)} runs compared</h1>"
-        '<p class="sub">Forget quality against model utility, both higher = better. Red: the Pareto '
-        "frontier (no other run is better in both). Squares: the target (before unlearning) and "
-        "the retain model (the goal).</p>"
+        '<p class="sub">Forget quality against model utility, both higher = better. Ringed: the '
+        "Pareto frontier of all runs (no other run is better in both); dashed in a group's colour: "
+        "that group's own frontier. Squares: the target (before unlearning) and the retain model "
+        "(the goal).</p>"
         f'<div class="card">{chart}</div><h2>Runs, frontier first</h2>'
         f'<table id="runs"><tr>{head}</tr>{body}</table></main></body></html>'
     )
