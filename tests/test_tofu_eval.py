@@ -87,3 +87,6 @@ def test_eval_tofu_writes_published_logs_and_resumes(tmp_path, tiny_llama_dir):
         assert alone["num_token_perturb"] == together["num_token_perturb"]
         for field in ("avg_gt_loss", "avg_paraphrased_loss", "truth_ratio"):
             assert list(alone[field].values()) == pytest.approx(list(together[field].values()), rel=1e-4)
+    # other settings in the same folder: everything again, and no time of the old settings kept
+    redone = evaluate_tofu(split_by_split, str(tiny_llama_dir), bench, tmp_path / "eval")
+    assert set(redone["eval_seconds"]) == set(LOG_FILES)

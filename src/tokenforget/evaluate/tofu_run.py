@@ -188,6 +188,7 @@ def evaluate_tofu(
     if stamp_file.is_file() and json.loads(stamp_file.read_text()) != stamp:
         for name in LOG_FILES.values():
             (out / name).unlink(missing_ok=True)  # other settings: these logs do not apply
+        (out / "summary.json").unlink(missing_ok=True)  # nor their times
     stamp_file.write_text(json.dumps(stamp, indent=2))
     profile = resolve_profile(cfg.eval)
     rows = split_rows(bench, profile)
