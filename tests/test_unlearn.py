@@ -239,6 +239,8 @@ def test_unlearn_survives_kill_9_and_resumes_to_the_same_weights(
             assert b_row == pytest.approx(a_row, abs=1e-9)
         assert clean_t[0]["uw_dlogp"] == 0.0 and clean_t[0]["gw_dlogp"] == 0.0  # step 0 is theta0
         assert clean_t[-1]["uw_dlogp"] < 0  # NPO pushed the forget answers down
+        unlearn_json = json.loads((tmp_path / "clean" / "unlearn.json").read_text())
+        assert 0 < unlearn_json["eval_every_seconds"] < unlearn_json["seconds"]
     if method == "atwu":  # the scorer resumed exactly too: the same learned weights
         a_w = (tmp_path / "clean" / "token_weights.jsonl").read_text()
         assert a_w == (tmp_path / "killed" / "token_weights.jsonl").read_text()

@@ -549,6 +549,7 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
         "precision": precision.label,
         "theta0_in_memory": method.needs_ref_model,
         "seconds": round(time.perf_counter() - started, 1),
+        "eval_every_seconds": round(trajectory.seconds, 1) if trajectory is not None else None,
         "final_loss": result.final_loss,
     }
     if scorer is not None and accelerator.is_main_process:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,7 @@ class Trajectory:
         self.probe = probe
         self.masks = token_masks(probe.forget)
         self.theta0: torch.Tensor | None = None
+        self.seconds = 0.0  # spent measuring in this process (kept apart from training time)
         if self.theta0_file.is_file():
             self.theta0 = load_file(str(self.theta0_file))["logp"]
 
@@ -101,6 +103,7 @@ class Trajectory:
 
     def measure(self, model: torch.nn.Module, step: int) -> dict[str, Any]:
         """Score the probe with `model` as it is after `step` optimizer steps (0 = theta0)."""
+        started = time.perf_counter()
         n = len(self.probe.forget)
         nll = encoded_nll(
             model,
@@ -119,6 +122,7 @@ class Trajectory:
         row = {"step": step, **point_from_nll(nll[:n], nll[n:], self.theta0, self.masks)}
         with open(self.log, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
+        self.seconds += time.perf_counter() - started
         return row
 
 
