@@ -122,7 +122,7 @@ def spread(values: list[float | None]) -> dict:
 def collect(methods: list[str], lrs: list[str], seeds: list[int], floor: float, argv: list[str]) -> dict:
     from tokenforget.report import write_compare
 
-    table, runs, every = [], [], []
+    table, runs, every, groups = [], [], [], {}
     reference = None
     for method in methods:
         for lr in lrs:
@@ -132,6 +132,7 @@ def collect(methods: list[str], lrs: list[str], seeds: list[int], floor: float, 
                     continue
                 reference = reference or summary["headline"]
                 every.append((folder_of(method, lr, seed).name, summary))
+                groups[folder_of(method, lr, seed).name] = method
                 runs.append(
                     {
                         "method": method,
@@ -157,7 +158,6 @@ def collect(methods: list[str], lrs: list[str], seeds: list[int], floor: float, 
             )
     RESULTS.mkdir(parents=True, exist_ok=True)
     if every:
-        groups = {name: name[3:].split("-lr")[0] for name, _ in every}  # sd-<method>-lr..: <method>
         write_compare(RESULTS / "tofu_mini_methods_compare.html", every, groups)
     payload = {
         "command": "python benchmarks/tofu_mini_methods.py " + " ".join(argv),

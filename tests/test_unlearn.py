@@ -230,10 +230,10 @@ def test_unlearn_survives_kill_9_and_resumes_to_the_same_weights(
     assert [r["step"] for r in resumed_log] == list(range(1, 7))  # no step logged twice or lost
     assert [r["loss"] for r in resumed_log] == [r["loss"] for r in clean_log]
     if "unlearn.eval_every=2" in more:  # the in-training evaluation resumed on the same curve
-        from tokenforget.evaluate.trajectory import read_trajectory
+        from tokenforget.runs import read_step_log
 
-        clean_t = read_trajectory(tmp_path / "clean" / "trajectory.jsonl")
-        resumed_t = read_trajectory(tmp_path / "killed" / "trajectory.jsonl")
+        clean_t = read_step_log(tmp_path / "clean" / "trajectory.jsonl")
+        resumed_t = read_step_log(tmp_path / "killed" / "trajectory.jsonl")
         assert [r["step"] for r in resumed_t] == [0, 2, 4, 6]
         for a_row, b_row in zip(clean_t, resumed_t, strict=True):
             assert b_row == pytest.approx(a_row, abs=1e-9)

@@ -24,7 +24,7 @@ from tokenforget.data.benchmarks import QABenchmark
 from tokenforget.data.records import Sample, read_samples
 from tokenforget.models import resolve_model
 from tokenforget.prepare import Prepared, prepare, rouge_table
-from tokenforget.runs import open_run, write_json
+from tokenforget.runs import open_run, read_step_log, write_json
 
 MODELS = ("unlearned", "target", "retain")
 
@@ -320,7 +320,7 @@ def headline(evals: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def run(cfg: Config) -> RunResult:
     """Run the main job in runs/<cfg.run.name>/ and write summary.json, report.html, receipt.json."""
     from tokenforget.data.benchmarks import load_benchmark
-    from tokenforget.evaluate.trajectory import TRAJECTORY_FILE, read_trajectory
+    from tokenforget.evaluate.trajectory import TRAJECTORY_FILE
     from tokenforget.receipt import write_receipt
     from tokenforget.report import write_report
     from tokenforget.unlearn import unlearn
@@ -362,7 +362,7 @@ def run(cfg: Config) -> RunResult:
         "mia_forget_vs_holdout": evals["mia"],
         "token_labels": evals["labels"],
         "unlearn": unlearned.summary,
-        "trajectory": read_trajectory(unlearned.folder / TRAJECTORY_FILE),  # with unlearn.eval_every
+        "trajectory": read_step_log(unlearned.folder / TRAJECTORY_FILE),  # with unlearn.eval_every
         "eval_logs": evals["dirs"],
     }
     if prepared:

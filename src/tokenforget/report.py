@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tokenforget.runs import read_step_log
+
 COLORS = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#ca8a04")
 
 METRICS: tuple[tuple[str, str, str], ...] = (
@@ -189,9 +191,9 @@ def line_chart(
 
 
 def training_curves(log_path: Path) -> str:
-    if not log_path.is_file():
+    rows = read_step_log(log_path)
+    if not rows:
         return '<p class="hint">No training log.</p>'
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     skip = {"step", "lr", "seconds", "tokens"}
     names = sorted({k for r in rows for k, v in r.items() if k not in skip and isinstance(v, (int, float))})
     charts = []
@@ -290,9 +292,7 @@ def token_section(evals: dict[str, Any], limit: int = 40) -> str:
 
 def trajectory_charts(path: Path) -> str:
     """The in-training evaluation (trajectory.jsonl), when the run had one."""
-    from tokenforget.evaluate.trajectory import read_trajectory
-
-    rows = read_trajectory(path)
+    rows = read_step_log(path)
     if not rows:
         return ""
 

@@ -60,3 +60,17 @@ def write_json(path: Path, payload: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=str))
     tmp.replace(path)
+
+
+def read_step_log(path: Path) -> list[dict[str, Any]]:
+    """The rows of a per-step JSONL log (train_log.jsonl, trajectory.jsonl); none when absent."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def trim_step_log(path: Path, through: int) -> None:
+    """On resume, keep only the rows of steps up to `through` (later ones are run again)."""
+    if path.is_file():
+        kept = [row for row in read_step_log(path) if row["step"] <= through]
+        path.write_text("".join(json.dumps(row) + "\n" for row in kept))

@@ -64,7 +64,7 @@ from tokenforget.reference import (
     reference_stats,
     save_reference,
 )
-from tokenforget.runs import open_folder, write_json
+from tokenforget.runs import open_folder, trim_step_log, write_json
 from tokenforget.train import AnswerModel, FitSettings, batch_schedule, run_steps
 
 TRAIN_LOG = "train_log.jsonl"
@@ -498,7 +498,7 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
     log_path = folder / TRAIN_LOG
     checkpoint_dir = folder / "checkpoints"
     done = _checkpoint_step(checkpoint_dir)
-    _trim_log(log_path, done)
+    trim_step_log(log_path, done)
     trajectory = start_trajectory(cfg, session, folder, world, done)
     seconds_at_start = time.perf_counter()
 
@@ -662,11 +662,3 @@ def start_trajectory(cfg: Config, session: Session, folder: Path, world: int, do
     if done == 0:
         trajectory.measure(session.model, 0)
     return trajectory
-
-
-def _trim_log(log_path: Path, done: int) -> None:
-    """On resume, drop log lines of steps after the checkpoint (they are run again)."""
-    if not log_path.is_file():
-        return
-    kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= done]
-    log_path.write_text("".join(line + "\n" for line in kept))

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from tokenforget.data.encode import Encoded
 from tokenforget.evaluate.metrics import masked_mean_delta
 from tokenforget.evaluate.scoring import encoded_nll
+from tokenforget.runs import trim_step_log
 
 TRAJECTORY_FILE = "trajectory.jsonl"
 THETA0_FILE = "trajectory_theta0.safetensors"
@@ -96,8 +97,7 @@ class Trajectory:
     def resume(self, done_step: int) -> None:
         """Drop rows after the checkpoint the run resumes from (they are measured again); a fresh
         start (step 0) measures everything again, theta0 included."""
-        rows = [r for r in read_trajectory(self.log) if r["step"] <= done_step] if done_step else []
-        self.log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        trim_step_log(self.log, done_step if done_step else -1)
         if done_step == 0:
             self.theta0 = None
 
@@ -124,10 +124,3 @@ class Trajectory:
             handle.write(json.dumps(row) + "\n")
         self.seconds += time.perf_counter() - started
         return row
-
-
-def read_trajectory(path: Path) -> list[dict[str, Any]]:
-    """The rows of a trajectory.jsonl (none when the run had no in-training evaluation)."""
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
