@@ -10,7 +10,8 @@ a slice of retain answers in one pass; `trajectory.jsonl` gets one row per point
 
 theta0's per-token log-probabilities come from the step-0 point itself and are kept next to the
 log (`trajectory_theta0.safetensors`), so a resumed run continues the same curves. About two forward
-passes over ~80 answers per point: seconds on a GPU, ~10 s for SmolLM2-135M on 2 CPU cores.
+passes over ~80 answers per point: seconds on a GPU, 20-25 s for SmolLM2-135M on 2 CPU cores
+(measured in the showdown).
 """
 
 from __future__ import annotations
