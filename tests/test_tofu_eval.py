@@ -24,6 +24,30 @@ def direct_loss(model, tok, question, answer, include_eos=True):
     return sum(nll), len(nll)
 
 
+def test_greedy_generation_drops_finished_rows_and_matches_model_generate(smollm_dir):
+    """Same tokens as `model.generate` one prompt at a time, while rows end at different steps."""
+    from tokenforget.evaluate.generation import greedy_tokens
+
+    model, tok, _ = load_model(ModelSettings(precision="fp32"), str(smollm_dir))
+    questions = [
+        "What is 2+2? Reply with the number only.",
+        "Write a long story about a dragon who learns to read.",
+        "What is the capital of France?",
+    ]
+    prompts = [encode(Sample(answer="x", question=q), tok, PromptSettings()).prompt_ids for q in questions]
+    assert len({len(p) for p in prompts}) > 1  # left padding is exercised
+    expected = []
+    for p in prompts:
+        with torch.no_grad():
+            out = model.generate(
+                torch.tensor([p]), max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id
+            )[0, len(p) :].tolist()
+        expected.append(out[: out.index(tok.eos_token_id) + 1] if tok.eos_token_id in out else out)
+    lengths = [len(r) for r in expected]
+    assert min(lengths) < 12 and len(set(lengths)) == 3  # rows leave the batch at different steps
+    assert greedy_tokens(model, prompts, tok.pad_token_id, tok.eos_token_id, 12, "cpu") == expected
+
+
 @pytest.mark.parametrize("include_eos", [True, False])
 def test_batched_padded_scoring_equals_one_sequence_at_a_time(tiny_llama_dir, include_eos):
     model, tok, precision = load_model(ModelSettings(precision="fp32"), str(tiny_llama_dir))

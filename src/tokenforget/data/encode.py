@@ -197,7 +197,7 @@ def pad_batch(encoded: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor
 
 
 def pad_prompts_left(prompts: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Left-padded prompt batch for batched greedy generation."""
+    """Left-padded prompt batch (prompt passes of scoring and greedy generation)."""
     width = max(len(p) for p in prompts)
     input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(prompts), width), dtype=torch.long)

@@ -1,7 +1,10 @@
 """Evaluation building blocks: batched greedy generation and ROUGE (rouge-score, stemmer on).
 
 Greedy generation is batched with left padding and the KV cache; the attention mask comes from
-the prompt lengths, so a real EOS/end-of-turn token inside a prompt is never hidden.
+the prompt lengths, so a real EOS/end-of-turn token inside a prompt is never hidden. A row that has
+produced EOS leaves the batch (its KV cache rows are dropped), which `model.generate` does not do: it
+keeps computing every finished row until the longest answer ends. Same tokens, about a fifth less
+time on TOFU-mini's 180 questions (benchmarks/results/generation.json).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from tokenforget.config import PromptSettings
-from tokenforget.data.encode import encode, pad_prompts_left
+from tokenforget.data.encode import encode
 from tokenforget.data.records import Sample
 from tokenforget.models import Precision, eval_mode
 
@@ -41,28 +44,70 @@ def generate_greedy(
     with eval_mode(model), task_progress("generate", len(prompts)) as bar:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            batch = {
-                k: v.to(precision.device)
-                for k, v in pad_prompts_left([prompts[i] for i in chunk], pad).items()
-            }
-            width = batch["input_ids"].shape[1]
+            width = max(len(prompts[i]) for i in chunk)  # the left-padded batch width
             new_tokens = max_new_tokens if max_length is None else max(1, max_length - width)
             with precision.autocast():
-                out = model.generate(
-                    **batch,
-                    max_new_tokens=new_tokens,
-                    do_sample=False,
-                    pad_token_id=pad,
-                    eos_token_id=tokenizer.eos_token_id,
-                    temperature=None,
-                    top_p=None,
-                    top_k=None,
+                new = greedy_tokens(
+                    model,
+                    [prompts[i] for i in chunk],
+                    pad,
+                    tokenizer.eos_token_id,
+                    new_tokens,
+                    precision.device,
                 )
-            new = out[:, width:]
             for row, index in enumerate(chunk):
                 outputs[index] = tokenizer.decode(new[row], skip_special_tokens=True).strip()
             bar.advance(bar.task_ids[0], len(chunk))
     return [outputs[i] for i in range(len(prompts))]
+
+
+@torch.inference_mode()
+def greedy_tokens(
+    model: PreTrainedModel,
+    prompts: Sequence[Sequence[int]],
+    pad_id: int,
+    eos_id: int | None,
+    max_new_tokens: int,
+    device: torch.device | str,
+) -> list[list[int]]:
+    """Greedy new tokens of each prompt (EOS included when produced), one batch, finished rows dropped.
+
+    Same arithmetic as `model.generate(do_sample=False)`: the prompt pass of the scoring code, then
+    one token per step with the KV cache and position ids counted from each prompt's first token.
+    """
+    from tokenforget.evaluate.scoring import _cache_argument, prompt_state
+    from tokenforget.train import _causal_lm
+
+    lm = _causal_lm(model)
+    backbone, head = lm.get_decoder(), lm.get_output_embeddings()
+    cache_key = _cache_argument(backbone)
+    state = prompt_state(model, prompts, pad_id, torch.device(device))
+    cache, mask = state.cache, state.mask
+    positions = mask.sum(-1)
+    token = head(state.last_hidden).argmax(-1)
+    rows = torch.arange(len(prompts))
+    out: list[list[int]] = [[] for _ in prompts]
+    for step in range(max_new_tokens):
+        for row, t in zip(rows.tolist(), token.tolist(), strict=True):
+            out[row].append(t)
+        going = token != eos_id if eos_id is not None else torch.ones_like(token, dtype=torch.bool)
+        if step == max_new_tokens - 1 or not going.any():
+            break
+        if not going.all():
+            keep = going.nonzero().squeeze(-1)
+            cache.batch_select_indices(keep)
+            mask, positions, rows, token = mask[keep], positions[keep], rows[keep.cpu()], token[keep]
+        mask = torch.cat([mask, mask.new_ones(len(token), 1)], dim=1)
+        hidden = backbone(
+            input_ids=token[:, None],
+            attention_mask=mask,
+            position_ids=positions[:, None],
+            use_cache=True,
+            **{cache_key: cache},
+        ).last_hidden_state
+        positions = positions + 1
+        token = head(hidden[:, -1]).argmax(-1)
+    return out
 
 
 def answer_questions(

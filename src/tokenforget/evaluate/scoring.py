@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tokenforget.config import PromptSettings
-from tokenforget.data.encode import IGNORE_INDEX, Encoded, encode, pad_batch
+from tokenforget.data.encode import IGNORE_INDEX, Encoded, encode, pad_batch, pad_prompts_left
 from tokenforget.data.records import Sample
 from tokenforget.evaluate.metrics import min_k_plus_plus_z
 from tokenforget.models import Precision, eval_mode
@@ -163,13 +163,8 @@ def prompt_state(
     model: torch.nn.Module, prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device
 ) -> PromptState:
     backbone = _causal_lm(model).get_decoder()
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = torch.tensor(prompt)
-        mask[row, width - len(prompt) :] = 1
-    ids, mask = ids.to(device), mask.to(device)
+    padded = pad_prompts_left(prompts, pad_id)
+    ids, mask = padded["input_ids"].to(device), padded["attention_mask"].to(device)
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
     out = backbone(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
     cache = out.cache if hasattr(out, "cache") else out.past_key_values
