@@ -48,6 +48,29 @@ def test_greedy_generation_drops_finished_rows_and_matches_model_generate(smollm
     assert greedy_tokens(model, prompts, tok.pad_token_id, tok.eos_token_id, 12, "cpu") == expected
 
 
+def test_one_prompt_pass_for_scoring_and_generation_equals_two_passes(tiny_llama_dir):
+    from tokenforget.evaluate.generation import answer_questions
+    from tokenforget.evaluate.scoring import answer_losses_and_greedy
+
+    model, tok, precision = load_model(ModelSettings(precision="fp32"), str(tiny_llama_dir))
+    rows = tofu_mini().eval_forget[:5]
+    pairs = [(s.question, a) for s in rows for a in [s.answer, *s.meta["perturbed_answer"][:2]]]
+    asked = rows[:4] + rows[:1]  # one question scored but not asked, one asked twice
+    losses, answers = answer_losses_and_greedy(
+        model, tok, pairs, [s.question for s in asked], PromptSettings(), precision, True, 4, 6, 2
+    )
+    alone = answer_losses(model, tok, pairs, PromptSettings(), precision, True, batch_size=4)
+    assert answers == answer_questions(model, tok, asked, PromptSettings(), precision, 6, batch_size=2)
+    assert losses.keys() == alone.keys()
+    for pair, loss in alone.items():
+        assert torch.allclose(losses[pair].token_nll, loss.token_nll, atol=1e-5)
+        assert torch.equal(losses[pair].hits, loss.hits)
+    with pytest.raises(ValueError, match="no scored pair"):
+        answer_losses_and_greedy(
+            model, tok, pairs, ["never scored?"], PromptSettings(), precision, True, 4, 6, 2
+        )
+
+
 @pytest.mark.parametrize("include_eos", [True, False])
 def test_batched_padded_scoring_equals_one_sequence_at_a_time(tiny_llama_dir, include_eos):
     model, tok, precision = load_model(ModelSettings(precision="fp32"), str(tiny_llama_dir))

@@ -22,6 +22,8 @@ from tokenforget.models import Precision, eval_mode
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from tokenforget.evaluate.scoring import PromptState
+
 
 def generate_greedy(
     model: PreTrainedModel,
@@ -69,11 +71,13 @@ def greedy_tokens(
     eos_id: int | None,
     max_new_tokens: int,
     device: torch.device | str,
+    state: PromptState | None = None,
 ) -> list[list[int]]:
     """Greedy new tokens of each prompt (EOS included when produced), one batch, finished rows dropped.
 
     Same arithmetic as `model.generate(do_sample=False)`: the prompt pass of the scoring code, then
     one token per step with the KV cache and position ids counted from each prompt's first token.
+    `state`: these prompts' pass, already run (its cache is consumed).
     """
     from tokenforget.evaluate.scoring import _cache_argument, prompt_state
     from tokenforget.train import _causal_lm
@@ -81,7 +85,7 @@ def greedy_tokens(
     lm = _causal_lm(model)
     backbone, head = lm.get_decoder(), lm.get_output_embeddings()
     cache_key = _cache_argument(backbone)
-    state = prompt_state(model, prompts, pad_id, torch.device(device))
+    state = state or prompt_state(model, prompts, pad_id, torch.device(device))
     cache, mask = state.cache, state.mask
     positions = mask.sum(-1)
     token = head(state.last_hidden).argmax(-1)

@@ -7,7 +7,8 @@ training forward (LM head at answer positions only).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import collections
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -62,12 +63,102 @@ def answer_losses(
     """
     from tokenforget.progress import task_progress
 
+    with task_progress("score answers", len(set(pairs))) as bar:
+        return _score_pairs(
+            model, tokenizer, pairs, prompt, precision, include_eos, batch_size, with_distribution, bar
+        )
+
+
+def answer_losses_and_greedy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[tuple[str | None, str]],
+    questions: Sequence[str],
+    prompt: PromptSettings,
+    precision: Precision,
+    include_eos: bool,
+    batch_size: int,
+    max_new_tokens: int,
+    generation_batch_size: int,
+) -> tuple[dict[tuple[str | None, str], AnswerLoss], list[str]]:
+    """`answer_losses` of the pairs and greedy answers to `questions` (each one a question of the
+    pairs) on one prompt pass: each chunk of `generation_batch_size` prompts is run once, its answers
+    are scored from copies of its KV cache, then its questions are answered from the cache itself.
+    Same numbers as `answer_losses` + `answer_questions` without `max_length` (legacy TOFU's length
+    bound depends on the generation batch's padded width, so that profile keeps separate passes)."""
+    from tokenforget.evaluate.generation import greedy_tokens
+    from tokenforget.progress import task_progress
+
+    answer_of = {q: a for q, a in reversed(pairs)}  # the prompt ids as the scored pairs encode them
+    prompt_of = {
+        q: tuple(encode(Sample(answer=answer_of.get(q, "x"), question=q), tokenizer, prompt).prompt_ids)
+        for q in questions
+    }
+    asked = collections.Counter(prompt_of.values())
+    answers: dict[tuple[int, ...], str] = {}
+
+    def answer(chunk: list[tuple[int, ...]], state: PromptState) -> None:
+        rows = [k for k, ids in enumerate(chunk) if ids in asked]
+        if not rows:
+            return
+        if len(rows) < len(chunk):  # prompts scored but not asked: leave them out of generation
+            keep = torch.tensor(rows, device=state.mask.device)
+            state.cache.batch_select_indices(keep)
+            state = PromptState(state.cache, state.mask[keep], state.last_hidden[keep])
+        wanted = [chunk[k] for k in rows]
+        pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+        new = greedy_tokens(model, wanted, pad, eos, max_new_tokens, precision.device, state)
+        for ids, tokens in zip(wanted, new, strict=True):
+            answers[ids] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        bar.advance(bar.task_ids[1], sum(asked[ids] for ids in wanted))
+
+    with task_progress("score answers", len(set(pairs))) as bar:
+        bar.add_task("generate", total=len(questions))
+        losses = _score_pairs(
+            model,
+            tokenizer,
+            pairs,
+            prompt,
+            precision,
+            include_eos,
+            batch_size,
+            False,
+            bar,
+            prompt_batch=generation_batch_size,
+            after_prompts=answer,
+        )
+    missing = [q for q in questions if prompt_of[q] not in answers]
+    if missing:
+        raise ValueError(f"{len(missing)} questions have no scored pair, e.g. {missing[0]!r}")
+    return losses, [answers[prompt_of[q]] for q in questions]
+
+
+def _score_pairs(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[tuple[str | None, str]],
+    prompt: PromptSettings,
+    precision: Precision,
+    include_eos: bool,
+    batch_size: int,
+    with_distribution: bool,
+    bar: Any,
+    prompt_batch: int | None = None,
+    after_prompts: Callable[[list[tuple[int, ...]], PromptState], None] | None = None,
+) -> dict[tuple[str | None, str], AnswerLoss]:
     unique = list(dict.fromkeys(pairs))
     encoded = [encode(Sample(answer=a, question=q), tokenizer, prompt) for q, a in unique]
     results: dict[tuple[str | None, str], AnswerLoss] = {}
-    with eval_mode(model), task_progress("score answers", len(unique)) as bar:
+    with eval_mode(model):
         for chunk, fwd in _forwards(
-            model, encoded, tokenizer.pad_token_id, precision, include_eos, batch_size
+            model,
+            encoded,
+            tokenizer.pad_token_id,
+            precision,
+            include_eos,
+            batch_size,
+            prompt_batch,
+            after_prompts,
         ):
             per_row = _by_row(token_nll(fwd).double(), fwd, len(chunk))
             z_rows = (
@@ -111,14 +202,18 @@ def _forwards(
     precision: Precision,
     include_eos: bool,
     batch_size: int,
+    prompt_batch: int | None = None,
+    after_prompts: Callable[[list[tuple[int, ...]], PromptState], None] | None = None,
 ) -> Iterator[tuple[list[int], AnswerForward]]:
     """Answer-position logits for every encoded pair, `batch_size` answers at a time, in chunks of
     (indices into `encoded`, forward). Answers that share a prompt (the true answer, the paraphrase
-    and the perturbed options of one question) are scored on one pass of that prompt."""
+    and the perturbed options of one question) are scored on one pass of that prompt, run for
+    `prompt_batch` prompts at a time (default `batch_size`); `after_prompts(prompts, state)` then
+    receives each chunk's prompt state once its answers are scored (it may consume the cache)."""
     groups: dict[tuple[int, ...], list[int]] = {}
     for index, item in enumerate(encoded):
         groups.setdefault(tuple(item.prompt_ids), []).append(index)
-    shared = all(len(p) > 0 for p in groups) and len(groups) < len(encoded)
+    shared = all(len(p) > 0 for p in groups) and (len(groups) < len(encoded) or after_prompts is not None)
     if not shared:  # raw text, or no prompt is shared: one padded forward per batch
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
         for start in range(0, len(order), batch_size):
@@ -133,8 +228,8 @@ def _forwards(
                 yield chunk, answer_forward(model, batch)
         return
     prompts = sorted(groups, key=len)
-    for start in range(0, len(prompts), batch_size):
-        chunk_prompts = prompts[start : start + batch_size]
+    for start in range(0, len(prompts), prompt_batch or batch_size):
+        chunk_prompts = prompts[start : start + (prompt_batch or batch_size)]
         with precision.autocast():
             state = prompt_state(model, chunk_prompts, pad_id, precision.device)
         # answers of every prompt in the chunk, by length: a batch pads to similar lengths
@@ -148,6 +243,9 @@ def _forwards(
             with precision.autocast():
                 fwd = continue_prompts(model, state, [g for g, _ in batch], answers, pad_id, include_eos)
             yield [i for _, i in batch], fwd
+        if after_prompts is not None:
+            with precision.autocast():
+                after_prompts(list(chunk_prompts), state)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from tokenforget.data.benchmarks import QABenchmark
 from tokenforget.data.encode import format_prompt
 from tokenforget.data.records import Sample
 from tokenforget.evaluate.generation import answer_questions, rouge_recall
-from tokenforget.evaluate.scoring import answer_losses
+from tokenforget.evaluate.scoring import answer_losses, answer_losses_and_greedy
 from tokenforget.evaluate.tofu import LOG_FILES, read_tofu_logs, summarize, write_eval_log
 from tokenforget.models import load_model
 from tokenforget.progress import console
@@ -85,20 +85,30 @@ def split_logs(
     precision: Any,
     profile: Profile,
 ) -> dict[str, dict[str, list]]:
-    """The published per-question fields of each split in `rows`, from one scoring pass and one
-    generation pass over all of them (fewer, fuller batches than split by split)."""
+    """The published per-question fields of each split in `rows`, from one pass over all of them
+    (fewer, fuller batches than split by split): each chunk of prompts runs once for both the
+    scoring of its answers and the greedy answers to its questions. The legacy profile's length
+    bound (`max_length`, prompt included) needs generation batches of its own."""
     everything = [s for samples in rows.values() for s in samples]
-    losses = answer_losses(
-        model,
-        tokenizer,
-        scored_pairs(everything),
-        cfg.prompt,
-        precision,
-        cfg.eval.include_eos,
-        cfg.eval.batch_size,
-    )
-    generated = iter(
-        answer_questions(
+    pairs = scored_pairs(everything)
+    batch, eos = cfg.eval.batch_size, cfg.eval.include_eos
+    if profile.max_length is None:
+        questions = [s.question or "" for s in everything]
+        losses, answers = answer_losses_and_greedy(
+            model,
+            tokenizer,
+            pairs,
+            questions,
+            cfg.prompt,
+            precision,
+            eos,
+            batch,
+            profile.max_new_tokens,
+            cfg.eval.generation_batch_size,
+        )
+    else:
+        losses = answer_losses(model, tokenizer, pairs, cfg.prompt, precision, eos, batch)
+        answers = answer_questions(
             model,
             tokenizer,
             everything,
@@ -108,7 +118,7 @@ def split_logs(
             cfg.eval.generation_batch_size,
             profile.max_length,
         )
-    )
+    generated = iter(answers)
     return {
         split: split_log(samples, [next(generated) for _ in samples], losses, tokenizer, cfg)
         for split, samples in rows.items()
