@@ -38,6 +38,7 @@ def collect(folder: Path) -> dict:
             "epochs": _config_value(folder, "epochs"),
             "steps": unlearn["steps"],
         },
+        "stage_seconds": summary.get("stage_seconds"),
         "unlearn_seconds": unlearn["seconds"],
         "eval_seconds": {m: t.get("eval_seconds") for m, t in summary["tofu"].items()},
         "headline": summary["headline"],
