@@ -144,7 +144,7 @@ def _score_pairs(
     with_distribution: bool,
     bar: Any,
     prompt_batch: int | None = None,
-    after_prompts: Callable[[list[tuple[int, ...]], PromptState], None] | None = None,
+    after_prompts: AfterPrompts | None = None,
 ) -> dict[tuple[str | None, str], AnswerLoss]:
     unique = list(dict.fromkeys(pairs))
     encoded = [encode(Sample(answer=a, question=q), tokenizer, prompt) for q, a in unique]
@@ -203,7 +203,7 @@ def _forwards(
     include_eos: bool,
     batch_size: int,
     prompt_batch: int | None = None,
-    after_prompts: Callable[[list[tuple[int, ...]], PromptState], None] | None = None,
+    after_prompts: AfterPrompts | None = None,
 ) -> Iterator[tuple[list[int], AnswerForward]]:
     """Answer-position logits for every encoded pair, `batch_size` answers at a time, in chunks of
     (indices into `encoded`, forward). Answers that share a prompt (the true answer, the paraphrase
@@ -255,6 +255,10 @@ class PromptState:
     cache: Any
     mask: torch.Tensor  # (prompts, width)
     last_hidden: torch.Tensor  # (prompts, hidden): the state that predicts the first answer token
+
+
+# receives a chunk of prompts (token ids) and their prompt state once their answers are scored
+AfterPrompts = Callable[[list[tuple[int, ...]], "PromptState"], None]
 
 
 def prompt_state(
