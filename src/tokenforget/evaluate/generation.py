@@ -78,7 +78,7 @@ def greedy_tokens(
     Same arithmetic as `model.generate(do_sample=False)`: the prompt pass of the scoring code, then
     one token per step with the KV cache and position ids counted from each prompt's first token.
     Pure argmax: logits processors a model's generation config may carry (a repetition penalty, say)
-    are not applied; `model.generate` would apply them. The published TOFU and MUSE models carry none.
+    are not applied, where `model.generate` would apply them.
     `state`: these prompts' pass, already run (its cache is consumed).
     """
     from tokenforget.evaluate.scoring import _cache_argument, prompt_state
