@@ -283,14 +283,11 @@ def continue_prompts(
 ) -> AnswerForward:
     """Answer-position logits of `answers[k]` continuing prompt `owners[k]` of `state` (left intact,
     so one prompt pass serves any number of answer batches)."""
-    import copy
-
     lm = _causal_lm(model)
     backbone = lm.get_decoder()
     device = state.mask.device
     owner = torch.tensor(list(owners), device=device)
-    cache = copy.deepcopy(state.cache)  # the continuation appends to it
-    cache.batch_select_indices(owner)
+    cache = _rows_of(state.cache, owner)  # the continuation appends to it
     width = max(len(a) for a in answers)
     answer_ids = torch.full((len(answers), width), pad_id, dtype=torch.long)
     answer_mask = torch.zeros((len(answers), width), dtype=torch.long)
@@ -315,6 +312,21 @@ def continue_prompts(
     logits = lm.get_output_embeddings()(predicting[where])
     rows = torch.arange(len(answers), device=device)[:, None].expand_as(answer_ids)[where]
     return AnswerForward(logits=logits, targets=answer_ids[where], rows=rows)
+
+
+def _rows_of(cache: Any, rows: torch.Tensor) -> Any:
+    """A cache holding only `rows` of `cache`, which stays intact. Every transformers cache layer
+    selects rows by indexing, which makes new tensors, so shallow copies of the layers suffice: no
+    copy of the rows that are not needed (a prompt chunk is larger than an answer batch)."""
+    import copy
+
+    if not hasattr(cache, "layers"):  # another cache design: copy it whole
+        selected = copy.deepcopy(cache)
+    else:
+        selected = copy.copy(cache)
+        selected.layers = [copy.copy(layer) for layer in cache.layers]
+    selected.batch_select_indices(rows)
+    return selected
 
 
 def _cache_argument(backbone: torch.nn.Module) -> str:
