@@ -83,15 +83,18 @@ def answer_losses_and_greedy(
 ) -> tuple[dict[tuple[str | None, str], AnswerLoss], list[str]]:
     """`answer_losses` of the pairs and greedy answers to `questions` (each one a question of the
     pairs) on one prompt pass: each chunk of `generation_batch_size` prompts is run once, its answers
-    are scored from copies of its KV cache, then its questions are answered from the cache itself.
+    are scored from their rows of its KV cache, then its questions are answered from the cache itself.
     Same numbers as `answer_losses` + `answer_questions` without `max_length` (legacy TOFU's length
     bound depends on the generation batch's padded width, so that profile keeps separate passes)."""
     from tokenforget.evaluate.generation import greedy_tokens
     from tokenforget.progress import task_progress
 
     answer_of = {q: a for q, a in reversed(pairs)}  # the prompt ids as the scored pairs encode them
+    unscored = [q for q in questions if q not in answer_of]
+    if unscored:  # before any forward: the pass could not answer it
+        raise ValueError(f"{len(unscored)} questions have no scored pair, e.g. {unscored[0]!r}")
     prompt_of = {
-        q: tuple(encode(Sample(answer=answer_of.get(q, "x"), question=q), tokenizer, prompt).prompt_ids)
+        q: tuple(encode(Sample(answer=answer_of[q], question=q), tokenizer, prompt).prompt_ids)
         for q in questions
     }
     asked = collections.Counter(prompt_of.values())
@@ -128,8 +131,8 @@ def answer_losses_and_greedy(
             after_prompts=answer,
         )
     missing = [q for q in questions if prompt_of[q] not in answers]
-    if missing:
-        raise ValueError(f"{len(missing)} questions have no scored pair, e.g. {missing[0]!r}")
+    if missing:  # their prompts were scored without a shared prompt pass (raw text among the pairs)
+        raise ValueError(f"{len(missing)} questions got no prompt pass, e.g. {missing[0]!r}")
     return losses, [answers[prompt_of[q]] for q in questions]
 
 
@@ -228,8 +231,9 @@ def _forwards(
                 yield chunk, answer_forward(model, batch)
         return
     prompts = sorted(groups, key=len)
-    for start in range(0, len(prompts), prompt_batch or batch_size):
-        chunk_prompts = prompts[start : start + (prompt_batch or batch_size)]
+    per_chunk = prompt_batch or batch_size
+    for start in range(0, len(prompts), per_chunk):
+        chunk_prompts = prompts[start : start + per_chunk]
         with precision.autocast():
             state = prompt_state(model, chunk_prompts, pad_id, precision.device)
         # answers of every prompt in the chunk, by length: a batch pads to similar lengths
