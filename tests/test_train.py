@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 import time
@@ -90,6 +91,58 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tiny_llama_dir,
     for name, value in weights(reference).items():
         assert torch.equal(value, weights(resumed)[name]), name
     assert ref_result.losses[-1] < ref_result.losses[0]  # it learns
+
+
+def test_checkpoint_state_round_trips_through_safetensors_and_json():
+    from tokenforget.train import _join_tensors, _split_tensors
+
+    state = {
+        "state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.arange(4.0)}, 7: {}},
+        "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "params": [0, 7], "eps": float("inf")}],
+        "rng": torch.arange(5, dtype=torch.uint8),
+        "extra": {"name": None, "flag": True},
+    }
+    tensors = {}
+    skeleton = json.loads(json.dumps(_split_tensors(state, tensors)))
+    back = _join_tensors(skeleton, tensors)
+    assert set(back["state"]) == {0, 7} and back["param_groups"][0]["betas"] == (0.9, 0.999)
+    assert torch.equal(back["state"][0]["exp_avg"], state["state"][0]["exp_avg"])
+    assert back["rng"].dtype == torch.uint8 and back["extra"] == state["extra"]
+    with pytest.raises(TypeError, match="cannot checkpoint a object at /odd"):
+        _split_tensors({"odd": object()}, {})
+
+
+def test_background_checkpoint_holds_the_state_at_save_time_and_reports_a_failed_write(tmp_path, tiny):
+    from tokenforget.train import CheckpointWriter, load_checkpoint
+
+    model, _, _ = tiny
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    saved = weights(model)
+    saved_moments = {k: v["exp_avg"].clone() for k, v in optimizer.state_dict()["state"].items()}
+    writer = CheckpointWriter(background=True)
+    writer.save(tmp_path / "ck", model, optimizer, scheduler, {"step": 1})
+    optimizer.step()  # training goes on while the write is in flight: the file must not see it
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    writer.wait()
+    fresh_optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    fresh_scheduler = torch.optim.lr_scheduler.LambdaLR(fresh_optimizer, lambda step: 1.0)
+    assert load_checkpoint(tmp_path / "ck", model, fresh_optimizer, fresh_scheduler) == {"step": 1}
+    for name, value in saved.items():
+        assert torch.equal(weights(model)[name], value), name
+    for k, moment in fresh_optimizer.state_dict()["state"].items():
+        assert torch.equal(moment["exp_avg"], saved_moments[k])
+
+    (tmp_path / "file").write_text("")  # a checkpoint folder that cannot be created
+    writer.save(tmp_path / "file" / "ck", model, optimizer, scheduler, {"step": 2})
+    with pytest.raises(RuntimeError, match="writing a checkpoint failed"):
+        writer.wait()
+    writer.wait()  # the failure is reported once
 
 
 def test_nan_loss_stops_with_a_checkpoint_and_names_the_step(tmp_path, tiny):

@@ -339,3 +339,9 @@ def test_a_finished_run_is_not_trained_again_and_a_changed_config_is_refused(
     assert again.summary == first.summary
     with pytest.raises(ConfigError, match="different config"):
         unlearn(config(tiny_llama_dir, forget_file, "ga", "unlearn.lr=1"), tmp_path / "run")
+    # how often checkpoints are written changes no result: the run reopens, its config is kept
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    rarer = config(tiny_llama_dir, forget_file, "ga", "unlearn.checkpoint_every=99")
+    reopened = unlearn(rarer, tmp_path / "run")
+    assert reopened.summary == first.summary
+    assert (tmp_path / "run" / "config.yaml").read_text() == saved

@@ -30,8 +30,14 @@ def open_run(cfg: Config) -> Path:
     return open_folder(Path(cfg.run.runs_dir) / cfg.run.name, cfg)
 
 
+# How often a checkpoint is written changes no result (resume is exact): reopening a run with
+# another value is allowed, and its config.yaml (hashed by the receipt) keeps the original.
+RESULT_NEUTRAL = frozenset({"prepare.checkpoint_every", "unlearn.checkpoint_every"})
+
+
 def open_folder(folder: Path, cfg: Config) -> Path:
-    """Create (or reopen, when the config matches) a run folder and write config.yaml."""
+    """Create (or reopen, when the config matches up to RESULT_NEUTRAL keys) a run folder and write
+    config.yaml."""
     config_file = folder / "config.yaml"
     resolved = cfg.model_dump(mode="json")
     if config_file.is_file():
@@ -42,6 +48,7 @@ def open_folder(folder: Path, cfg: Config) -> Path:
             k
             for k in old.keys() | new.keys()
             if old.get(k) != new.get(k)
+            and k not in RESULT_NEUTRAL
             # a key newer than the folder counts as unchanged at its default (upgrades keep old runs)
             and not (k not in old and k in defaults and new.get(k) == defaults[k])
         )

@@ -5,9 +5,11 @@ same forward. Logits are computed only at answer positions: the hidden states ar
 the LM head, so the (B, T, V) tensor over the prompt is never built.
 
 Resumability: the data order is a pure function of (seed, step), so a checkpoint needs only the
-step, the trainable weights, the optimizer and scheduler states and the RNG state. A checkpoint is
-written to a temporary folder and renamed into place, so a kill at any moment leaves either the
-previous checkpoint or the new one, never a torn one.
+step, the trainable weights, the optimizer and scheduler states and the RNG state, all stored as
+safetensors plus JSON (nothing is unpickled on resume). A checkpoint is copied in memory, then
+written by a background thread to a temporary folder and renamed into place, so training goes on
+during the write and a kill at any moment leaves either the previous checkpoint or the new one,
+never a torn one.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import math
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -141,6 +144,110 @@ def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
 
 
+def _copied(obj: Any) -> Any:
+    """obj with every tensor copied to the CPU and every container rebuilt: a snapshot that stays
+    fixed while training goes on mutating the originals in place."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _copied(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_copied(v) for v in obj)
+    return obj
+
+
+_TENSOR = "__tensor__"
+
+
+def _split_tensors(obj: Any, tensors: dict[str, torch.Tensor], path: str = "") -> Any:
+    """A JSON-able skeleton of a state dict; its tensors go to `tensors` (safetensors, no pickle).
+    Non-string dict keys (optimizer states are keyed by parameter index) and tuples are tagged so
+    `_join_tensors` restores them exactly."""
+    if isinstance(obj, torch.Tensor):
+        tensors[path] = obj.contiguous()
+        return {_TENSOR: path}
+    if isinstance(obj, dict):
+        return {
+            "__dict__": [
+                [k if isinstance(k, str) else {"__int__": k}, _split_tensors(v, tensors, f"{path}/{k}")]
+                for k, v in obj.items()
+            ]
+        }
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_split_tensors(v, tensors, f"{path}/{i}") for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_split_tensors(v, tensors, f"{path}/{i}") for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    raise TypeError(f"cannot checkpoint a {type(obj).__name__} at {path or 'the top level'}")
+
+
+def _join_tensors(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(skeleton, list):
+        return [_join_tensors(v, tensors) for v in skeleton]
+    if not isinstance(skeleton, dict):
+        return skeleton
+    if _TENSOR in skeleton:
+        return tensors[skeleton[_TENSOR]]
+    if "__tuple__" in skeleton:
+        return tuple(_join_tensors(v, tensors) for v in skeleton["__tuple__"])
+    pairs = skeleton["__dict__"]
+    return {(k["__int__"] if isinstance(k, dict) else k): _join_tensors(v, tensors) for k, v in pairs}
+
+
+@dataclass
+class CheckpointSnapshot:
+    weights: dict[str, torch.Tensor]
+    blob: dict[str, Any]  # optimizer, scheduler, RNG, extra states
+    state: dict
+
+
+def checkpoint_snapshot(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    state: dict,
+    extra: dict[str, Any] | None = None,
+    copy: bool = True,
+) -> CheckpointSnapshot:
+    """Everything a checkpoint holds; copy=True copies it to CPU memory (for a write that runs
+    while training goes on), copy=False references the live tensors (for a write done now).
+    `extra`: more objects with state_dict/load_state_dict (ATWU's scorer and its optimizer)."""
+    take = _copied if copy else (lambda obj: obj)
+    return CheckpointSnapshot(
+        weights=take(_trainable_state(model)),
+        blob=take(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": torch.get_rng_state(),
+                "extra": {name: obj.state_dict() for name, obj in (extra or {}).items()},
+            }
+        ),
+        state=json.loads(json.dumps(state)),
+    )
+
+
+def write_checkpoint(folder: Path, snapshot: CheckpointSnapshot) -> None:
+    """Write to a staging folder, then rename it into place (a kill leaves the old or the new one)."""
+    staging = folder.with_name(folder.name + ".tmp")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    save_file(snapshot.weights, staging / "trainable.safetensors")
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _split_tensors(snapshot.blob, tensors)
+    save_file(tensors, staging / "optimizer.safetensors")
+    (staging / "optimizer.json").write_text(json.dumps(skeleton))
+    (staging / "state.json").write_text(json.dumps(snapshot.state, indent=2))
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        folder.replace(old)
+    staging.replace(folder)
+    if old.exists():
+        shutil.rmtree(old)
+
+
 def save_checkpoint(
     folder: Path,
     model: torch.nn.Module,
@@ -149,30 +256,72 @@ def save_checkpoint(
     state: dict,
     extra: dict[str, Any] | None = None,
 ) -> None:
-    """`extra`: more objects with state_dict/load_state_dict (ATWU's scorer and its optimizer)."""
-    staging = folder.with_name(folder.name + ".tmp")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    weights = _trainable_state(model)
-    # Tied weights (embeddings = LM head) share storage: save each tensor once.
-    save_file({k: v.clone() for k, v in weights.items()}, staging / "trainable.safetensors")
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": torch.get_rng_state(),
-            "extra": {name: obj.state_dict() for name, obj in (extra or {}).items()},
-        },
-        staging / "optimizer.pt",
-    )
-    (staging / "state.json").write_text(json.dumps(state, indent=2))
-    old = folder.with_name(folder.name + ".old")
-    if folder.exists():
-        folder.replace(old)
-    staging.replace(folder)
-    if old.exists():
-        shutil.rmtree(old)
+    """A checkpoint written now, in this thread."""
+    write_checkpoint(folder, checkpoint_snapshot(model, optimizer, scheduler, state, extra, copy=False))
+
+
+class CheckpointWriter:
+    """Writes checkpoints, in a background thread when training runs on an accelerator: the loop
+    then pays for a copy of the state in host memory instead of the disk write and the GPU keeps
+    working while the files land. One write at a time: the next checkpoint, and `wait()`, join the
+    one in flight and re-raise its error; the thread is not a daemon, so a crash of the loop still
+    lets the write finish. On a CPU the write runs in the loop's thread: there the write is memory
+    copies that would take the compute threads' cores anyway (benchmarks/checkpoint_overhead.py
+    measured no gain on 2 cores). A copy that would not fit comfortably in free host memory is
+    never made (a large model writes in the loop's thread)."""
+
+    def __init__(self, background: bool | None = None) -> None:
+        """background: None = on an accelerator only (see above)."""
+        self.background = background
+        self._thread: threading.Thread | None = None
+        self._failure: BaseException | None = None
+
+    def save(
+        self,
+        folder: Path,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        state: dict,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self.wait()
+        background = self.background
+        if background is None:
+            background = any(p.device.type != "cpu" for p in model.parameters())
+        if not (background and _copy_fits(model, optimizer)):
+            save_checkpoint(folder, model, optimizer, scheduler, state, extra)
+            return
+        snapshot = checkpoint_snapshot(model, optimizer, scheduler, state, extra)
+        self._thread = threading.Thread(
+            target=self._write, args=(folder, snapshot), name="tokenforget-checkpoint"
+        )
+        self._thread.start()
+
+    def _write(self, folder: Path, snapshot: CheckpointSnapshot) -> None:
+        try:
+            write_checkpoint(folder, snapshot)
+        except BaseException as error:  # re-raised in the training thread by wait()
+            self._failure = error
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise RuntimeError(f"writing a checkpoint failed: {failure}") from failure
+
+
+def _copy_fits(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> bool:
+    """A CPU copy of the trainable weights and the optimizer state takes under a quarter of the
+    free memory."""
+    import psutil
+
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    for per_param in optimizer.state.values():
+        nbytes += sum(v.numel() * v.element_size() for v in per_param.values() if isinstance(v, torch.Tensor))
+    return nbytes < psutil.virtual_memory().available / 4
 
 
 def load_checkpoint(
@@ -194,8 +343,11 @@ def load_checkpoint(
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)
-    # Our own file, written by save_checkpoint; weights_only refuses anything but tensors/containers.
-    blob = torch.load(folder / "optimizer.pt", weights_only=True)
+    if (folder / "optimizer.json").is_file():
+        skeleton = json.loads((folder / "optimizer.json").read_text())
+        blob = _join_tensors(skeleton, load_file(folder / "optimizer.safetensors"))
+    else:  # an older checkpoint (pickled); weights_only refuses anything but tensors and containers
+        blob = torch.load(folder / "optimizer.pt", weights_only=True)
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     torch.set_rng_state(blob["rng"])
@@ -306,10 +458,12 @@ def run_steps(
         )
     state = LoopState(**{k: saved[k] for k in ("step", "tokens", "losses")}) if saved else LoopState()
     main = accelerator is None or accelerator.is_main_process
+    writer = CheckpointWriter()
 
-    def checkpoint() -> None:
+    def checkpoint(landed: bool = False) -> None:
+        """landed: return only once the files are on disk (the loop is about to stop)."""
         if main:
-            save_checkpoint(
+            writer.save(
                 checkpoint_dir,
                 model,
                 optimizer,
@@ -317,6 +471,8 @@ def run_steps(
                 {**vars(state), "total_steps": total},
                 extra_state,
             )
+            if landed:
+                writer.wait()
         if accelerator is not None:
             accelerator.wait_for_everyone()
 
@@ -325,36 +481,39 @@ def run_steps(
     model.train()
     started = time.perf_counter()
     tokens_now = 0
-    with _StopRequest() as stop, training_progress(label, total, state.step) as bar:
-        for step in range(state.step, total):
-            parts, n_tokens = step_fn(step)
-            bad = [name for name, value in parts.items() if not math.isfinite(value)]
-            if bad:
-                checkpoint()  # the weights before this step: resume after lowering the learning rate
-                raise FloatingPointError(
-                    f"{label}: loss term {bad[0]!r} is {parts[bad[0]]} at step {step + 1}; checkpoint "
-                    f"(before this step) kept in {checkpoint_dir}. Lower the learning rate and run again."
-                )
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            tokens_now += n_tokens
-            state.step = step + 1
-            state.tokens += n_tokens
-            state.losses.append(round(parts["loss"], 5))
-            lr = scheduler.get_last_lr()[0]
-            bar.advance(parts, tokens_now / (time.perf_counter() - started), lr)
-            if on_step is not None:
-                on_step(step + 1, parts, lr)
-            last = step + 1 == total
-            if stop.stop or (not last and (step + 1) % settings.checkpoint_every == 0):
-                checkpoint()
-            if stop.stop:
-                raise Interrupted(
-                    f"{label}: stopped at step {step + 1}/{total}; checkpoint saved. "
-                    "Run the same command again to resume."
-                )
+    try:
+        with _StopRequest() as stop, training_progress(label, total, state.step) as bar:
+            for step in range(state.step, total):
+                parts, n_tokens = step_fn(step)
+                bad = [name for name, value in parts.items() if not math.isfinite(value)]
+                if bad:
+                    checkpoint(landed=True)  # the weights before this step: resume at a lower lr
+                    raise FloatingPointError(
+                        f"{label}: loss term {bad[0]!r} is {parts[bad[0]]} at step {step + 1}; checkpoint "
+                        f"(before this step) kept in {checkpoint_dir}. Lower the learning rate and run again."
+                    )
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                tokens_now += n_tokens
+                state.step = step + 1
+                state.tokens += n_tokens
+                state.losses.append(round(parts["loss"], 5))
+                lr = scheduler.get_last_lr()[0]
+                bar.advance(parts, tokens_now / (time.perf_counter() - started), lr)
+                if on_step is not None:
+                    on_step(step + 1, parts, lr)
+                if stop.stop:
+                    checkpoint(landed=True)
+                    raise Interrupted(
+                        f"{label}: stopped at step {step + 1}/{total}; checkpoint saved. "
+                        "Run the same command again to resume."
+                    )
+                if step + 1 < total and (step + 1) % settings.checkpoint_every == 0:
+                    checkpoint()
+    finally:
+        writer.wait()  # a write still in flight lands whatever ended the loop
     return FitResult(
         steps=total,
         tokens=state.tokens,
