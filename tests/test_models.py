@@ -59,6 +59,18 @@ def test_converted_model_is_a_plain_float_checkpoint(smollm_dir):
     assert manifest["source"]["file"].endswith(".gguf")
 
 
+def test_gguf_is_parsed_once_per_conversion_and_gguf_is_restored_after():
+    import gguf
+
+    reader_class, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    path = models.embedded_gguf_path()
+    with models._gguf_parsed_once():
+        assert gguf.GGUFReader(path) is gguf.GGUFReader(str(path))
+        arch = next(iter(gguf.MODEL_ARCH_NAMES))
+        assert gguf.get_tensor_name_map(arch, 2) is gguf.get_tensor_name_map(arch, 2)
+    assert gguf.GGUFReader is reader_class and gguf.get_tensor_name_map is name_map
+
+
 def test_resolve_model_errors_are_actionable(tmp_path):
     with pytest.raises(ModelError, match="does not exist"):
         models.resolve_model(str(tmp_path / "nowhere"))

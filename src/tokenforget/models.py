@@ -115,6 +115,31 @@ def ensure_embedded_model(force: bool = False, log: bool = True) -> Path:
     return target
 
 
+@contextlib.contextmanager
+def _gguf_parsed_once() -> Iterator[None]:
+    """transformers parses a GGUF file from scratch for the tokenizer, again for the config and
+    again for the weights (about 8 s each for SmolLM2's 49k-token vocabulary on 2 cores), and
+    rebuilds gguf's tensor-name map for every one of the 272 tensors: within this block they share
+    one reader per file and one map per architecture (the conversion is bit-identical)."""
+    import gguf
+
+    reader_class, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict[tuple[str, str], object] = {}
+
+    def shared_reader(path: object, mode: str = "r") -> object:
+        key = (str(path), mode)
+        if key not in readers:
+            readers[key] = reader_class(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = shared_reader
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader_class, name_map
+
+
 def convert_gguf(gguf: Path, target: Path) -> None:
     """De-quantise a GGUF checkpoint into a float32 safetensors folder, atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -124,10 +149,11 @@ def convert_gguf(gguf: Path, target: Path) -> None:
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-        )
+        with _gguf_parsed_once():
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+            )
         # The GGUF quantizer would make save_pretrained refuse or re-tag the weights as quantised:
         # after loading they are plain float tensors.
         model.hf_quantizer = None
