@@ -265,10 +265,11 @@ class CheckpointWriter:
     then pays for a copy of the state in host memory instead of the disk write and the GPU keeps
     working while the files land. One write at a time: the next checkpoint, and `wait()`, join the
     one in flight and re-raise its error; the thread is not a daemon, so a crash of the loop still
-    lets the write finish. On a CPU the write runs in the loop's thread: there the write is memory
-    copies that would take the compute threads' cores anyway (benchmarks/checkpoint_overhead.py
-    measured no gain on 2 cores). A copy that would not fit comfortably in free host memory is
-    never made (a large model writes in the loop's thread)."""
+    lets the write finish. On a CPU the write runs in the loop's thread: there the copy and the
+    write take the compute threads' own cores, and on 2 cores the gain was within the machine's
+    noise (benchmarks/checkpoint_overhead.py: 0.8 s vs 1.8 s per checkpoint in one run, 3.4 s vs
+    3.0 s in another) while the copy doubles the memory the state takes. A copy that would not fit
+    comfortably in free host memory is never made (a large model writes in the loop's thread)."""
 
     def __init__(self, background: bool | None = None) -> None:
         """background: None = on an accelerator only (see above)."""
