@@ -48,11 +48,12 @@ def test_greedy_generation_drops_finished_rows_and_matches_model_generate(smollm
     assert greedy_tokens(model, prompts, tok.pad_token_id, tok.eos_token_id, 12, "cpu") == expected
 
 
-def test_one_prompt_pass_for_scoring_and_generation_equals_two_passes(tiny_llama_dir):
+def test_one_prompt_pass_for_scoring_and_generation_equals_two_passes(smollm_dir):
+    """On SmolLM2 (forward only), whose greedy answers are real text, not a random model's EOS."""
     from tokenforget.evaluate.generation import answer_questions
     from tokenforget.evaluate.scoring import answer_losses_and_greedy
 
-    model, tok, precision = load_model(ModelSettings(precision="fp32"), str(tiny_llama_dir))
+    model, tok, precision = load_model(ModelSettings(precision="fp32"), str(smollm_dir))
     rows = tofu_mini().eval_forget[:5]
     pairs = [(s.question, a) for s in rows for a in [s.answer, *s.meta["perturbed_answer"][:2]]]
     asked = rows[:4] + rows[:1]  # one question scored but not asked, one asked twice
@@ -65,6 +66,16 @@ def test_one_prompt_pass_for_scoring_and_generation_equals_two_passes(tiny_llama
     for pair, loss in alone.items():
         assert torch.allclose(losses[pair].token_nll, loss.token_nll, atol=1e-5)
         assert torch.equal(losses[pair].hits, loss.hits)
+    para = [(s.meta["paraphrased_question"], s.answer) for s in rows[:3]]
+    _, with_para = answer_losses_and_greedy(
+        model, tok, pairs, [s.question for s in asked], PromptSettings(), precision, True, 4, 6, 2, para
+    )
+    as_questions = [Sample(answer=a, question=q) for q, a in para]
+    assert all(len(text.split()) >= 2 for text in with_para)
+    assert with_para[: len(asked)] == answers  # generation-only prompts join without changing the rest
+    assert with_para[len(asked) :] == answer_questions(
+        model, tok, as_questions, PromptSettings(), precision, 6, batch_size=2
+    )
     with pytest.raises(ValueError, match="no scored pair"):
         answer_losses_and_greedy(
             model, tok, pairs, ["never scored?"], PromptSettings(), precision, True, 4, 6, 2
@@ -113,6 +124,20 @@ def test_eval_tofu_writes_published_logs_and_resumes(tmp_path, tiny_llama_dir):
         "profile": "tofu-mini",
     }
     assert list(summary["eval_seconds"]) == ["+".join(LOG_FILES)]  # a small eval: one pass
+
+    # the same pass left the token-level stage's rows: equal to that stage's own passes
+    from tokenforget.evaluate.tokens import TOKENS_FILE, score_model, tokens_stamp
+
+    cached = json.loads((tmp_path / "eval" / TOKENS_FILE).read_text())
+    assert cached["stamp"] == tokens_stamp(cfg, str(tiny_llama_dir), bench.eval_forget)
+    model, tok, precision = load_model(ModelSettings(precision="fp32"), str(tiny_llama_dir))
+    own = score_model(model, tok, bench.eval_forget, cfg.prompt, precision, 48, 16, None, 96)
+    assert [r["generated_paraphrased"] for r in cached["rows"]] == [r["generated_paraphrased"] for r in own]
+    assert all(r["generated_paraphrased"] is not None for r in own)
+    for mine, theirs in zip(cached["rows"], own, strict=True):
+        assert mine.keys() == theirs.keys()
+        assert all(mine[k] == theirs[k] for k in mine if k != "logp")
+        assert mine["logp"] == pytest.approx(theirs["logp"], abs=1e-4)
     (tmp_path / "eval" / "eval_log.json").unlink()  # as if killed before the retain split finished
     again = evaluate_tofu(cfg, str(tiny_llama_dir), bench, tmp_path / "eval")
     assert again["model_utility"] == pytest.approx(summary["model_utility"])

@@ -80,24 +80,29 @@ def answer_losses_and_greedy(
     batch_size: int,
     max_new_tokens: int,
     generation_batch_size: int,
+    unscored: Sequence[tuple[str, str]] = (),
 ) -> tuple[dict[tuple[str | None, str], AnswerLoss], list[str]]:
     """`answer_losses` of the pairs and greedy answers to `questions` (each one a question of the
     pairs) on one prompt pass: each chunk of `generation_batch_size` prompts is run once, its answers
     are scored from their rows of its KV cache, then its questions are answered from the cache itself.
+    `unscored` (question, answer) pairs join the pass for generation only: their questions are
+    answered from the prompt that `answer` would continue (a tokenizer may merge across the seam),
+    after `questions`' answers in the returned list.
     Same numbers as `answer_losses` + `answer_questions` without `max_length` (legacy TOFU's length
     bound depends on the generation batch's padded width, so that profile keeps separate passes)."""
     from tokenforget.evaluate.generation import greedy_tokens
     from tokenforget.progress import task_progress
 
     answer_of = {q: a for q, a in reversed(pairs)}  # the prompt ids as the scored pairs encode them
-    unscored = [q for q in questions if q not in answer_of]
-    if unscored:  # before any forward: the pass could not answer it
-        raise ValueError(f"{len(unscored)} questions have no scored pair, e.g. {unscored[0]!r}")
+    orphans = [q for q in questions if q not in answer_of]
+    if orphans:  # before any forward: the pass could not answer it
+        raise ValueError(f"{len(orphans)} questions have no scored pair, e.g. {orphans[0]!r}")
     prompt_of = {
         q: tuple(encode(Sample(answer=answer_of[q], question=q), tokenizer, prompt).prompt_ids)
         for q in questions
     }
-    asked = collections.Counter(prompt_of.values())
+    extra = [tuple(encode(Sample(answer=a, question=q), tokenizer, prompt).prompt_ids) for q, a in unscored]
+    asked = collections.Counter([*prompt_of.values(), *extra])
     answers: dict[tuple[int, ...], str] = {}
 
     def answer(chunk: list[tuple[int, ...]], state: PromptState) -> None:
@@ -116,7 +121,7 @@ def answer_losses_and_greedy(
         bar.advance(bar.task_ids[1], sum(asked[ids] for ids in wanted))
 
     with task_progress("score answers", len(set(pairs))) as bar:
-        bar.add_task("generate", total=len(questions))
+        bar.add_task("generate", total=len(questions) + len(extra))
         losses = _score_pairs(
             model,
             tokenizer,
@@ -129,11 +134,13 @@ def answer_losses_and_greedy(
             bar,
             prompt_batch=generation_batch_size,
             after_prompts=answer,
+            extra_prompts=extra,
         )
-    missing = [q for q in questions if prompt_of[q] not in answers]
+    wanted = [prompt_of[q] for q in questions] + extra
+    missing = [ids for ids in wanted if ids not in answers]
     if missing:  # their prompts were scored without a shared prompt pass (raw text among the pairs)
-        raise ValueError(f"{len(missing)} questions got no prompt pass, e.g. {missing[0]!r}")
-    return losses, [answers[prompt_of[q]] for q in questions]
+        raise ValueError(f"{len(missing)} questions got no prompt pass")
+    return losses, [answers[ids] for ids in wanted]
 
 
 def _score_pairs(
@@ -148,6 +155,7 @@ def _score_pairs(
     bar: Any,
     prompt_batch: int | None = None,
     after_prompts: AfterPrompts | None = None,
+    extra_prompts: Sequence[tuple[int, ...]] = (),
 ) -> dict[tuple[str | None, str], AnswerLoss]:
     unique = list(dict.fromkeys(pairs))
     encoded = [encode(Sample(answer=a, question=q), tokenizer, prompt) for q, a in unique]
@@ -162,6 +170,7 @@ def _score_pairs(
             batch_size,
             prompt_batch,
             after_prompts,
+            extra_prompts,
         ):
             per_row = _by_row(token_nll(fwd).double(), fwd, len(chunk))
             z_rows = (
@@ -207,15 +216,20 @@ def _forwards(
     batch_size: int,
     prompt_batch: int | None = None,
     after_prompts: AfterPrompts | None = None,
+    extra_prompts: Sequence[tuple[int, ...]] = (),
 ) -> Iterator[tuple[list[int], AnswerForward]]:
     """Answer-position logits for every encoded pair, `batch_size` answers at a time, in chunks of
     (indices into `encoded`, forward). Answers that share a prompt (the true answer, the paraphrase
     and the perturbed options of one question) are scored on one pass of that prompt, run for
     `prompt_batch` prompts at a time (default `batch_size`); `after_prompts(prompts, state)` then
-    receives each chunk's prompt state once its answers are scored (it may consume the cache)."""
+    receives each chunk's prompt state once its answers are scored (it may consume the cache).
+    `extra_prompts` (with `after_prompts` only) join the prompt passes without answers to score."""
     groups: dict[tuple[int, ...], list[int]] = {}
     for index, item in enumerate(encoded):
         groups.setdefault(tuple(item.prompt_ids), []).append(index)
+    if after_prompts is not None:
+        for ids in extra_prompts:
+            groups.setdefault(tuple(ids), [])
     shared = all(len(p) > 0 for p in groups) and (len(groups) < len(encoded) or after_prompts is not None)
     if not shared:  # raw text, or no prompt is shared: one padded forward per batch
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))

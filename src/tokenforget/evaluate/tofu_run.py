@@ -22,8 +22,9 @@ from tokenforget.data.benchmarks import QABenchmark
 from tokenforget.data.encode import format_prompt
 from tokenforget.data.records import Sample
 from tokenforget.evaluate.generation import answer_questions, rouge_recall
-from tokenforget.evaluate.scoring import answer_losses, answer_losses_and_greedy
+from tokenforget.evaluate.scoring import AnswerLoss, answer_losses, answer_losses_and_greedy
 from tokenforget.evaluate.tofu import LOG_FILES, read_tofu_logs, summarize, write_eval_log
+from tokenforget.evaluate.tokens import paraphrased_pairs, token_rows, tokens_stamp, write_token_rows
 from tokenforget.models import load_model
 from tokenforget.progress import console
 
@@ -84,14 +85,18 @@ def split_logs(
     cfg: Config,
     precision: Any,
     profile: Profile,
-) -> dict[str, dict[str, list]]:
+    unscored: list[tuple[str, str]] | None = None,
+) -> tuple[dict[str, dict[str, list]], dict, list[str] | None]:
     """The published per-question fields of each split in `rows`, from one pass over all of them
     (fewer, fuller batches than split by split): each chunk of prompts runs once for both the
     scoring of its answers and the greedy answers to its questions. The legacy profile's length
-    bound (`max_length`, prompt included) needs generation batches of its own."""
+    bound (`max_length`, prompt included) needs generation batches of its own.
+    Also returns the answer losses, and greedy answers to the `unscored` (question, answer) pairs
+    generated on the same pass (None on the legacy profile, which does not generate them)."""
     everything = [s for samples in rows.values() for s in samples]
     pairs = scored_pairs(everything)
     batch, eos = cfg.eval.batch_size, cfg.eval.include_eos
+    extra: list[str] | None = None
     if profile.max_length is None:
         questions = [s.question or "" for s in everything]
         losses, answers = answer_losses_and_greedy(
@@ -105,7 +110,9 @@ def split_logs(
             batch,
             profile.max_new_tokens,
             cfg.eval.generation_batch_size,
+            unscored or (),
         )
+        answers, extra = answers[: len(questions)], answers[len(questions) :]
     else:
         losses = answer_losses(model, tokenizer, pairs, cfg.prompt, precision, eos, batch)
         answers = answer_questions(
@@ -119,10 +126,11 @@ def split_logs(
             profile.max_length,
         )
     generated = iter(answers)
-    return {
+    logs = {
         split: split_log(samples, [next(generated) for _ in samples], losses, tokenizer, cfg)
         for split, samples in rows.items()
     }
+    return logs, losses, extra
 
 
 def split_log(
@@ -166,6 +174,35 @@ def split_log(
         log["num_token_paraphrased"].append(para.tokens)
         log["num_token_perturb"].append([p.tokens for p in perturbed])
     return log
+
+
+def write_forget_token_rows(
+    cfg: Config,
+    model_name: str,
+    out: Path,
+    forget: list[Sample],
+    losses: dict,
+    forget_log: dict[str, list],
+    paraphrased_answers: list[str],
+    tokenizer: Any,
+) -> None:
+    """`eval tokens`' label-free rows of this model (tokens.json) from this pass: the forget
+    answers' per-token scores, greedy answers to the original questions (the forget log's) and to
+    the paraphrased ones (generated on the same pass), so the token-level stage needs no pass of
+    its own."""
+    eos = cfg.eval.include_eos
+    stats = {pair: without_eos(losses[pair], eos) for pair in ((s.question, s.answer) for s in forget)}
+    originals = [generated for _, generated, _ in forget_log["generated_text"]]
+    rows = token_rows(forget, tokenizer, cfg.prompt, stats, originals, paraphrased_answers)
+    write_token_rows(out, tokens_stamp(cfg, model_name, forget), rows)
+
+
+def without_eos(loss: AnswerLoss, include_eos: bool) -> AnswerLoss:
+    """An answer's scores without its final EOS token, when they include it."""
+    if not include_eos:
+        return loss
+    hits = loss.hits[:-1] if loss.hits is not None else None
+    return AnswerLoss(loss.token_nll[:-1], None, hits)
 
 
 def eval_passes(pending: dict[str, list[Sample]], generation_batch: int) -> list[list[str]]:
@@ -215,9 +252,13 @@ def evaluate_tofu(
         batch = {split: pending[split] for split in group}
         console.print("[bold]eval[/] " + ", ".join(f"{k}: {len(v)} questions" for k, v in batch.items()))
         started = time.perf_counter()
-        logs = split_logs(model, tokenizer, batch, cfg, precision, profile)
+        forget = batch.get("forget")
+        paraphrased = paraphrased_pairs(forget) if forget else []
+        logs, losses, extra = split_logs(model, tokenizer, batch, cfg, precision, profile, paraphrased)
         for split, log in logs.items():
             write_eval_log(out / LOG_FILES[split], log)
+        if forget and extra is not None:
+            write_forget_token_rows(cfg, model_name, out, forget, losses, logs["forget"], extra, tokenizer)
         seconds["+".join(group)] = round(time.perf_counter() - started, 1)
     retain = read_tofu_logs(retain_logs) if retain_logs is not None else None
     summary = summarize(read_tofu_logs(out), retain, cfg.eval.truth_ratio)

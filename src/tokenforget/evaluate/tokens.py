@@ -36,7 +36,7 @@ from tokenforget.evaluate.metrics import (
     leaked_words,
     masked_mean_delta,
 )
-from tokenforget.evaluate.scoring import answer_losses
+from tokenforget.evaluate.scoring import AnswerLoss, answer_losses
 from tokenforget.models import Precision
 
 if TYPE_CHECKING:
@@ -67,22 +67,42 @@ def score_model(
     """
     pairs = [(s.question, s.answer) for s in samples]
     stats = answer_losses(model, tokenizer, pairs, prompt, precision, False, batch_size)
-    paraphrased = [s.meta.get("paraphrased_question") for s in samples]
-    asked = [] if generated is not None else [(s.question, s) for s in samples]
-    asked += [(q, s) for q, s in zip(paraphrased, samples, strict=True) if q]
+    para = paraphrased_pairs(samples)
+    asked = ([] if generated is not None else pairs) + para
     # the answer only closes the encoding; generation starts from the prompt tokens
-    prompts = [encode(Sample(answer=s.answer, question=q), tokenizer, prompt).prompt_ids for q, s in asked]
-    texts = iter(
-        generate_greedy(
-            model, tokenizer, prompts, precision, max_new_tokens, generation_batch_size or batch_size
-        )
+    prompts = [encode(Sample(answer=a, question=q), tokenizer, prompt).prompt_ids for q, a in asked]
+    texts = generate_greedy(
+        model, tokenizer, prompts, precision, max_new_tokens, generation_batch_size or batch_size
     )
-    originals = list(generated) if generated is not None else [next(texts) for _ in samples]
+    split = len(asked) - len(para)
+    originals = list(generated) if generated is not None else texts[:split]
+    paraphrased = texts[split:]
+    return token_rows(samples, tokenizer, prompt, stats, originals, paraphrased)
+
+
+def paraphrased_pairs(samples: Sequence[Sample]) -> list[tuple[str, str]]:
+    """(paraphrased question, answer) of the samples that have one: the prompts whose greedy
+    answers give the paraphrased leak rate."""
+    return [(q, s.answer) for s in samples if (q := s.meta.get("paraphrased_question"))]
+
+
+def token_rows(
+    samples: Sequence[Sample],
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: PromptSettings,
+    stats: dict[tuple[str | None, str], AnswerLoss],
+    originals: Sequence[str],
+    paraphrased: Sequence[str],
+) -> list[dict[str, Any]]:
+    """The label-free rows of `tokens.json`: `stats` scored without EOS, greedy answers to the
+    original questions and, in order, to the paraphrased ones (`paraphrased_pairs`)."""
+    answers = iter(paraphrased)
     rows = []
-    for sample, pair, original, para in zip(samples, pairs, originals, paraphrased, strict=True):
+    for sample, original in zip(samples, originals, strict=True):
         encoded = encode(sample, tokenizer, prompt)
-        a = stats[pair]
+        a = stats[(sample.question, sample.answer)]
         offsets = encoded.answer_offsets[: a.tokens]  # EOS left out
+        para = sample.meta.get("paraphrased_question")
         rows.append(
             {
                 "key": sample_key(sample),
@@ -94,10 +114,27 @@ def score_model(
                 "hits": [bool(h) for h in a.hits.tolist()],
                 "generated": original,
                 "paraphrased_question": para,
-                "generated_paraphrased": next(texts) if para else None,
+                "generated_paraphrased": next(answers) if para else None,
             }
         )
     return rows
+
+
+def tokens_stamp(cfg: Any, model_name: str, samples: Sequence[Sample]) -> dict[str, Any]:
+    """What `tokens.json` depends on: a cached file with another stamp is scored again."""
+    from tokenforget.evaluate.tofu_run import resolve_profile
+
+    return {
+        "model": str(model_name),
+        "prompt": cfg.prompt.model_dump(),
+        "max_new_tokens": resolve_profile(cfg.eval).max_new_tokens,
+        "samples": [sample_key(s) for s in samples],
+    }
+
+
+def write_token_rows(out: Path, stamp: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / TOKENS_FILE).write_text(json.dumps({"stamp": stamp, "rows": rows}))
 
 
 def _uw_mask(
@@ -207,17 +244,12 @@ def scored_model(
     out: Path,
     generated: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """`score_model` for a model by name, cached in out/tokens.json (same model, data and settings)."""
+    """`score_model` for a model by name, cached in out/tokens.json (same model, data and settings;
+    the TOFU evaluation of the same model writes it on its own pass when it can)."""
     from tokenforget.evaluate.tofu_run import resolve_profile
     from tokenforget.models import load_model
 
-    max_new_tokens = resolve_profile(cfg.eval).max_new_tokens
-    stamp = {
-        "model": str(model_name),
-        "prompt": cfg.prompt.model_dump(),
-        "max_new_tokens": max_new_tokens,
-        "samples": [sample_key(s) for s in samples],
-    }
+    stamp = tokens_stamp(cfg, model_name, samples)
     path = out / TOKENS_FILE
     if path.is_file():
         cached = json.loads(path.read_text())
@@ -230,13 +262,12 @@ def scored_model(
         samples,
         cfg.prompt,
         precision,
-        max_new_tokens,
+        resolve_profile(cfg.eval).max_new_tokens,
         cfg.eval.batch_size,
         generated,
         cfg.eval.generation_batch_size,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"stamp": stamp, "rows": rows}))
+    write_token_rows(out, stamp, rows)
     return rows
 
 
