@@ -196,3 +196,32 @@ def _first_tokens(model, tok, prompt):
         return model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)[
             0, ids.shape[1] :
         ]
+
+
+def test_packed_linears_match_the_plain_forward_and_restore_the_layers(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    ids = torch.randint(0, model.config.vocab_size, (3, 9))
+    with torch.inference_mode():
+        plain = model(ids).logits
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    with models.eval_mode(model):
+        assert all("forward" in vars(m) for m in linears)  # every layer runs on its packed weight
+        with torch.profiler.profile() as prof:
+            packed = model(ids).logits
+        with models.packed_linears(model) as nested:
+            assert nested == 0  # already packed: nothing repacked
+    assert not any("forward" in vars(m) for m in linears)  # the plain layers are back
+    torch.testing.assert_close(packed, plain, rtol=1e-4, atol=1e-5)
+    ran = {event.key for event in prof.key_averages()}
+    assert "mkldnn::_linear_pointwise" in ran and "aten::linear" not in ran
+    # autograd takes the plain path, so training never sees a packed (stale) weight
+    with models.packed_linears(model) as count:
+        assert count == len(linears)
+        out = model(ids).logits.sum()
+        out.backward()
+    assert model.get_output_embeddings().weight.grad is not None
+    with models.eval_mode(model, packed=False):
+        assert not any("forward" in vars(m) for m in linears)
+        assert torch.equal(model(ids).logits, plain)

@@ -56,7 +56,8 @@ def compute_reference(
 
     tensors: dict[str, torch.Tensor] = {}
     total = sum(len(items) for items in groups.values())
-    with eval_mode(model), task_progress("reference pass (theta0)", total) as bar:
+    # the training forward's own arithmetic: at step 0 the policy reproduces these numbers exactly
+    with eval_mode(model, packed=False), task_progress("reference pass (theta0)", total) as bar:
         for name, items in groups.items():
             for start in range(0, len(items), batch_size):
                 chunk = list(items[start : start + batch_size])
