@@ -162,3 +162,24 @@ def test_eval_tofu_writes_published_logs_and_resumes(tmp_path, tiny_llama_dir):
     # other settings in the same folder: everything again, and no time of the old settings kept
     redone = evaluate_tofu(split_by_split, str(tiny_llama_dir), bench, tmp_path / "eval")
     assert set(redone["eval_seconds"]) == set(LOG_FILES)
+
+
+def test_eval_tofu_token_rows_equal_the_token_stage_own_passes_on_smollm2(tmp_path, smollm_dir):
+    """tokens.json, left by the TOFU pass, holds what the token-level stage would compute itself: the
+    same greedy answers to the original and the paraphrased questions (real, non-empty answers of a
+    pretrained model) and the same per-token log-probabilities."""
+    from tokenforget.evaluate.tokens import TOKENS_FILE, score_model
+
+    cfg = load_config(overrides=["model.precision=fp32", "eval.retain_rows=2", "eval.utility_rows=2"])
+    bench = tofu_mini()
+    bench.eval_forget = bench.eval_forget[:4]
+    evaluate_tofu(cfg, str(smollm_dir), bench, tmp_path / "eval")
+    cached = json.loads((tmp_path / "eval" / TOKENS_FILE).read_text())["rows"]
+    model, tok, precision = load_model(ModelSettings(precision="fp32"), str(smollm_dir))
+    own = score_model(model, tok, bench.eval_forget, cfg.prompt, precision, 48, 16, None, 96)
+    assert all(r["generated"] and r["generated_paraphrased"] for r in own)
+    assert [r["generated"] for r in cached] == [r["generated"] for r in own]
+    assert [r["generated_paraphrased"] for r in cached] == [r["generated_paraphrased"] for r in own]
+    for mine, theirs in zip(cached, own, strict=True):
+        assert mine["offsets"] == theirs["offsets"] and mine["hits"] == theirs["hits"]
+        assert mine["logp"] == pytest.approx(theirs["logp"], abs=1e-4)
