@@ -145,8 +145,26 @@ def test_eval_tofu_writes_published_logs_and_resumes(tmp_path, tiny_llama_dir):
         "+".join(LOG_FILES),
         "retain",  # only the missing split ran again
     }
+
+    def tok_ids(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False)["input_ids"]
+
     with_retain = evaluate_tofu(cfg, str(tiny_llama_dir), bench, tmp_path / "eval", tmp_path / "eval")
     assert with_retain["forget_quality"] == pytest.approx(1.0)  # the same model as its own retain model
+
+    # logs written before a setting existed stay valid while it is at its default; another value redoes them
+    stamp_file = tmp_path / "eval" / "eval_settings.json"
+    stamp = json.loads(stamp_file.read_text())
+    del stamp["eval"]["max_new_tokens"]
+    stamp_file.write_text(json.dumps(stamp))
+    written = {name: (tmp_path / "eval" / name).stat().st_mtime_ns for name in LOG_FILES.values()}
+    evaluate_tofu(cfg, str(tiny_llama_dir), bench, tmp_path / "eval")
+    assert written == {name: (tmp_path / "eval" / name).stat().st_mtime_ns for name in LOG_FILES.values()}
+    shorter = load_config(overrides=[*overrides, "eval.max_new_tokens=3"])
+    short = evaluate_tofu(shorter, str(tiny_llama_dir), bench, tmp_path / "short")
+    assert set(short["eval_seconds"]) == {"+".join(LOG_FILES)}
+    answers = json.loads((tmp_path / "short" / "eval_log_forget.json").read_text())["generated_text"]
+    assert all(len(tok_ids(a[1])) <= 3 for a in answers.values())
 
     # small generation batches: one pass per split, and the same logs as the all-splits pass
     split_by_split = load_config(overrides=[*overrides, "eval.generation_batch_size=2"])

@@ -159,9 +159,9 @@ class EvalSettings(_Section):
         "tofu-mini",
         description=(
             "tofu-mini: all forget rows, the first `retain_rows` retain rows and `utility_rows` "
-            "real_authors/world_facts rows, 48 new tokens (the cheap profile); openunlearning: all "
-            "rows, max_new_tokens=200; tofu-legacy: "
-            "the published TOFU eval (first 300 rows, generation to max_length=200 tokens in total)."
+            "real_authors/world_facts rows, `max_new_tokens` new tokens (the cheap profile); "
+            "openunlearning: all rows, max_new_tokens=200; tofu-legacy: the published TOFU eval "
+            "(first 300 rows, generation to max_length=200 tokens in total)."
         ),
     )
     retain_rows: int = Field(40, ge=1, description="tofu-mini profile: retain rows evaluated.")
@@ -169,6 +169,14 @@ class EvalSettings(_Section):
         50,
         ge=1,
         description="tofu-mini profile: real_authors and world_facts rows evaluated (null = all 100/117).",
+    )
+    max_new_tokens: int = Field(
+        48,
+        ge=1,
+        description=(
+            "tofu-mini profile: greedy tokens per answer (ROUGE, UW leak rate); the two published "
+            "profiles generate up to 200."
+        ),
     )
     include_eos: bool = Field(True, description="Count the answer's EOS token in answer losses.")
     truth_ratio: Literal["geometric", "legacy-arithmetic"] = Field(

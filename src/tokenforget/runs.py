@@ -42,16 +42,7 @@ def open_folder(folder: Path, cfg: Config) -> Path:
     resolved = cfg.model_dump(mode="json")
     if config_file.is_file():
         previous = yaml.safe_load(config_file.read_text()) or {}
-        old, new = _flatten(previous), _flatten(resolved)
-        defaults = _flatten(Config().model_dump(mode="json"))
-        changed = sorted(
-            k
-            for k in old.keys() | new.keys()
-            if old.get(k) != new.get(k)
-            and k not in RESULT_NEUTRAL
-            # a key newer than the folder counts as unchanged at its default (upgrades keep old runs)
-            and not (k not in old and k in defaults and new.get(k) == defaults[k])
-        )
+        changed = changed_keys(previous, resolved, Config().model_dump(mode="json"), RESULT_NEUTRAL)
         if changed:
             raise ConfigError(
                 f"{folder} was made with a different config (changed: {', '.join(changed[:8])}). "
@@ -61,6 +52,24 @@ def open_folder(folder: Path, cfg: Config) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     config_file.write_text(cfg.to_yaml())
     return folder
+
+
+def changed_keys(
+    previous: dict[str, Any],
+    current: dict[str, Any],
+    defaults: dict[str, Any],
+    neutral: frozenset[str] = frozenset(),
+) -> list[str]:
+    """The dotted keys whose values differ between two nested settings dicts, except `neutral` ones
+    and keys newer than `previous` that sit at their default (an upgrade keeps old results)."""
+    old, new, base = _flatten(previous), _flatten(current), _flatten(defaults)
+    return sorted(
+        k
+        for k in old.keys() | new.keys()
+        if old.get(k) != new.get(k)
+        and k not in neutral
+        and not (k not in old and k in base and new.get(k) == base[k])
+    )
 
 
 def write_json(path: Path, payload: Any) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tokenforget.config import Config, EvalSettings
+from tokenforget.config import Config, EvalSettings, PromptSettings
 from tokenforget.data.benchmarks import QABenchmark
 from tokenforget.data.encode import format_prompt
 from tokenforget.data.records import Sample
@@ -27,6 +27,7 @@ from tokenforget.evaluate.tofu import LOG_FILES, read_tofu_logs, summarize, writ
 from tokenforget.evaluate.tokens import paraphrased_pairs, token_rows, tokens_stamp, write_token_rows
 from tokenforget.models import load_model
 from tokenforget.progress import console
+from tokenforget.runs import changed_keys
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ def resolve_profile(settings: EvalSettings) -> Profile:
     return Profile(
         ds_size=None,
         retain_rows=settings.retain_rows,
-        max_new_tokens=48,
+        max_new_tokens=settings.max_new_tokens,
         max_length=None,
         utility_rows=settings.utility_rows,
     )
@@ -232,7 +233,11 @@ def evaluate_tofu(
         "prompt": cfg.prompt.model_dump(),
     }
     stamp_file = out / "eval_settings.json"
-    if stamp_file.is_file() and json.loads(stamp_file.read_text()) != stamp:
+    defaults = {
+        "eval": EvalSettings().model_dump(exclude={"token_labels"}),
+        "prompt": PromptSettings().model_dump(),
+    }
+    if stamp_file.is_file() and changed_keys(json.loads(stamp_file.read_text()), stamp, defaults):
         for name in LOG_FILES.values():
             (out / name).unlink(missing_ok=True)  # other settings: these logs do not apply
         (out / "summary.json").unlink(missing_ok=True)  # nor their times
