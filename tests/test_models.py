@@ -225,3 +225,19 @@ def test_packed_linears_match_the_plain_forward_and_restore_the_layers(tiny_llam
     with models.eval_mode(model, packed=False):
         assert not any("forward" in vars(m) for m in linears)
         assert torch.equal(model(ids).logits, plain)
+
+
+def test_saved_tokenizer_config_does_not_depend_on_how_the_tokenizer_was_loaded(tmp_path, smollm_dir):
+    from transformers import AutoTokenizer
+
+    online = AutoTokenizer.from_pretrained(smollm_dir)
+    offline = AutoTokenizer.from_pretrained(smollm_dir, local_files_only=True)
+    models.save_tokenizer(online, tmp_path / "a")
+    models.save_tokenizer(offline, tmp_path / "b")
+    config = (tmp_path / "b" / "tokenizer_config.json").read_text()
+    assert "local_files_only" not in config
+    assert config == (tmp_path / "a" / "tokenizer_config.json").read_text()
+    reloaded = AutoTokenizer.from_pretrained(tmp_path / "b")
+    text = "Where was Basil Mahfouz Al-Kuwaiti born?"
+    assert reloaded(text)["input_ids"] == online(text)["input_ids"]
+    assert reloaded.eos_token == online.eos_token and reloaded.chat_template == online.chat_template

@@ -161,7 +161,7 @@ def convert_gguf(gguf: Path, target: Path) -> None:
             del model.config.quantization_config
         model.is_quantized = False
         model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
+        save_tokenizer(tokenizer, staging)
         write_manifest(
             staging,
             {"source": {"file": gguf.name, "sha256": file_sha256(gguf), "package": EMBEDDED_PACKAGE}},
@@ -344,7 +344,23 @@ def save_model(
     if merge_lora and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     model.save_pretrained(out, safe_serialization=True)
+    save_tokenizer(tokenizer, out)
+
+
+# load-time options that transformers records in tokenizer_config.json: with them, the same
+# weights saved with and without HF_HUB_OFFLINE would hash differently (and miss each other's caches)
+_LOAD_OPTIONS = ("local_files_only",)
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
+    """save_pretrained without the options the tokenizer happened to be loaded with."""
     tokenizer.save_pretrained(out)
+    config_file = out / "tokenizer_config.json"
+    if config_file.is_file():
+        config = json.loads(config_file.read_text())
+        if any(key in config for key in _LOAD_OPTIONS):
+            kept = {k: v for k, v in config.items() if k not in _LOAD_OPTIONS}
+            config_file.write_text(json.dumps(kept, indent=2, ensure_ascii=False) + "\n")
 
 
 @contextlib.contextmanager
