@@ -43,3 +43,18 @@ def test_no_uw_token_and_no_retain_give_none_not_nan():
     assert row["uw_dlogp"] is None and row["retain_Q_A_Prob"] is None
     assert row["gw_dlogp"] == pytest.approx(0.0)
     assert qa_prob([]) is None
+
+
+def test_theta0_scores_are_shared_only_under_their_key(tmp_path):
+    from tokenforget.evaluate.trajectory import load_theta0_nll, save_theta0_nll
+
+    nll = [torch.tensor([0.5, 1.0]), torch.tensor([2.0]), torch.tensor([0.25, 0.5, 0.75])]
+    path = tmp_path / "t.safetensors"
+    save_theta0_nll(path, nll, "k1")
+    got = load_theta0_nll(path, "k1", 3)
+    assert got is not None and all(torch.equal(a, b) for a, b in zip(got, nll, strict=True))
+    assert load_theta0_nll(path, "k2", 3) is None  # another model, probe or precision
+    assert load_theta0_nll(path, "k1", 4) is None  # another number of answers
+    assert load_theta0_nll(tmp_path / "missing.safetensors", "k1", 3) is None
+    path.write_bytes(path.read_bytes()[:40])  # torn: recomputed, never trusted
+    assert load_theta0_nll(path, "k1", 3) is None

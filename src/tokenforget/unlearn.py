@@ -44,7 +44,7 @@ from tokenforget.config import AtwuSettings, Config
 from tokenforget.data.encode import Encoded, encode, pad_batch
 from tokenforget.data.records import Sample, Span, read_samples
 from tokenforget.errors import ConfigError, DataError, DataIssue
-from tokenforget.evaluate.trajectory import Probe, Trajectory
+from tokenforget.evaluate.trajectory import Probe, Trajectory, theta0_key
 from tokenforget.losses import (
     METHODS,
     LossInputs,
@@ -242,6 +242,7 @@ class Session:
     retain: list[Encoded]
     ids: list[str]
     sources: list[Sample] = dataclasses.field(default_factory=list)  # the forget samples as read
+    model_source: str = ""  # the folder or name theta0 was loaded from (cache keys)
     scorer: TokenScorer | None = None  # ATWU
     atwu: AtwuSettings | None = None
 
@@ -389,6 +390,7 @@ def start_session(cfg: Config, folder: Path, accelerator: Any) -> Session:
         retain=retain_enc,
         ids=ids,
         sources=forget,
+        model_source=source,
         scorer=scorer,
         atwu=cfg.atwu if scorer is not None else None,
     )
@@ -657,7 +659,9 @@ def start_trajectory(cfg: Config, session: Session, folder: Path, world: int, do
         precision=session.precision,
         batch_size=cfg.eval.batch_size,
     )
-    trajectory = Trajectory(folder, probe)
+    key = theta0_key(session.model_source, probe)
+    shared = cache_dir() / "trajectory" / f"{key[:24]}.safetensors" if session.model_source else None
+    trajectory = Trajectory(folder, probe, shared, key)
     trajectory.resume(done)
     if done == 0:
         trajectory.measure(session.model, 0)

@@ -11,11 +11,14 @@ a slice of retain answers in one pass; `trajectory.jsonl` gets one row per point
 theta0's per-token log-probabilities come from the step-0 point itself and are kept next to the
 log (`trajectory_theta0.safetensors`), so a resumed run continues the same curves. About two forward
 passes over ~80 answers per point: seconds on a GPU, 20-25 s for SmolLM2-135M on 2 CPU cores
-(measured in the showdown).
+(measured in the showdown). The step-0 scores depend only on theta0, the probe's texts and the
+precision, so runs that share them (a sweep, the main job rerun) share one file in the user cache
+(`$TOKENFORGET_CACHE/trajectory/`) and skip that pass.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from tokenforget.data.encode import Encoded
@@ -82,12 +86,54 @@ def point_from_nll(
     }
 
 
-class Trajectory:
-    """Writes `trajectory.jsonl` in a run folder; resumes from the rows and theta0 file it finds."""
+THETA0_FORMAT = "tokenforget-trajectory-theta0-1"
 
-    def __init__(self, folder: Path, probe: Probe) -> None:
+
+def theta0_key(model_source: str, probe: Probe) -> str:
+    """What the step-0 scores depend on: theta0's weights, the probe's texts and the precision."""
+    from tokenforget.models import model_identity
+
+    payload = {
+        "format": THETA0_FORMAT,
+        "model": model_identity(model_source),
+        "precision": getattr(probe.precision, "label", str(probe.precision)),
+        "texts": [[e.input_ids, e.prompt_len] for e in [*probe.forget, *probe.retain]],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def save_theta0_nll(path: Path, nll: Sequence[torch.Tensor], key: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tensors = {"nll": torch.cat(list(nll)).contiguous(), "lengths": torch.tensor([x.numel() for x in nll])}
+    save_file(tensors, str(tmp), metadata={"key": key})
+    tmp.replace(path)
+
+
+def load_theta0_nll(path: Path, key: str, answers: int) -> list[torch.Tensor] | None:
+    """The cached step-0 NLLs when `path` holds them for `key` (and `answers` of them); else None."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            if (handle.metadata() or {}).get("key") != key:
+                return None
+            flat, stored = handle.get_tensor("nll"), handle.get_tensor("lengths").tolist()
+    except Exception:  # a torn or foreign file is recomputed, never trusted
+        return None
+    if len(stored) != answers:
+        return None
+    return list(torch.split(flat, stored))
+
+
+class Trajectory:
+    """Writes `trajectory.jsonl` in a run folder; resumes from the rows and theta0 file it finds.
+    `shared`: the user-cache file of the step-0 scores (read when it matches, else written)."""
+
+    def __init__(self, folder: Path, probe: Probe, shared: Path | None = None, shared_key: str = "") -> None:
         self.log = folder / TRAJECTORY_FILE
         self.theta0_file = folder / THETA0_FILE
+        self.shared, self.shared_key = shared, shared_key
         self.probe = probe
         self.masks = token_masks(probe.forget)
         self.theta0: torch.Tensor | None = None
@@ -106,13 +152,14 @@ class Trajectory:
         """Score the probe with `model` as it is after `step` optimizer steps (0 = theta0)."""
         started = time.perf_counter()
         n = len(self.probe.forget)
-        nll = encoded_nll(
-            model,
-            [*self.probe.forget, *self.probe.retain],
-            self.probe.pad_id,
-            self.probe.precision,
-            self.probe.batch_size,
+        texts = [*self.probe.forget, *self.probe.retain]
+        shared = self.shared if step == 0 else None
+        cached = load_theta0_nll(shared, self.shared_key, len(texts)) if shared is not None else None
+        nll = cached or encoded_nll(
+            model, texts, self.probe.pad_id, self.probe.precision, self.probe.batch_size
         )
+        if shared is not None and cached is None:
+            save_theta0_nll(shared, nll, self.shared_key)
         if self.theta0 is None:
             if step != 0:
                 raise RuntimeError(f"{self.theta0_file} is missing: the trajectory cannot resume at {step}")
