@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from tokenforget.data.encode import Encoded
@@ -103,27 +102,21 @@ def theta0_key(model_source: str, probe: Probe) -> str:
 
 
 def save_theta0_nll(path: Path, nll: Sequence[torch.Tensor], key: str) -> None:
+    from tokenforget.reference import save_reference
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     tensors = {"nll": torch.cat(list(nll)).contiguous(), "lengths": torch.tensor([x.numel() for x in nll])}
-    save_file(tensors, str(tmp), metadata={"key": key})
-    tmp.replace(path)
+    save_reference(path, tensors, key)
 
 
 def load_theta0_nll(path: Path, key: str, answers: int) -> list[torch.Tensor] | None:
     """The cached step-0 NLLs when `path` holds them for `key` (and `answers` of them); else None."""
-    if not path.is_file():
+    from tokenforget.reference import load_reference
+
+    tensors = load_reference(path, key)
+    if tensors is None or {"nll", "lengths"} - tensors.keys() or len(tensors["lengths"]) != answers:
         return None
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            if (handle.metadata() or {}).get("key") != key:
-                return None
-            flat, stored = handle.get_tensor("nll"), handle.get_tensor("lengths").tolist()
-    except Exception:  # a torn or foreign file is recomputed, never trusted
-        return None
-    if len(stored) != answers:
-        return None
-    return list(torch.split(flat, stored))
+    return list(torch.split(tensors["nll"], tensors["lengths"].tolist()))
 
 
 class Trajectory:
