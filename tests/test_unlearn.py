@@ -211,6 +211,7 @@ def test_unlearn_survives_kill_9_and_resumes_to_the_same_weights(
         [sys.executable, *clean_args], env=env, capture_output=True, text=True, timeout=600
     )
     assert clean.returncode == 0, clean.stderr[-3000:]
+    shared_theta0 = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("trajectory/*.safetensors")}
     args = [sys.executable, *cli_args(tiny_llama_dir, forget_file, tmp_path / "killed", method, *extra)]
     victim = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -238,8 +239,10 @@ def test_unlearn_survives_kill_9_and_resumes_to_the_same_weights(
         for a_row, b_row in zip(clean_t, resumed_t, strict=True):
             assert b_row == pytest.approx(a_row, abs=1e-9)
         assert clean_t[0]["uw_dlogp"] == 0.0 and clean_t[0]["gw_dlogp"] == 0.0  # step 0 is theta0
-        # the second run read the first one's step-0 scores from the user cache: one file
-        assert len(list((tmp_path / "cache" / "trajectory").glob("*.safetensors"))) == 1
+        # the second run read the first one's step-0 scores from the user cache, not rewriting them
+        assert len(shared_theta0) == 1
+        assert shared_theta0 == {p: p.stat().st_mtime_ns for p in shared_theta0}
+        assert not any((tmp_path / "cache" / "trajectory").glob("*.tmp*"))
         assert clean_t[-1]["uw_dlogp"] < 0  # NPO pushed the forget answers down
         unlearn_json = json.loads((tmp_path / "clean" / "unlearn.json").read_text())
         assert 0 < unlearn_json["eval_every_seconds"] < unlearn_json["seconds"]
