@@ -241,8 +241,8 @@ class Session:
     alt: list[Encoded]
     retain: list[Encoded]
     ids: list[str]
+    model_source: str  # the folder or name theta0 was loaded from (cache keys)
     sources: list[Sample] = dataclasses.field(default_factory=list)  # the forget samples as read
-    model_source: str = ""  # the folder or name theta0 was loaded from (cache keys)
     scorer: TokenScorer | None = None  # ATWU
     atwu: AtwuSettings | None = None
 
@@ -660,8 +660,7 @@ def start_trajectory(cfg: Config, session: Session, folder: Path, world: int, do
         batch_size=cfg.eval.batch_size,
     )
     key = theta0_key(session.model_source, probe)
-    shared = cache_dir() / "trajectory" / f"{key[:24]}.safetensors" if session.model_source else None
-    trajectory = Trajectory(folder, probe, shared, key)
+    trajectory = Trajectory(folder, probe, cache_dir() / "trajectory" / f"{key[:24]}.safetensors", key)
     trajectory.resume(done)
     if done == 0:
         trajectory.measure(session.model, 0)

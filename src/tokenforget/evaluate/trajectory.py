@@ -12,13 +12,12 @@ theta0's per-token log-probabilities come from the step-0 point itself and are k
 log (`trajectory_theta0.safetensors`), so a resumed run continues the same curves. About two forward
 passes over ~80 answers per point: seconds on a GPU, 20-25 s for SmolLM2-135M on 2 CPU cores
 (measured in the showdown). The step-0 scores depend only on theta0, the probe's texts and the
-precision, so runs that share them (a sweep, the main job rerun) share one file in the user cache
+precision, so the runs that share them (a sweep's) share one file in the user cache
 (`$TOKENFORGET_CACHE/trajectory/`) and skip that pass.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -85,20 +84,13 @@ def point_from_nll(
     }
 
 
-THETA0_FORMAT = "tokenforget-trajectory-theta0-1"
-
-
 def theta0_key(model_source: str, probe: Probe) -> str:
-    """What the step-0 scores depend on: theta0's weights, the probe's texts and the precision."""
-    from tokenforget.models import model_identity
+    """What the step-0 scores depend on: theta0's weights, the probe's texts and the precision (the
+    reference cache's key, over the probe's two groups)."""
+    from tokenforget.reference import reference_key
 
-    payload = {
-        "format": THETA0_FORMAT,
-        "model": model_identity(model_source),
-        "precision": getattr(probe.precision, "label", str(probe.precision)),
-        "texts": [[e.input_ids, e.prompt_len] for e in [*probe.forget, *probe.retain]],
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    groups = {"trajectory-forget": probe.forget, "trajectory-retain": probe.retain}
+    return reference_key(model_source, groups, [], probe.precision.label)
 
 
 def save_theta0_nll(path: Path, nll: Sequence[torch.Tensor], key: str) -> None:
