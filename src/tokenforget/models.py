@@ -400,7 +400,11 @@ def packed_linears(model: torch.nn.Module) -> Iterator[int]:
         and "forward" not in vars(m)
     ]
     need = sum(m.weight.numel() * 4 for m in layers)
-    if not layers or not torch.backends.mkldnn.is_available() or need > _PACK_MEMORY_SHARE * _free_memory():
+    if (
+        not layers
+        or not torch.backends.mkldnn.is_available()
+        or not fits_in_free_memory(need, _PACK_MEMORY_SHARE)
+    ):
         yield 0
         return
     for layer in layers:
@@ -425,7 +429,8 @@ def _packed_forward(layer: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Te
     return forward
 
 
-def _free_memory() -> int:
+def fits_in_free_memory(nbytes: int, share: float) -> bool:
+    """A copy of `nbytes` takes under `share` of the memory free now."""
     import psutil
 
-    return psutil.virtual_memory().available
+    return nbytes < share * psutil.virtual_memory().available

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tokenforget.data.encode import IGNORE_INDEX, Encoded, pad_batch
-from tokenforget.models import Precision
+from tokenforget.models import Precision, fits_in_free_memory
 
 
 @dataclass
@@ -319,12 +319,10 @@ def _fused_adamw(params: Sequence[torch.nn.Parameter], accelerator: Any) -> bool
 def _copy_fits(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> bool:
     """A CPU copy of the trainable weights and the optimizer state takes under a quarter of the
     free memory."""
-    import psutil
-
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     for per_param in optimizer.state.values():
         nbytes += sum(v.numel() * v.element_size() for v in per_param.values() if isinstance(v, torch.Tensor))
-    return nbytes < psutil.virtual_memory().available / 4
+    return fits_in_free_memory(nbytes, 0.25)
 
 
 def load_checkpoint(
