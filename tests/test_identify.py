@@ -339,3 +339,51 @@ def test_ner_marks_entities(tmp_path):
         [Sample(answer="He wrote 12 novels.", question="How many?", id="b")]
     )
     assert [pos.answer[s.start : s.end] for s in pos.spans] == ["12"]
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def test_model_identifier_labels_are_cached_by_model_data_and_settings(tmp_path, monkeypatch, tiny_llama_dir):
+    import os
+    import shutil
+
+    from tokenforget.config import load_config
+    from tokenforget.identify import run as identify_run
+
+    monkeypatch.setenv("TOKENFORGET_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, model)
+    forget = tmp_path / "forget.jsonl"
+    rows = [
+        {"id": "a", "question": "Who wrote it?", "answer": "Zyrtellia Quombarok wrote it in Paris."},
+        {"id": "b", "question": "Where was she born?", "answer": "She was born in Oslo."},
+    ]
+    forget.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def config(*extra: str):
+        return load_config(overrides=[f"model.name={model}", "model.precision=fp32", *extra])
+
+    first = identify_run.identify_file(config(), forget, tmp_path / "one.jsonl")
+    assert "cached" not in first
+    assert len(list((tmp_path / "cache" / "identified").glob("predictability-*.jsonl"))) == 1
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a cached labelling must not load the identifier's model")
+
+    monkeypatch.setattr(identify_run, "build", no_model)
+    second = identify_run.identify_file(config(), forget, tmp_path / "two.jsonl")
+    assert second["cached"] and second["uw_spans"] == first["uw_spans"]
+    assert (tmp_path / "two.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
+    # anything that shapes the labels is a miss: a setting, the data, the model's weights
+    with pytest.raises(AssertionError, match="must not load"):
+        identify_run.identify_file(config("identify.threshold=0.9"), forget, tmp_path / "three.jsonl")
+    forget.write_text("".join(json.dumps(r) + "\n" for r in rows[:1]))
+    with pytest.raises(AssertionError, match="must not load"):
+        identify_run.identify_file(config(), forget, tmp_path / "three.jsonl")
+    forget.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    weights = model / "model.safetensors"
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    with pytest.raises(AssertionError, match="must not load"):
+        identify_run.identify_file(config(), forget, tmp_path / "three.jsonl")

@@ -193,13 +193,16 @@ def resolve_model(name: str) -> str:
 
 def model_identity(source: str) -> object:
     """What identifies a model's weights in cache keys: the manifest's file hashes when there is one
-    (embedded and prepared models), else file names and sizes of a save_pretrained folder (hashing
-    the weights of a 7B model on every run would cost minutes), else the hub name."""
+    (embedded and prepared models), else file names, sizes and modification times of a
+    save_pretrained folder (hashing the weights of a 7B model on every run would cost minutes; two
+    fine-tunes of one architecture have equal sizes, so the time tells them apart), else the hub name."""
     path = Path(source)
     if (path / MANIFEST).is_file():
         return json.loads((path / MANIFEST).read_text())["files"]
     if (path / "config.json").is_file():
-        return {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file()}
+        return {
+            p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(path.iterdir()) if p.is_file()
+        }
     return source
 
 

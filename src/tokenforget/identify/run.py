@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -113,6 +114,41 @@ def build(cfg: Config, retain: list[Sample] | None = None, out: Path | None = No
     raise ConfigError(f"identify.method {i.method!r} has no identifier to build")  # spans/union: no model
 
 
+# identifiers whose labels are a pure function of model weights, data and settings (generative keeps
+# its own per-request cache; ner, frequency and spans cost well under a second)
+CACHED_METHODS = ("predictability", "contrast", "mlm")
+
+
+def identify_cache_path(cfg: Config, samples: list[Sample]) -> Path | None:
+    """Where a model-based identifier's labels for these samples are cached, or None (not cached).
+
+    The key covers everything that shapes the labels: the identify and prompt settings, the
+    precision, the identity of every model the identifier reads, the samples and the tool version."""
+    from tokenforget import __version__
+    from tokenforget.models import cache_dir, model_identity, resolve_model
+
+    i = cfg.identify
+    if i.method not in CACHED_METHODS or not samples:
+        return None
+    used = {
+        "predictability": {"model": i.model or cfg.model.name},
+        "contrast": {"model": i.model, "reference": i.reference or cfg.model.name},
+        "mlm": {"model": i.model},
+    }[i.method]
+    if any(name is None for name in used.values()):
+        return None  # build() raises the actionable error
+    payload = {
+        "version": __version__,
+        "identify": i.model_dump(mode="json"),
+        "model": cfg.model.model_dump(mode="json"),
+        "prompt": cfg.prompt.model_dump(mode="json"),
+        "models": {role: model_identity(resolve_model(name)) for role, name in used.items()},
+        "samples": [s.to_dict() for s in samples],
+    }
+    key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return cache_dir() / "identified" / f"{i.method}-{key[:24]}.jsonl"
+
+
 def identify_file(
     cfg: Config,
     forget: Path,
@@ -126,6 +162,7 @@ def identify_file(
     samples = read_identified(forget)
     settings: dict[str, Any] = {}
     report: dict[str, Any] = {"identifier": i.method, "samples": len(samples)}
+    cached: Path | None = None
     if i.method == "spans":
         labelled = from_spans(samples)
     elif i.method in ("union", "intersection"):
@@ -133,6 +170,11 @@ def identify_file(
             raise ConfigError(f"{i.method} combines two identified files: --first A.jsonl --second B.jsonl")
         labelled = combine(read_identified(inputs[0]), read_identified(inputs[1]), i.method)
         settings = {"first": str(inputs[0]), "second": str(inputs[1])}
+    elif (cached := identify_cache_path(cfg, samples)) is not None and cached.is_file():
+        labelled = read_identified(cached)
+        with open(cached, encoding="utf-8") as handle:
+            settings = json.loads(handle.readline())["settings"]
+        report["cached"] = str(cached)
     else:
         identifier = build(cfg, retain, out)
         settings = identifier.settings()
@@ -148,6 +190,9 @@ def identify_file(
             report["failed_samples"] = identifier.failures
         if getattr(identifier, "oracle", False):
             report["oracle"] = "the reference is the retain model, which defines forget quality"
+    if cached is not None and not cached.is_file():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        write_identified(cached, labelled, i.method, settings)
     if i.drop_question_words:
         labelled = drop_question_words(labelled)
         settings = {**settings, "drop_question_words": True}
