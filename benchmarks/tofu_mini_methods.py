@@ -175,6 +175,39 @@ def collect(methods: list[str], lrs: list[str], seeds: list[int], floor: float, 
     return payload
 
 
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if value != 0 and abs(value) < 1e-2:
+        return f"{value:.1e}".replace("e-0", "e-")
+    return f"{value:.3f}"
+
+
+def markdown(payload: dict) -> str:
+    """The two README tables: each method at its best point over its seeds (mean, then min..max),
+    and every finished grid point of seed 0."""
+    shown = ("forget_quality", "model_utility", "uw_leak_rate", "uw_dlogp", "gw_dlogp", "kl_on_retain")
+    lines = [
+        "| method | best lr | seeds | " + " | ".join(shown) + " |",
+        "|---|---|---|" + "---|" * len(shown),
+    ]
+    for row in payload["table"]:
+        cells = []
+        for key in shown:
+            value = row[key]
+            spread_text = "" if len(row["seeds"]) < 2 else f" ({fmt(value['min'])}..{fmt(value['max'])})"
+            cells.append(fmt(value["mean"]) + spread_text)
+        lines.append(
+            f"| {row['method']} | {row['best_lr']} | {len(row['seeds'])} | " + " | ".join(cells) + " |"
+        )
+    lines += ["", "| run, lr | " + " | ".join(shown) + " |", "|---|" + "---|" * len(shown)]
+    order = {m: k for k, m in enumerate(dict.fromkeys(r["method"] for r in payload["runs"]))}
+    for run in sorted(payload["runs"], key=lambda r: (order[r["method"]], float(r["lr"]))):
+        if run["seed"] == 0:
+            lines.append(f"| {run['method']}, {run['lr']} | " + " | ".join(fmt(run[k]) for k in shown) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -186,6 +219,11 @@ def main() -> None:
     parser.add_argument("--utility-floor", type=float, default=0.9)
     parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--collect", action="store_true", help="Only tabulate finished runs.")
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="Print the tables as Markdown (for the README) instead of JSON.",
+    )
     args = parser.parse_args()
     methods = args.only or list(METHODS)
     argv = sys.argv[1:]
@@ -201,7 +239,7 @@ def main() -> None:
             sweep(method, [best], args.seeds, args.gold, args.eval_every)
             collect(methods, args.lrs, args.seeds, args.utility_floor, argv)
     payload = collect(methods, args.lrs, args.seeds, args.utility_floor, argv)
-    print(json.dumps(payload["table"], indent=2))
+    print(markdown(payload) if args.markdown else json.dumps(payload["table"], indent=2))
 
 
 if __name__ == "__main__":
