@@ -176,6 +176,8 @@ def collect(methods: list[str], lrs: list[str], seeds: list[int], floor: float, 
 
 
 def fmt(value: float | None) -> str:
+    # not report.fmt: its three decimals would print the forget qualities 3.0e-3 and 6.8e-3 as
+    # 0.003 and 0.007, and the README's tables keep two significant digits below 1e-2
     if value is None:
         return "n/a"
     if value != 0 and abs(value) < 1e-2:

@@ -97,7 +97,7 @@ def test_batched_padded_scoring_equals_one_sequence_at_a_time(tiny_llama_dir, in
 
 
 def test_eval_tofu_writes_published_logs_and_resumes(tmp_path, tiny_llama_dir, monkeypatch):
-    from tokenforget.evaluate.generation import greedy_tokens
+    from tokenforget.evaluate import generation
 
     overrides = ["model.precision=fp32", "eval.retain_rows=4", "eval.batch_size=16"]
     cfg = load_config(overrides=overrides)
@@ -148,9 +148,6 @@ def test_eval_tofu_writes_published_logs_and_resumes(tmp_path, tiny_llama_dir, m
         "retain",  # only the missing split ran again
     }
 
-    def tok_ids(text: str) -> list[int]:
-        return tok(text, add_special_tokens=False)["input_ids"]
-
     with_retain = evaluate_tofu(cfg, str(tiny_llama_dir), bench, tmp_path / "eval", tmp_path / "eval")
     assert with_retain["forget_quality"] == pytest.approx(1.0)  # the same model as its own retain model
 
@@ -163,9 +160,8 @@ def test_eval_tofu_writes_published_logs_and_resumes(tmp_path, tiny_llama_dir, m
     evaluate_tofu(cfg, str(tiny_llama_dir), bench, tmp_path / "eval")
     assert written == {name: (tmp_path / "eval" / name).stat().st_mtime_ns for name in LOG_FILES.values()}
     shorter = load_config(overrides=[*overrides, "eval.max_new_tokens=3"])
-    from tokenforget.evaluate import generation
-
     generated: list[list[int]] = []
+    greedy_tokens = generation.greedy_tokens
 
     def recording(*args, **kwargs):
         rows = greedy_tokens(*args, **kwargs)

@@ -200,9 +200,8 @@ def model_identity(source: str) -> object:
     if (path / MANIFEST).is_file():
         return json.loads((path / MANIFEST).read_text())["files"]
     if (path / "config.json").is_file():
-        return {
-            p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(path.iterdir()) if p.is_file()
-        }
+        files = [(p.name, p.stat()) for p in sorted(path.iterdir()) if p.is_file()]
+        return {name: [stat.st_size, stat.st_mtime_ns] for name, stat in files}
     return source
 
 

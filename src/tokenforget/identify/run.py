@@ -172,8 +172,7 @@ def identify_file(
         settings = {"first": str(inputs[0]), "second": str(inputs[1])}
     elif (cached := identify_cache_path(cfg, samples)) is not None and cached.is_file():
         labelled = read_identified(cached)
-        with open(cached, encoding="utf-8") as handle:
-            settings = json.loads(handle.readline())["settings"]
+        settings = labelled[0].meta["settings"]  # written with every row; never empty (see the key)
         report["cached"] = str(cached)
     else:
         identifier = build(cfg, retain, out)
