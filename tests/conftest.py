@@ -27,10 +27,13 @@ def smollm_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def smollm_tokenizer(smollm_dir):
+def smollm_tokenizer(request):
+    """TOKENFORGET_TEST_TOKENIZER names a folder holding the SmolLM2 tokenizer files alone: the GPU
+    machine runs the tiny-model tests without the embedded weights (they do not travel there)."""
     from tokenforget.models import load_tokenizer
 
-    return load_tokenizer(str(smollm_dir))
+    folder = os.environ.get("TOKENFORGET_TEST_TOKENIZER") or request.getfixturevalue("smollm_dir")
+    return load_tokenizer(str(folder))
 
 
 @pytest.fixture(scope="session")
@@ -116,3 +119,12 @@ def make_tiny_llama(folder: Path, tokenizer, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory, smollm_tokenizer) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), smollm_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def forget_file(tmp_path_factory) -> Path:
+    """The first 8 TOFU-mini forget answers with the paper's GPT-4o UW labels (published layout)."""
+    path = tmp_path_factory.mktemp("forget") / "forget8.jsonl"
+    gold = SHARED / "data" / "tofu_identified" / "forget01_gpt.jsonl"
+    path.write_text("".join(gold.read_text().splitlines(keepends=True)[:8]))
+    return path

@@ -12,21 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import SHARED
 from tokenforget.config import load_config
 from tokenforget.errors import ConfigError, DataError
 from tokenforget.losses import METHODS, at_reference
 from tokenforget.unlearn import unlearn
-
-GOLD = SHARED / "data" / "tofu_identified" / "forget01_gpt.jsonl"
-
-
-@pytest.fixture(scope="module")
-def forget_file(tmp_path_factory) -> Path:
-    """The first 8 TOFU-mini forget answers with the paper's GPT-4o UW labels (published layout)."""
-    path = tmp_path_factory.mktemp("forget") / "forget8.jsonl"
-    path.write_text("".join(GOLD.read_text().splitlines(keepends=True)[:8]))
-    return path
 
 
 def config(tiny_llama_dir, forget, method, *extra):

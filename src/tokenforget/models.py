@@ -339,13 +339,18 @@ def wrap_lora(model: PreTrainedModel, lora: LoraSettings, seed: int = 0) -> PreT
 
 
 def save_model(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path, merge_lora: bool = True
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    out: Path,
+    merge_lora: bool = True,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """save_pretrained (safetensors) with the tokenizer; LoRA is merged into plain weights by default."""
+    """save_pretrained (safetensors) with the tokenizer; LoRA is merged into plain weights by default.
+    `state_dict`: the weights to write instead of the model's own (gathered from FSDP/DeepSpeed shards)."""
     out.mkdir(parents=True, exist_ok=True)
     if merge_lora and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    model.save_pretrained(out, safe_serialization=True)
+    model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
     save_tokenizer(tokenizer, out)
 
 

@@ -94,9 +94,23 @@ class AnswerModel(torch.nn.Module):
     ):
         super().__init__()
         self.lm = lm
+        # FSDP's transformer-based auto wrap reads the block classes from the root module
+        self._no_split_modules = getattr(_causal_lm(lm), "_no_split_modules", None)
         self.hidden_layer = hidden_layer
         self.keep_hidden = keep_hidden
         self.hidden_at = hidden_at
+
+    # accelerate's FSDP2 preparation moves the model to the meta device and back, which unties
+    # tied embeddings unless the root module can tie them again; it also groups the embeddings
+    # with the final norm when it can find them
+    def tie_weights(self, *args: Any, **kwargs: Any) -> Any:
+        return _causal_lm(self.lm).tie_weights(*args, **kwargs)
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return _causal_lm(self.lm).get_input_embeddings()
+
+    def get_output_embeddings(self) -> torch.nn.Module:
+        return _causal_lm(self.lm).get_output_embeddings()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> tuple:
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
@@ -240,12 +254,28 @@ def write_checkpoint(folder: Path, snapshot: CheckpointSnapshot) -> None:
     save_file(tensors, staging / "optimizer.safetensors")
     (staging / "optimizer.json").write_text(json.dumps(skeleton))
     (staging / "state.json").write_text(json.dumps(snapshot.state, indent=2))
+    _swap_into_place(staging, folder)
+
+
+def _swap_into_place(staging: Path, folder: Path) -> None:
+    """Two renames: a kill between them leaves `<folder>.old`, which `_recovered` puts back."""
     old = folder.with_name(folder.name + ".old")
     if folder.exists():
         folder.replace(old)
     staging.replace(folder)
     if old.exists():
         shutil.rmtree(old)
+
+
+def _recovered(folder: Path) -> bool:
+    """Whether `folder` holds a checkpoint, after undoing a kill between `_swap_into_place`'s renames."""
+    if (folder / "state.json").is_file():
+        return True
+    old = folder.with_name(folder.name + ".old")
+    if (old / "state.json").is_file():
+        old.replace(folder)
+        return True
+    return False
 
 
 class CheckpointWriter:
@@ -309,8 +339,7 @@ def _fused_adamw(params: Sequence[torch.nn.Parameter], accelerator: Any) -> bool
     0.67-0.86 s for the default per-parameter loop, with the same update up to float rounding
     (`python benchmarks/optimizer_step.py`). None keeps
     PyTorch's choice (FSDP and DeepSpeed shard or replace the optimizer)."""
-    kind = getattr(accelerator, "distributed_type", None)
-    if kind is not None and str(getattr(kind, "value", kind)) not in {"NO", "MULTI_CPU", "MULTI_GPU"}:
+    if distributed_kind(accelerator) not in {"NO", "MULTI_CPU", "MULTI_GPU"}:
         return None
     usable = all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for p in params)
     return True if params and usable else None
@@ -333,12 +362,8 @@ def load_checkpoint(
     extra: dict[str, Any] | None = None,
 ) -> dict | None:
     """Restore a checkpoint written by `CheckpointWriter`; None when there is none."""
-    if not (folder / "state.json").is_file():
-        old = folder.with_name(folder.name + ".old")  # killed between the two renames
-        if (old / "state.json").is_file():
-            old.replace(folder)
-        else:
-            return None
+    if not _recovered(folder):
+        return None
     weights = load_file(folder / "trainable.safetensors")
     params = dict(model.named_parameters())
     with torch.no_grad():
@@ -354,6 +379,45 @@ def load_checkpoint(
     torch.set_rng_state(blob["rng"])
     for name, obj in (extra or {}).items():
         obj.load_state_dict(blob["extra"][name])
+    return json.loads((folder / "state.json").read_text())
+
+
+# ----------------------------------------------------------------------------- sharded runs
+
+SHARDED = ("FSDP", "DEEPSPEED")
+
+
+def distributed_kind(accelerator: Any) -> str:
+    """accelerate's DistributedType as a plain name ("NO" without an accelerator)."""
+    kind = getattr(accelerator, "distributed_type", None)
+    return "NO" if kind is None else str(getattr(kind, "value", kind))
+
+
+def save_sharded_checkpoint(accelerator: Any, folder: Path, state: dict) -> None:
+    """FSDP / DeepSpeed: every process writes its part of the model and optimizer through
+    accelerate's `save_state` (with the RNG states and the objects registered for checkpointing);
+    the main process adds state.json and renames the folder into place, as `write_checkpoint` does.
+    accelerate pickles the RNG and scheduler states: this run's own files, read back by this run."""
+    staging = folder.with_name(folder.name + ".tmp")
+    if accelerator.is_main_process and staging.exists():
+        shutil.rmtree(staging)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (staging / "state.json").write_text(json.dumps(state, indent=2))
+        _swap_into_place(staging, folder)
+    accelerator.wait_for_everyone()
+
+
+def load_sharded_checkpoint(accelerator: Any, folder: Path) -> dict | None:
+    """Restore what `save_sharded_checkpoint` wrote; None when there is none."""
+    if accelerator.is_main_process:
+        _recovered(folder)
+    accelerator.wait_for_everyone()
+    if not (folder / "state.json").is_file():
+        return None
+    accelerator.load_state(str(folder))
     return json.loads((folder / "state.json").read_text())
 
 
@@ -433,6 +497,7 @@ def run_steps(
     max_grad_norm: float = 1.0,
     extra_params: Sequence[torch.nn.Parameter] = (),
     extra_state: dict[str, Any] | None = None,
+    prepare: Callable[[torch.optim.Optimizer], tuple[Any, list[torch.nn.Parameter]]] | None = None,
 ) -> FitResult:
     """The optimisation loop every trainer shares: AdamW + linear warm-up, resumable checkpoints,
     a NaN/inf guard that names the step and the loss term, Ctrl-C that saves, a progress bar.
@@ -443,6 +508,12 @@ def run_steps(
     `extra_params` join the optimizer (ATWU's joint control); `extra_state` objects are checkpointed
     with everything else (ATWU's scorer, its optimizer and scheduler), so resume is exact.
     `on_step(step, parts, lr)` sees every finished step (training logs).
+    Under FSDP or DeepSpeed (`SHARDED`), `prepare(optimizer)` hands the optimizer to accelerate
+    together with the model (both are sharded, or replaced, as one) and returns the prepared
+    optimizer and the prepared model's parameters (the ones to clip); checkpoints then go through
+    accelerate (`save_sharded_checkpoint`). DeepSpeed applies the update inside the last
+    micro-batch's backward pass, before this loop sees the losses: there a NaN/inf stops the run
+    without a new checkpoint (the last periodic one is kept).
     """
     from transformers import get_linear_schedule_with_warmup
 
@@ -453,7 +524,16 @@ def run_steps(
         params, lr=settings.lr, weight_decay=settings.weight_decay, fused=_fused_adamw(params, accelerator)
     )
     scheduler = get_linear_schedule_with_warmup(optimizer, round(settings.warmup_ratio * total), total)
-    saved = load_checkpoint(checkpoint_dir, model, optimizer, scheduler, extra_state)
+    kind = distributed_kind(accelerator)
+    sharded = kind in SHARDED
+    if sharded:
+        if prepare is None or extra_params or extra_state:
+            raise ValueError(f"a {kind} run needs `prepare`, and cannot train extra parameters or state")
+        optimizer, params = prepare(optimizer)
+        accelerator.register_for_checkpointing(scheduler)
+        saved = load_sharded_checkpoint(accelerator, checkpoint_dir)
+    else:
+        saved = load_checkpoint(checkpoint_dir, model, optimizer, scheduler, extra_state)
     if saved is not None and saved.get("total_steps", total) != total:
         raise RuntimeError(
             f"checkpoint in {checkpoint_dir} is for {saved['total_steps']} steps, this run has "
@@ -465,6 +545,9 @@ def run_steps(
 
     def checkpoint(landed: bool = False) -> None:
         """landed: return only once the files are on disk (the loop is about to stop)."""
+        if sharded:
+            save_sharded_checkpoint(accelerator, checkpoint_dir, {**vars(state), "total_steps": total})
+            return
         if main:
             writer.save(
                 checkpoint_dir,
@@ -490,12 +573,19 @@ def run_steps(
                 parts, n_tokens = step_fn(step)
                 bad = [name for name, value in parts.items() if not math.isfinite(value)]
                 if bad:
-                    checkpoint(landed=True)  # the weights before this step: resume at a lower lr
+                    if kind == "DEEPSPEED":  # the engine already stepped on these gradients
+                        kept = f"the last periodic checkpoint (if any) is in {checkpoint_dir}"
+                    else:
+                        checkpoint(landed=True)  # the weights before this step: resume at a lower lr
+                        kept = f"checkpoint (before this step) kept in {checkpoint_dir}"
                     raise FloatingPointError(
-                        f"{label}: loss term {bad[0]!r} is {parts[bad[0]]} at step {step + 1}; checkpoint "
-                        f"(before this step) kept in {checkpoint_dir}. Lower the learning rate and run again."
+                        f"{label}: loss term {bad[0]!r} is {parts[bad[0]]} at step {step + 1}; {kept}. "
+                        "Lower the learning rate and run again."
                     )
-                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                if sharded:  # FSDP: the norm over every shard; DeepSpeed: clipped in its engine
+                    accelerator.clip_grad_norm_(params, max_grad_norm)
+                else:
+                    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)

@@ -65,7 +65,7 @@ from tokenforget.reference import (
     save_reference,
 )
 from tokenforget.runs import open_folder, trim_step_log, write_json
-from tokenforget.train import AnswerModel, FitSettings, batch_schedule, run_steps
+from tokenforget.train import SHARDED, AnswerModel, FitSettings, batch_schedule, distributed_kind, run_steps
 
 TRAIN_LOG = "train_log.jsonl"
 TOKEN_WEIGHTS = "token_weights.jsonl"
@@ -380,7 +380,8 @@ def start_session(cfg: Config, folder: Path, accelerator: Any) -> Session:
         retain_term=retain_term,
         model=model,
         tokenizer=tokenizer,
-        policy=accelerator.prepare(AnswerModel(model, layer, keep_hidden, hidden_at)),
+        # FSDP and DeepSpeed prepare the policy later, together with its optimizer (run_steps)
+        policy=_maybe_prepared(accelerator, AnswerModel(model, layer, keep_hidden, hidden_at)),
         ref_model=ref_model,
         cache=cache,
         precision=precision,
@@ -406,15 +407,64 @@ def make_accelerator(cfg: Config) -> Any:
         cpu=cfg.model.device == "cpu",
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)],
     )
-    kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
-    if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+    kind = distributed_kind(accelerator)
+    if kind not in ("NO", "MULTI_CPU", "MULTI_GPU", *SHARDED):
         raise ConfigError(
-            f"accelerate launched with {kind}: not supported by `unlearn` yet (its optimizer and "
-            "checkpoints are not created through accelerate's sharded state). Use DDP: "
-            "`accelerate launch --multi_gpu --num_processes N -m tokenforget.cli unlearn ...`, or LoRA "
-            "(--set unlearn.lora.r=16) to fit a large model on each device."
+            f"accelerate launched with {kind}: not supported by `unlearn`. Use DDP "
+            "(`accelerate launch --multi_gpu --num_processes N -m tokenforget.cli unlearn ...`), FSDP "
+            "(--use_fsdp) or DeepSpeed ZeRO (--use_deepspeed)."
         )
+    if kind in SHARDED:
+        check_sharded(cfg, kind)
     return accelerator
+
+
+def check_sharded(cfg: Config, kind: str) -> None:
+    """What FSDP / DeepSpeed runs do not support yet, each with the way out."""
+    fix = "or run it under DDP (`accelerate launch --multi_gpu ...`) or in one process"
+    if cfg.unlearn.lora is not None:
+        raise ConfigError(
+            f"unlearn.lora with {kind}: not supported yet (the adapter would be sharded with the frozen "
+            f"weights it sits on). Drop unlearn.lora for a sharded full fine-tune, {fix}."
+        )
+    if METHODS[cfg.unlearn.method].needs_scorer:
+        raise ConfigError(f"ATWU with {kind}: its token scorer is trained outside the sharded model; {fix}.")
+    if cfg.unlearn.eval_every is not None:
+        raise ConfigError(
+            f"unlearn.eval_every with {kind}: the in-training evaluation reads the unsharded model. Set "
+            "--set unlearn.eval_every=null and evaluate the saved model after."
+        )
+
+
+def _maybe_prepared(accelerator: Any, policy: torch.nn.Module) -> torch.nn.Module:
+    return policy if distributed_kind(accelerator) in SHARDED else accelerator.prepare(policy)
+
+
+def configure_deepspeed(accelerator: Any, micro: int, n_micro: int, max_grad_norm: float) -> None:
+    """Fill the DeepSpeed config's "auto" values from this run's settings (there is no dataloader for
+    accelerate to read them from) and refuse values that contradict them."""
+    config = accelerator.state.deepspeed_plugin.deepspeed_config
+    for key in ("optimizer", "scheduler"):
+        if key in config:
+            raise ConfigError(
+                f"the DeepSpeed config has an {key!r} section: remove it. `unlearn` passes its own AdamW "
+                "and linear warm-up (unlearn.lr, unlearn.warmup_ratio, unlearn.weight_decay)."
+            )
+    wanted = {
+        "train_micro_batch_size_per_gpu": (micro, "unlearn.micro_batch_size"),
+        "gradient_accumulation_steps": (n_micro, "unlearn.batch_size / processes / micro_batch_size"),
+        "gradient_clipping": (max_grad_norm, "unlearn.max_grad_norm"),
+    }
+    for key, (value, source) in wanted.items():
+        # accelerate launch writes gradient_accumulation_steps=1 when no flag sets it
+        if config.get(key, "auto") == "auto" or (key == "gradient_accumulation_steps" and config[key] == 1):
+            config[key] = value
+        elif config[key] != value:
+            raise ConfigError(
+                f"the DeepSpeed config sets {key}={config[key]}, this run needs {value} ({source}): "
+                f'set it to "auto" or change {source}'
+            )
+    accelerator.gradient_accumulation_steps = n_micro
 
 
 def unlearn(cfg: Config, out: Path) -> UnlearnResult:
@@ -470,7 +520,11 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
             result = session.micro_loss(
                 mine[start : start + micro], mine_retain[start : start + micro], scorer_step
             )
-            accelerator.backward(result.terms.total / n_micro)
+            if deepspeed:  # the engine divides by its accumulation steps and steps at the last one
+                with accelerator.accumulate(session.policy):
+                    accelerator.backward(result.terms.total)
+            else:
+                accelerator.backward(result.terms.total / n_micro)
             if result.scorer_total is not None:
                 (result.scorer_total / n_micro).backward()  # its own graph: scorer parameters only
             for name, value in result.terms.parts.items():
@@ -523,6 +577,16 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
         seed=u.seed,
         checkpoint_every=u.checkpoint_every,
     )
+    deepspeed = distributed_kind(accelerator) == "DEEPSPEED"
+    tied = tied_names(model)  # read before sharding, which may split the tie
+
+    def prepare(optimizer: torch.optim.Optimizer) -> tuple[Any, list[torch.nn.Parameter]]:
+        """FSDP / DeepSpeed: the policy and its optimizer are prepared as one."""
+        if deepspeed:
+            configure_deepspeed(accelerator, micro, per_process // micro, u.max_grad_norm)
+        session.policy, prepared = accelerator.prepare(session.policy, optimizer)
+        return prepared, list(session.policy.parameters())
+
     torch.manual_seed(u.seed)
     result = run_steps(
         model,
@@ -536,6 +600,7 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
         u.max_grad_norm,
         extra_params=list(scorer.parameters()) if scorer is not None and not alternating else (),
         extra_state=extra_state,
+        prepare=prepare if distributed_kind(accelerator) in SHARDED else None,
     )
     summary = {
         "method": method.name,
@@ -548,6 +613,7 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
         "steps": result.steps,
         "answer_tokens": result.tokens,
         "processes": world,
+        "distributed": distributed_kind(accelerator),
         "precision": precision.label,
         "theta0_in_memory": method.needs_ref_model,
         "seconds": round(time.perf_counter() - started, 1),
@@ -556,9 +622,12 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
     }
     if scorer is not None and accelerator.is_main_process:
         summary["atwu"] = {**cfg.atwu.model_dump(), **learned_weights(session, folder / TOKEN_WEIGHTS, micro)}
+    # sharded: every process joins the gather of the full weights; the main process writes them
+    sharded = distributed_kind(accelerator) in SHARDED
+    gathered = full_weights(accelerator, session.policy, tied) if sharded else None
     if accelerator.is_main_process:
         staging = folder / "model.partial"
-        save_model(model, tokenizer, staging, merge_lora=u.merge_lora)
+        save_model(model, tokenizer, staging, merge_lora=u.merge_lora, state_dict=gathered)
         if model_dir.exists():
             shutil.rmtree(model_dir)
         staging.replace(model_dir)
@@ -566,6 +635,24 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the model is safe; free the disk
     accelerator.wait_for_everyone()
     return UnlearnResult(folder=folder, model_dir=model_dir, summary=summary)
+
+
+def full_weights(accelerator: Any, policy: torch.nn.Module, tied: set[str]) -> dict[str, torch.Tensor] | None:
+    """The whole model's weights gathered from the FSDP / DeepSpeed shards, named as the bare
+    CausalLM names them, without the `tied` names (the gathered copies no longer share memory, so
+    save_pretrained would write a tied weight twice). None on processes other than the main one."""
+    state = accelerator.get_state_dict(policy)
+    prefix = "lm."  # AnswerModel's attribute
+    if not accelerator.is_main_process:
+        return None
+    named = {k.removeprefix(prefix): v for k, v in state.items()}
+    return {k: v for k, v in named.items() if k not in tied}
+
+
+def tied_names(model: torch.nn.Module) -> set[str]:
+    """Parameter names that repeat an earlier parameter (tied embeddings: `lm_head.weight`)."""
+    every = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    return every - {name for name, _ in model.named_parameters()}
 
 
 def learned_weights(session: Session, path: Path, batch_size: int) -> dict[str, Any]:
