@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -64,6 +64,13 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def json_digest(payload: Any) -> str:
+    """SHA-256 (hex) of a JSON payload with sorted keys: the one recipe behind every cache key and
+    receipt digest. default=str only touches values JSON cannot hold (paths), so payloads of plain
+    JSON hash as they did before this helper existed."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def folder_hashes(folder: Path) -> dict[str, str]:

@@ -13,7 +13,6 @@ without a valid manifest is an unfinished stage and is redone (from its checkpoi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import shutil
@@ -32,6 +31,7 @@ from tokenforget.data.records import Sample
 from tokenforget.evaluate import answer_questions, mean, rouge_recall
 from tokenforget.models import (
     cache_dir,
+    json_digest,
     load_model,
     model_identity,
     resolve_device,
@@ -67,7 +67,7 @@ def _fingerprint(cfg: Config, bench: QABenchmark, base: str) -> str:
         "precision": resolve_precision(cfg.model.precision, resolve_device(cfg.model.device)).label,
         "data": [[s.question, s.answer] for s in bench.world],
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+    return json_digest(payload)[:12]
 
 
 def prepared_folder(cfg: Config, bench: QABenchmark | None = None) -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenforget.config import Config
-from tokenforget.models import file_sha256
+from tokenforget.models import file_sha256, json_digest
 
 LIBRARIES = ("tokenforget", "torch", "transformers", "accelerate", "peft", "safetensors", "scipy")
 
@@ -32,8 +32,7 @@ def model_hash(folder: Path) -> dict[str, Any]:
         for p in sorted(folder.rglob("*"))
         if p.is_file() and not p.name.startswith(".")
     }
-    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
-    return {"path": str(folder), "sha256": digest, "files": files}
+    return {"path": str(folder), "sha256": json_digest(files), "files": files}
 
 
 def versions() -> dict[str, str | None]:

@@ -12,8 +12,6 @@ resolved precision. The key is stored in the file's metadata; a file with anothe
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +22,7 @@ from safetensors.torch import save_file
 
 from tokenforget.data.encode import Encoded, pad_batch
 from tokenforget.losses import RefStats
-from tokenforget.models import Precision, eval_mode, model_identity
+from tokenforget.models import Precision, eval_mode, json_digest, model_identity
 from tokenforget.train import answer_forward
 
 FORMAT = "tokenforget-reference-1"
@@ -40,7 +38,7 @@ def reference_key(
         "ids": list(ids),
         "texts": {name: [[e.input_ids, e.prompt_len] for e in items] for name, items in groups.items()},
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return json_digest(payload)
 
 
 def compute_reference(

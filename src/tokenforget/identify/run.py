@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -125,7 +124,7 @@ def identify_cache_path(cfg: Config, samples: list[Sample]) -> Path | None:
     The key covers everything that shapes the labels: the identify and prompt settings, the
     precision, the identity of every model the identifier reads, the samples and the tool version."""
     from tokenforget import __version__
-    from tokenforget.models import cache_dir, model_identity, resolve_model
+    from tokenforget.models import cache_dir, json_digest, model_identity, resolve_model
 
     i = cfg.identify
     if i.method not in CACHED_METHODS or not samples:
@@ -145,8 +144,7 @@ def identify_cache_path(cfg: Config, samples: list[Sample]) -> Path | None:
         "models": {role: model_identity(resolve_model(name)) for role, name in used.items()},
         "samples": [s.to_dict() for s in samples],
     }
-    key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-    return cache_dir() / "identified" / f"{i.method}-{key[:24]}.jsonl"
+    return cache_dir() / "identified" / f"{i.method}-{json_digest(payload)[:24]}.jsonl"
 
 
 def identify_file(
