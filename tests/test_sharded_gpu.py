@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_unlearn import cli_args, log_rows, weights_of
+from test_unlearn import accelerate_launch, cli_args, log_rows, weights_of
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="FSDP and DeepSpeed need a CUDA device")
 
@@ -54,18 +54,7 @@ ON_GPU = [
 def launch(kind: str, args: list[str]) -> list[str]:
     if kind.startswith("zero") and importlib.util.find_spec("deepspeed") is None:
         pytest.skip("deepspeed is not installed")
-    launcher = [sys.executable, "-m", "accelerate.commands.launch"]
-    common = [
-        "--num_processes",
-        "1",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-    ]
-    return [*launcher, *common, *LAUNCH[kind], *args]
+    return [*accelerate_launch(1, *LAUNCH[kind]), *args]
 
 
 def run(cmd: list[str], env: dict) -> subprocess.CompletedProcess:

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -170,6 +169,13 @@ def cli_args(tiny_llama_dir, forget, out, method, *extra):
     ]
 
 
+def accelerate_launch(processes: int, *flags: str) -> list[str]:
+    """`accelerate launch` of N processes on this machine, without mixed precision or compilation."""
+    launcher = [sys.executable, "-m", "accelerate.commands.launch"]
+    fixed = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return [*launcher, "--num_processes", str(processes), *fixed, *flags]
+
+
 def weights_of(folder):
     return load_file(folder / "model" / "model.safetensors")
 
@@ -273,20 +279,10 @@ def test_two_processes_match_one_with_the_same_global_batch(
         timeout=600,
     )
     assert one.returncode == 0, one.stderr[-3000:]
-    launcher = Path(sys.executable).parent / "accelerate"
     two = subprocess.run(
         [
-            str(launcher),
-            "launch",
-            "--multi_gpu",  # torchrun + gloo; with model.device=cpu the processes run on the CPU
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
+            # torchrun + gloo; with model.device=cpu the processes run on the CPU
+            *accelerate_launch(2, "--multi_gpu"),
             *cli_args(tiny_llama_dir, forget_file, tmp_path / "two", method, *extra),
         ],
         env=env,
