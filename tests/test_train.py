@@ -256,3 +256,45 @@ def cfg_overrides(cfg):
         "prepare.target_epochs=0.05",
         "prepare.eval_max_new_tokens=1",
     ]
+
+
+def test_sharded_checkpoint_goes_through_accelerate_and_lands_whole(tmp_path):
+    """The FSDP / DeepSpeed checkpoint path (`save_state` + state.json, renamed into place) on a
+    plain CPU accelerator: weights, AdamW state, scheduler and RNG come back; a kill between the two
+    renames leaves `.old`, which the next load puts back."""
+    from accelerate import Accelerator
+
+    from tokenforget.train import load_sharded_checkpoint, save_sharded_checkpoint
+
+    accelerator = Accelerator(cpu=True)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (1 + step))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    model(torch.ones(2, 4)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    folder = tmp_path / "checkpoints"
+    assert load_sharded_checkpoint(accelerator, folder) is None
+    save_sharded_checkpoint(accelerator, folder, {"step": 1, "total_steps": 5})
+    saved_weight = model.weight.detach().clone()
+    saved_moment = optimizer.state_dict()["state"][0]["exp_avg"].clone()
+    next_draw = torch.rand(3)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    model(torch.ones(2, 4)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    assert scheduler.get_last_lr() != [0.1 / 2]
+    assert load_sharded_checkpoint(accelerator, folder) == {"step": 1, "total_steps": 5}
+    assert torch.equal(model.weight, saved_weight)
+    assert torch.equal(optimizer.state_dict()["state"][0]["exp_avg"], saved_moment)
+    assert scheduler.get_last_lr() == [0.1 / 2]
+    assert torch.equal(torch.rand(3), next_draw)  # the RNG resumes where the checkpoint was taken
+    folder.replace(folder.with_name("checkpoints.old"))  # killed between the two renames
+    assert not folder.exists()
+    assert load_sharded_checkpoint(accelerator, folder)["step"] == 1
+    assert folder.is_dir() and not folder.with_name("checkpoints.old").exists()
+    assert not folder.with_name("checkpoints.tmp").exists()
