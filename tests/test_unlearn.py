@@ -335,3 +335,32 @@ def test_a_finished_run_is_not_trained_again_and_a_changed_config_is_refused(
     reopened = unlearn(rarer, tmp_path / "run")
     assert reopened.summary == first.summary
     assert (tmp_path / "run" / "config.yaml").read_text() == saved
+
+
+def test_deepspeed_auto_values_come_from_the_run_and_contradictions_are_refused():
+    from types import SimpleNamespace
+
+    from tokenforget.unlearn import configure_deepspeed
+
+    def accelerator(config: dict) -> SimpleNamespace:
+        plugin = SimpleNamespace(deepspeed_config=config)
+        return SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin), gradient_accumulation_steps=1)
+
+    # what `accelerate launch --use_deepspeed --zero_stage 2` writes when no flag sets the rest
+    launched = {
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": "auto",
+    }
+    acc = accelerator(launched)
+    configure_deepspeed(acc, micro=2, n_micro=4, max_grad_norm=0.5)
+    assert launched["train_micro_batch_size_per_gpu"] == 2
+    assert launched["gradient_accumulation_steps"] == 4
+    assert launched["gradient_clipping"] == 0.5
+    assert acc.gradient_accumulation_steps == 4
+    with pytest.raises(ConfigError, match=r"train_micro_batch_size_per_gpu=8, this run needs 2"):
+        configure_deepspeed(accelerator({"train_micro_batch_size_per_gpu": 8}), 2, 4, 1.0)
+    with pytest.raises(ConfigError, match=r"gradient_accumulation_steps=3, this run needs 4"):
+        configure_deepspeed(accelerator({"gradient_accumulation_steps": 3}), 2, 4, 1.0)
+    with pytest.raises(ConfigError, match=r"'optimizer' section: remove it"):
+        configure_deepspeed(accelerator({"optimizer": {"type": "AdamW"}}), 2, 4, 1.0)
