@@ -472,6 +472,8 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
     u = cfg.unlearn
     accelerator = make_accelerator(cfg)
     world, rank = accelerator.num_processes, accelerator.process_index
+    kind = distributed_kind(accelerator)
+    sharded, deepspeed = kind in SHARDED, kind == "DEEPSPEED"
     per_process = u.batch_size // world
     if u.batch_size % world or per_process % min(u.micro_batch_size, per_process):
         raise ConfigError(
@@ -577,7 +579,6 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
         seed=u.seed,
         checkpoint_every=u.checkpoint_every,
     )
-    deepspeed = distributed_kind(accelerator) == "DEEPSPEED"
     tied = tied_names(model)  # read before sharding, which may split the tie
 
     def prepare(optimizer: torch.optim.Optimizer) -> tuple[Any, list[torch.nn.Parameter]]:
@@ -600,7 +601,7 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
         u.max_grad_norm,
         extra_params=list(scorer.parameters()) if scorer is not None and not alternating else (),
         extra_state=extra_state,
-        prepare=prepare if distributed_kind(accelerator) in SHARDED else None,
+        prepare=prepare if sharded else None,
     )
     summary = {
         "method": method.name,
@@ -613,7 +614,7 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
         "steps": result.steps,
         "answer_tokens": result.tokens,
         "processes": world,
-        "distributed": distributed_kind(accelerator),
+        "distributed": kind,
         "precision": precision.label,
         "theta0_in_memory": method.needs_ref_model,
         "seconds": round(time.perf_counter() - started, 1),
@@ -623,7 +624,6 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
     if scorer is not None and accelerator.is_main_process:
         summary["atwu"] = {**cfg.atwu.model_dump(), **learned_weights(session, folder / TOKEN_WEIGHTS, micro)}
     # sharded: every process joins the gather of the full weights; the main process writes them
-    sharded = distributed_kind(accelerator) in SHARDED
     gathered = full_weights(accelerator, session.policy, tied) if sharded else None
     if accelerator.is_main_process:
         staging = folder / "model.partial"
