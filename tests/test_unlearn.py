@@ -180,6 +180,21 @@ def weights_of(folder):
     return load_file(folder / "model" / "model.safetensors")
 
 
+def assert_same_training(tiny_llama_dir, reference, other, tolerance: float) -> None:
+    """`other` trained like `reference`: the same weight names, final weights apart by less than
+    `tolerance` x how far training moved them, and the same per-step losses (rel 1e-4)."""
+    base = load_file(tiny_llama_dir / "model.safetensors")
+    a, b = weights_of(reference), weights_of(other)
+    assert set(a) == set(b)
+    moved = max(float((a[k] - base[k]).abs().max()) for k in a)
+    gap = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert moved > 1e-3  # training really moved the weights
+    assert gap < tolerance * moved, (gap, moved)
+    assert [r["loss"] for r in log_rows(other)] == pytest.approx(
+        [r["loss"] for r in log_rows(reference)], rel=1e-4
+    )
+
+
 @pytest.mark.parametrize(
     ("method", "more"),
     [
@@ -292,15 +307,7 @@ def test_two_processes_match_one_with_the_same_global_batch(
     )
     assert two.returncode == 0, two.stderr[-3000:]
     assert json.loads((tmp_path / "two" / "unlearn.json").read_text())["processes"] == 2
-    base = load_file(tiny_llama_dir / "model.safetensors")
-    a, b = weights_of(tmp_path / "one"), weights_of(tmp_path / "two")
-    moved = max(float((a[k] - base[k]).abs().max()) for k in a)
-    gap = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert moved > 1e-3  # training really moved the weights
-    assert gap < 1e-3 * moved, (gap, moved)
-    assert [r["loss"] for r in log_rows(tmp_path / "two")] == pytest.approx(
-        [r["loss"] for r in log_rows(tmp_path / "one")], rel=1e-4
-    )
+    assert_same_training(tiny_llama_dir, tmp_path / "one", tmp_path / "two", tolerance=1e-3)
     if method == "atwu":  # the learned weights agree too (written by the main process at the end)
         one_w = [json.loads(x) for x in (tmp_path / "one" / "token_weights.jsonl").read_text().splitlines()]
         two_w = [json.loads(x) for x in (tmp_path / "two" / "token_weights.jsonl").read_text().splitlines()]

@@ -339,7 +339,7 @@ def _fused_adamw(params: Sequence[torch.nn.Parameter], accelerator: Any) -> bool
     0.67-0.86 s for the default per-parameter loop, with the same update up to float rounding
     (`python benchmarks/optimizer_step.py`). None keeps
     PyTorch's choice (FSDP and DeepSpeed shard or replace the optimizer)."""
-    if distributed_kind(accelerator) not in {"NO", "MULTI_CPU", "MULTI_GPU"}:
+    if distributed_kind(accelerator) not in DATA_PARALLEL:
         return None
     usable = all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for p in params)
     return True if params and usable else None
@@ -384,6 +384,7 @@ def load_checkpoint(
 
 # ----------------------------------------------------------------------------- sharded runs
 
+DATA_PARALLEL = ("NO", "MULTI_CPU", "MULTI_GPU")  # every process holds the whole model
 SHARDED = ("FSDP", "DEEPSPEED")
 
 

@@ -65,7 +65,15 @@ from tokenforget.reference import (
     save_reference,
 )
 from tokenforget.runs import open_folder, trim_step_log, write_json
-from tokenforget.train import SHARDED, AnswerModel, FitSettings, batch_schedule, distributed_kind, run_steps
+from tokenforget.train import (
+    DATA_PARALLEL,
+    SHARDED,
+    AnswerModel,
+    FitSettings,
+    batch_schedule,
+    distributed_kind,
+    run_steps,
+)
 
 TRAIN_LOG = "train_log.jsonl"
 TOKEN_WEIGHTS = "token_weights.jsonl"
@@ -408,7 +416,7 @@ def make_accelerator(cfg: Config) -> Any:
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)],
     )
     kind = distributed_kind(accelerator)
-    if kind not in ("NO", "MULTI_CPU", "MULTI_GPU", *SHARDED):
+    if kind not in (*DATA_PARALLEL, *SHARDED):
         raise ConfigError(
             f"accelerate launched with {kind}: not supported by `unlearn`. Use DDP "
             "(`accelerate launch --multi_gpu --num_processes N -m tokenforget.cli unlearn ...`), FSDP "
