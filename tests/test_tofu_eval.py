@@ -82,6 +82,35 @@ def test_one_prompt_pass_for_scoring_and_generation_equals_two_passes(smollm_dir
         )
 
 
+def test_the_pass_split_over_worker_processes_equals_one_process(smollm_dir, monkeypatch):
+    """Each question's pairs and answers go to one forked worker; results come back in order."""
+    from tokenforget.evaluate import workers
+    from tokenforget.evaluate.scoring import answer_losses_and_greedy
+
+    model, tok, precision = load_model(ModelSettings(precision="fp32"), str(smollm_dir))
+    rows = tofu_mini().eval_forget[:6]
+    pairs = [(s.question, a) for s in rows for a in [s.answer, *s.meta["perturbed_answer"][:2]]]
+    asked = [s.question for s in rows[:5] + rows[:1]]  # one scored but not asked, one asked twice
+    para = [(s.meta["paraphrased_question"], s.answer) for s in rows[:3]]
+    args = (model, tok, pairs, asked, PromptSettings(), precision, True, 4, 6, 2, para)
+    shares, real = [], workers.run_in_workers
+
+    def counted(jobs, bar):
+        shares.append(len(jobs))
+        return real(jobs, bar)
+
+    monkeypatch.setattr(workers, "run_in_workers", counted)
+    losses, answers = answer_losses_and_greedy(*args, workers=2)
+    assert shares == [2]
+    one_losses, one_answers = answer_losses_and_greedy(*args, workers=1)
+    assert answers == one_answers and len(answers) == len(asked) + len(para)
+    assert losses.keys() == one_losses.keys()
+    for pair, loss in one_losses.items():
+        # float32 rounding: other batches, one thread instead of two (a mix-up would be off by >0.1)
+        assert torch.allclose(losses[pair].token_nll, loss.token_nll, rtol=0, atol=1e-4)
+        assert torch.equal(losses[pair].hits, loss.hits)
+
+
 @pytest.mark.parametrize("include_eos", [True, False])
 def test_batched_padded_scoring_equals_one_sequence_at_a_time(tiny_llama_dir, include_eos):
     model, tok, precision = load_model(ModelSettings(precision="fp32"), str(tiny_llama_dir))
@@ -159,7 +188,8 @@ def test_eval_tofu_writes_published_logs_and_resumes(tmp_path, tiny_llama_dir, m
     written = {name: (tmp_path / "eval" / name).stat().st_mtime_ns for name in LOG_FILES.values()}
     evaluate_tofu(cfg, str(tiny_llama_dir), bench, tmp_path / "eval")
     assert written == {name: (tmp_path / "eval" / name).stat().st_mtime_ns for name in LOG_FILES.values()}
-    shorter = load_config(overrides=[*overrides, "eval.max_new_tokens=3"])
+    # one process: the recording below sees what a forked worker generates only in that worker
+    shorter = load_config(overrides=[*overrides, "eval.max_new_tokens=3", "eval.workers=1"])
     generated: list[list[int]] = []
     greedy_tokens = generation.greedy_tokens
 

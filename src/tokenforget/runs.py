@@ -32,7 +32,7 @@ def open_run(cfg: Config) -> Path:
 
 # How often a checkpoint is written changes no result (resume is exact): reopening a run with
 # another value is allowed, and its config.yaml (hashed by the receipt) keeps the original.
-RESULT_NEUTRAL = frozenset({"prepare.checkpoint_every", "unlearn.checkpoint_every"})
+RESULT_NEUTRAL = frozenset({"prepare.checkpoint_every", "unlearn.checkpoint_every", "eval.workers"})
 
 
 def open_folder(folder: Path, cfg: Config) -> Path:

@@ -81,6 +81,7 @@ def answer_losses_and_greedy(
     max_new_tokens: int,
     generation_batch_size: int,
     unscored: Sequence[tuple[str, str]] = (),
+    workers: int = 1,
 ) -> tuple[dict[tuple[str | None, str], AnswerLoss], list[str]]:
     """`answer_losses` of the pairs and greedy answers to `questions` (each one a question of the
     pairs) on one prompt pass: each chunk of `generation_batch_size` prompts is run once, its answers
@@ -88,15 +89,89 @@ def answer_losses_and_greedy(
     `unscored` (question, answer) pairs join the pass for generation only: their questions are
     answered from the prompt that `answer` would continue (a tokenizer may merge across the seam),
     after `questions`' answers in the returned list.
+    `workers` > 1 splits the questions (with their pairs) over that many forked CPU processes
+    (`evaluate.workers`); the numbers agree with one process to float32 rounding.
     Same numbers as `answer_losses` + `answer_questions` without `max_length` (legacy TOFU's length
     bound depends on the generation batch's padded width, so that profile keeps separate passes)."""
-    from tokenforget.evaluate.generation import greedy_tokens
     from tokenforget.progress import task_progress
 
-    answer_of = {q: a for q, a in reversed(pairs)}  # the prompt ids as the scored pairs encode them
-    orphans = [q for q in questions if q not in answer_of]
+    scored_questions = {q for q, _ in pairs}
+    orphans = [q for q in questions if q not in scored_questions]
     if orphans:  # before any forward: the pass could not answer it
         raise ValueError(f"{len(orphans)} questions have no scored pair, e.g. {orphans[0]!r}")
+    settings = (prompt, precision, include_eos, batch_size, max_new_tokens, generation_batch_size)
+    with task_progress("score answers", len(set(pairs))) as bar:
+        bar.add_task("generate", total=len(questions) + len(unscored))
+        if workers <= 1:
+            return _losses_and_greedy(model, tokenizer, pairs, questions, unscored, settings, bar)
+        return _losses_and_greedy_in_workers(
+            model, tokenizer, pairs, questions, unscored, settings, bar, workers
+        )
+
+
+def _losses_and_greedy_in_workers(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[tuple[str | None, str]],
+    questions: Sequence[str],
+    unscored: Sequence[tuple[str, str]],
+    settings: tuple,
+    bar: Any,
+    workers: int,
+) -> tuple[dict[tuple[str | None, str], AnswerLoss], list[str]]:
+    """The pass split by question over forked workers: a question's pairs and its greedy answers
+    stay in one share (they share its prompt pass); an `unscored` pair is a share item of its own."""
+    from functools import partial
+
+    from tokenforget.evaluate.workers import balanced_shares, run_in_workers
+
+    by_question: dict[str | None, list[tuple[str | None, str]]] = {}
+    for pair in dict.fromkeys(pairs):
+        by_question.setdefault(pair[0], []).append(pair)
+    asked = collections.Counter(questions)
+    units: list[tuple[str | None, int | None]] = [(q, None) for q in by_question]
+    units += [(None, k) for k in range(len(unscored))]
+    generated_chars = 2 * settings[4]  # about half the new-token budget, at ~4 characters a token
+
+    def cost(unit: tuple[str | None, int | None]) -> float:
+        question, extra = unit
+        if extra is not None:
+            return len(unscored[extra][0]) + generated_chars
+        texts = sum(len(a) for _, a in by_question[question])
+        return len(question or "") + texts + asked[question] * generated_chars
+
+    shares = []
+    for share in balanced_shares([cost(u) for u in units], workers):
+        own = {units[k][0] for k in share if units[k][1] is None}
+        extras = [unscored[units[k][1]] for k in share if units[k][1] is not None]
+        share_pairs = [p for q in by_question if q in own for p in by_question[q]]
+        shares.append((share_pairs, [q for q in questions if q in own], extras))
+    jobs = [partial(_losses_and_greedy, model, tokenizer, *share, settings) for share in shares]
+    losses: dict[tuple[str | None, str], AnswerLoss] = {}
+    answer_of: dict[str, str] = {}
+    extra_answers: dict[tuple[str, str], str] = {}
+    with eval_mode(model):  # packed once here, shared by the children
+        results = run_in_workers(jobs, bar)
+        for (_, own_questions, extras), (part, answers) in zip(shares, results, strict=True):
+            losses.update(part)
+            answer_of.update(zip(own_questions, answers, strict=False))
+            extra_answers.update(zip(extras, answers[len(own_questions) :], strict=True))
+    return losses, [answer_of[q] for q in questions] + [extra_answers[p] for p in unscored]
+
+
+def _losses_and_greedy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[tuple[str | None, str]],
+    questions: Sequence[str],
+    unscored: Sequence[tuple[str, str]],
+    settings: tuple,
+    bar: Any,
+) -> tuple[dict[tuple[str | None, str], AnswerLoss], list[str]]:
+    from tokenforget.evaluate.generation import greedy_tokens
+
+    prompt, precision, include_eos, batch_size, max_new_tokens, generation_batch_size = settings
+    answer_of = {q: a for q, a in reversed(pairs)}  # the prompt ids as the scored pairs encode them
     prompt_of = {
         q: tuple(encode(Sample(answer=answer_of[q], question=q), tokenizer, prompt).prompt_ids)
         for q in questions
@@ -120,22 +195,20 @@ def answer_losses_and_greedy(
             answers[ids] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
         bar.advance(bar.task_ids[1], sum(asked[ids] for ids in wanted))
 
-    with task_progress("score answers", len(set(pairs))) as bar:
-        bar.add_task("generate", total=len(questions) + len(extra))
-        losses = _score_pairs(
-            model,
-            tokenizer,
-            pairs,
-            prompt,
-            precision,
-            include_eos,
-            batch_size,
-            False,
-            bar,
-            prompt_batch=generation_batch_size,
-            after_prompts=answer,
-            extra_prompts=extra,
-        )
+    losses = _score_pairs(
+        model,
+        tokenizer,
+        pairs,
+        prompt,
+        precision,
+        include_eos,
+        batch_size,
+        False,
+        bar,
+        prompt_batch=generation_batch_size,
+        after_prompts=answer,
+        extra_prompts=extra,
+    )
     wanted = [prompt_of[q] for q in questions] + extra
     missing = [ids for ids in wanted if ids not in answers]
     if missing:  # their prompts were scored without a shared prompt pass (raw text among the pairs)

@@ -25,9 +25,13 @@ from tokenforget.evaluate.generation import answer_questions, rouge_recall
 from tokenforget.evaluate.scoring import AnswerLoss, answer_losses, answer_losses_and_greedy
 from tokenforget.evaluate.tofu import LOG_FILES, read_tofu_logs, summarize, write_eval_log
 from tokenforget.evaluate.tokens import paraphrased_pairs, token_rows, tokens_stamp, write_token_rows
+from tokenforget.evaluate.workers import worker_count
 from tokenforget.models import load_model
 from tokenforget.progress import console
 from tokenforget.runs import changed_keys
+
+# labels do not change these logs; the worker count changes float32 rounding only
+RESULT_NEUTRAL_EVAL = frozenset({"token_labels", "workers"})
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,7 @@ def split_logs(
     extra: list[str] | None = None
     if profile.max_length is None:
         questions = [s.question or "" for s in everything]
+        workers = worker_count(cfg.eval.workers, precision.device, len(questions) + len(unscored or ()))
         losses, answers = answer_losses_and_greedy(
             model,
             tokenizer,
@@ -112,6 +117,7 @@ def split_logs(
             profile.max_new_tokens,
             cfg.eval.generation_batch_size,
             unscored or (),
+            workers,
         )
         answers, extra = answers[: len(questions)], answers[len(questions) :]
     else:
@@ -229,12 +235,12 @@ def evaluate_tofu(
     stamp = {
         "model": str(model_name),
         "benchmark": bench.name,
-        "eval": cfg.eval.model_dump(exclude={"token_labels"}),  # labels do not change these logs
+        "eval": cfg.eval.model_dump(exclude=RESULT_NEUTRAL_EVAL),
         "prompt": cfg.prompt.model_dump(),
     }
     stamp_file = out / "eval_settings.json"
     defaults = {
-        "eval": EvalSettings().model_dump(exclude={"token_labels"}),
+        "eval": EvalSettings().model_dump(exclude=RESULT_NEUTRAL_EVAL),
         "prompt": PromptSettings().model_dump(),
     }
     if stamp_file.is_file() and changed_keys(json.loads(stamp_file.read_text()), stamp, defaults):
