@@ -8,8 +8,8 @@ training forward (LM head at answer positions only).
 from __future__ import annotations
 
 import collections
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
-@dataclass
+@dataclasses.dataclass
 class AnswerLoss:
     """Per-token statistics of one answer under one model."""
 
@@ -99,25 +99,41 @@ def answer_losses_and_greedy(
     orphans = [q for q in questions if q not in scored_questions]
     if orphans:  # before any forward: the pass could not answer it
         raise ValueError(f"{len(orphans)} questions have no scored pair, e.g. {orphans[0]!r}")
-    settings = (prompt, precision, include_eos, batch_size, max_new_tokens, generation_batch_size)
+    job = _GreedyPass(
+        pairs,
+        questions,
+        unscored,
+        prompt,
+        precision,
+        include_eos,
+        batch_size,
+        max_new_tokens,
+        generation_batch_size,
+    )
     with task_progress("score answers", len(set(pairs))) as bar:
         bar.add_task("generate", total=len(questions) + len(unscored))
         if workers <= 1:
-            return _losses_and_greedy(model, tokenizer, pairs, questions, unscored, settings, bar)
-        return _losses_and_greedy_in_workers(
-            model, tokenizer, pairs, questions, unscored, settings, bar, workers
-        )
+            return _losses_and_greedy(model, tokenizer, job, bar)
+        return _losses_and_greedy_in_workers(model, tokenizer, job, bar, workers)
+
+
+@dataclasses.dataclass(frozen=True)
+class _GreedyPass:
+    """The inputs of one `answer_losses_and_greedy` pass (or of one worker's share of it)."""
+
+    pairs: Sequence[tuple[str | None, str]]
+    questions: Sequence[str]
+    unscored: Sequence[tuple[str, str]]
+    prompt: PromptSettings
+    precision: Precision
+    include_eos: bool
+    batch_size: int
+    max_new_tokens: int
+    generation_batch_size: int
 
 
 def _losses_and_greedy_in_workers(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    pairs: Sequence[tuple[str | None, str]],
-    questions: Sequence[str],
-    unscored: Sequence[tuple[str, str]],
-    settings: tuple,
-    bar: Any,
-    workers: int,
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, job: _GreedyPass, bar: Any, workers: int
 ) -> tuple[dict[tuple[str | None, str], AnswerLoss], list[str]]:
     """The pass split by question over forked workers: a question's pairs and its greedy answers
     stay in one share (they share its prompt pass); an `unscored` pair is a share item of its own."""
@@ -126,57 +142,57 @@ def _losses_and_greedy_in_workers(
     from tokenforget.evaluate.workers import balanced_shares, run_in_workers
 
     by_question: dict[str | None, list[tuple[str | None, str]]] = {}
-    for pair in dict.fromkeys(pairs):
+    for pair in dict.fromkeys(job.pairs):
         by_question.setdefault(pair[0], []).append(pair)
-    asked = collections.Counter(questions)
+    asked = collections.Counter(job.questions)
     units: list[tuple[str | None, int | None]] = [(q, None) for q in by_question]
-    units += [(None, k) for k in range(len(unscored))]
-    generated_chars = 2 * settings[4]  # about half the new-token budget, at ~4 characters a token
+    units += [(None, k) for k in range(len(job.unscored))]
+    generated_chars = 2 * job.max_new_tokens  # about half the new-token budget, at ~4 characters a token
 
     def cost(unit: tuple[str | None, int | None]) -> float:
         question, extra = unit
         if extra is not None:
-            return len(unscored[extra][0]) + generated_chars
+            return len(job.unscored[extra][0]) + generated_chars
         texts = sum(len(a) for _, a in by_question[question])
         return len(question or "") + texts + asked[question] * generated_chars
 
     shares = []
     for share in balanced_shares([cost(u) for u in units], workers):
         own = {units[k][0] for k in share if units[k][1] is None}
-        extras = [unscored[units[k][1]] for k in share if units[k][1] is not None]
-        share_pairs = [p for q in by_question if q in own for p in by_question[q]]
-        shares.append((share_pairs, [q for q in questions if q in own], extras))
-    jobs = [partial(_losses_and_greedy, model, tokenizer, *share, settings) for share in shares]
+        shares.append(
+            dataclasses.replace(
+                job,
+                pairs=[p for q in by_question if q in own for p in by_question[q]],
+                questions=[q for q in job.questions if q in own],
+                unscored=[job.unscored[units[k][1]] for k in share if units[k][1] is not None],
+            )
+        )
     losses: dict[tuple[str | None, str], AnswerLoss] = {}
     answer_of: dict[str, str] = {}
     extra_answers: dict[tuple[str, str], str] = {}
     with eval_mode(model):  # packed once here, shared by the children
+        jobs = [partial(_losses_and_greedy, model, tokenizer, share) for share in shares]
         results = run_in_workers(jobs, bar)
-        for (_, own_questions, extras), (part, answers) in zip(shares, results, strict=True):
+        for share, (part, answers) in zip(shares, results, strict=True):
             losses.update(part)
-            answer_of.update(zip(own_questions, answers, strict=False))
-            extra_answers.update(zip(extras, answers[len(own_questions) :], strict=True))
-    return losses, [answer_of[q] for q in questions] + [extra_answers[p] for p in unscored]
+            answer_of.update(zip(share.questions, answers, strict=False))
+            extra_answers.update(zip(share.unscored, answers[len(share.questions) :], strict=True))
+    return losses, [answer_of[q] for q in job.questions] + [extra_answers[p] for p in job.unscored]
 
 
 def _losses_and_greedy(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    pairs: Sequence[tuple[str | None, str]],
-    questions: Sequence[str],
-    unscored: Sequence[tuple[str, str]],
-    settings: tuple,
-    bar: Any,
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, job: _GreedyPass, bar: Any
 ) -> tuple[dict[tuple[str | None, str], AnswerLoss], list[str]]:
     from tokenforget.evaluate.generation import greedy_tokens
 
-    prompt, precision, include_eos, batch_size, max_new_tokens, generation_batch_size = settings
-    answer_of = {q: a for q, a in reversed(pairs)}  # the prompt ids as the scored pairs encode them
+    answer_of = {q: a for q, a in reversed(job.pairs)}  # the prompt ids as the scored pairs encode them
     prompt_of = {
-        q: tuple(encode(Sample(answer=answer_of[q], question=q), tokenizer, prompt).prompt_ids)
-        for q in questions
+        q: tuple(encode(Sample(answer=answer_of[q], question=q), tokenizer, job.prompt).prompt_ids)
+        for q in job.questions
     }
-    extra = [tuple(encode(Sample(answer=a, question=q), tokenizer, prompt).prompt_ids) for q, a in unscored]
+    extra = [
+        tuple(encode(Sample(answer=a, question=q), tokenizer, job.prompt).prompt_ids) for q, a in job.unscored
+    ]
     asked = collections.Counter([*prompt_of.values(), *extra])
     answers: dict[tuple[int, ...], str] = {}
 
@@ -190,7 +206,7 @@ def _losses_and_greedy(
             state = PromptState(state.cache, state.mask[keep], state.last_hidden[keep])
         wanted = [chunk[k] for k in rows]
         pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-        new = greedy_tokens(model, wanted, pad, eos, max_new_tokens, precision.device, state)
+        new = greedy_tokens(model, wanted, pad, eos, job.max_new_tokens, job.precision.device, state)
         for ids, tokens in zip(wanted, new, strict=True):
             answers[ids] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
         bar.advance(bar.task_ids[1], sum(asked[ids] for ids in wanted))
@@ -198,18 +214,18 @@ def _losses_and_greedy(
     losses = _score_pairs(
         model,
         tokenizer,
-        pairs,
-        prompt,
-        precision,
-        include_eos,
-        batch_size,
+        job.pairs,
+        job.prompt,
+        job.precision,
+        job.include_eos,
+        job.batch_size,
         False,
         bar,
-        prompt_batch=generation_batch_size,
+        prompt_batch=job.generation_batch_size,
         after_prompts=answer,
         extra_prompts=extra,
     )
-    wanted = [prompt_of[q] for q in questions] + extra
+    wanted = [prompt_of[q] for q in job.questions] + extra
     missing = [ids for ids in wanted if ids not in answers]
     if missing:  # their prompts were scored without a shared prompt pass (raw text among the pairs)
         raise ValueError(f"{len(missing)} questions got no prompt pass")
@@ -339,7 +355,7 @@ def _forwards(
                 after_prompts(list(chunk_prompts), state)
 
 
-@dataclass
+@dataclasses.dataclass
 class PromptState:
     """Left-padded prompts run once: their KV cache, mask and last hidden state."""
 
