@@ -196,8 +196,8 @@ class EvalSettings(_Section):
         "auto",
         description=(
             "Processes that share an evaluation pass on a CPU, each with threads/workers torch "
-            "threads; auto = one per thread (two single-thread processes took 0.85x the time of one "
-            "2-thread process on a 2-core CPU). 1 on GPUs, off Linux and in distributed runs."
+            "threads; auto = one per thread (two single-thread processes took 0.905x the time of "
+            "one 2-thread process on a 2-core CPU). 1 on GPUs, off Linux and in distributed runs."
         ),
     )
     token_labels: str | None = Field(

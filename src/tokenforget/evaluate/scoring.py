@@ -90,7 +90,7 @@ def answer_losses_and_greedy(
     answered from the prompt that `answer` would continue (a tokenizer may merge across the seam),
     after `questions`' answers in the returned list.
     `workers` > 1 splits the questions (with their pairs) over that many forked CPU processes
-    (`evaluate.workers`); the numbers agree with one process to float32 rounding.
+    (`eval.workers`); the numbers agree with one process to float32 rounding.
     Same numbers as `answer_losses` + `answer_questions` without `max_length` (legacy TOFU's length
     bound depends on the generation batch's padded width, so that profile keeps separate passes)."""
     from tokenforget.progress import task_progress

@@ -28,10 +28,12 @@ from tokenforget.evaluate.tokens import paraphrased_pairs, token_rows, tokens_st
 from tokenforget.evaluate.workers import worker_count
 from tokenforget.models import load_model
 from tokenforget.progress import console
-from tokenforget.runs import changed_keys
+from tokenforget.runs import RESULT_NEUTRAL, changed_keys
 
-# labels do not change these logs; the worker count changes float32 rounding only
-RESULT_NEUTRAL_EVAL = frozenset({"token_labels", "workers"})
+# labels do not change these logs (they change the token-level metrics), nor do the run's neutral keys
+RESULT_NEUTRAL_EVAL = frozenset(
+    {"token_labels"} | {k.removeprefix("eval.") for k in RESULT_NEUTRAL if k.startswith("eval.")}
+)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Why: SmolLM2's 576-wide matrices parallelise poorly inside one operation. On this project's 2-core
 CPU two single-thread processes, each scoring and answering half of the questions, finish the
-TOFU-mini pass in about 0.85x the time of one process with 2 threads
+TOFU-mini pass in 0.905x the time of one process with 2 threads
 (`python benchmarks/eval_workers.py`, `benchmarks/results/eval_workers.json`).
 
 The children are forked inside the caller's `eval_mode`, so they share the parent's weights and
@@ -78,7 +78,7 @@ def run_in_workers(jobs: Sequence[Callable[[Any], T]], bar: Any) -> list[T]:
     try:
         for job in jobs:
             receive, send = context.Pipe(duplex=False)
-            child = context.Process(target=_child, args=(job, send, threads, bar), daemon=True)
+            child = context.Process(target=_child, args=(job, send, threads, len(bar.task_ids)), daemon=True)
             child.start()
             send.close()  # the parent's copy: EOF once the child exits
             children.append(child)
@@ -115,10 +115,10 @@ def run_in_workers(jobs: Sequence[Callable[[Any], T]], bar: Any) -> list[T]:
             conn.close()
 
 
-def _child(job: Callable[[Any], Any], conn: Connection, threads: int, bar: Any) -> None:
+def _child(job: Callable[[Any], Any], conn: Connection, threads: int, tasks: int) -> None:
     torch.set_num_threads(threads)
     try:
-        result = job(RemoteBar(conn, len(bar.task_ids)))
+        result = job(RemoteBar(conn, tasks))
         conn.send_bytes(pickle.dumps(("done", result)))
     except BaseException:  # everything goes back to the parent, which raises it
         conn.send_bytes(pickle.dumps(("error", traceback.format_exc())))
