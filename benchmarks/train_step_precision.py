@@ -1,4 +1,5 @@
-"""Step time of one SmolLM2-135M training step: fp32 vs bf16 autocast vs LoRA, as ratios in one run.
+"""Step time of one SmolLM2-135M training step: fp32 vs bf16 autocast vs LoRA (plain, and with its
+frozen layers on prepacked oneDNN weights as `run_steps` trains it), as ratios in one run.
 
     .venv/bin/python benchmarks/train_step_precision.py [--out benchmarks/results/train_step_precision.json]
 
@@ -10,26 +11,36 @@ Median of repeated steps after one warm-up step. The ratios, not the seconds, ar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
-from tokenforget.config import LoraSettings, ModelSettings, PromptSettings
+from tokenforget.config import DEFAULT_MODEL, LoraSettings, ModelSettings, PromptSettings
 from tokenforget.data import encode, pad_batch, tofu_mini
-from tokenforget.models import cpu_supports_bf16, load_model, wrap_lora
+from tokenforget.models import (
+    cpu_supports_bf16,
+    load_model,
+    load_tokenizer,
+    packed_linears,
+    resolve_model,
+    wrap_lora,
+)
 from tokenforget.train import answer_forward, token_nll
 
 
-def step_seconds(precision: str, lora: bool, repeats: int) -> dict:
+def step_seconds(precision: str, lora: bool, repeats: int, packed: bool = False) -> list[float]:
+    """Seconds of each step after one warm-up step on `training_batch`."""
     model, tok, _ = load_model(ModelSettings(precision="fp32"))
     if lora:
         model = wrap_lora(model, LoraSettings(r=32, alpha=64))
-    enc = [encode(s, tok, PromptSettings()) for s in tofu_mini().retain[:8]]
-    batch = pad_batch(enc, tok.pad_token_id)
+    batch = training_batch(tok)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     ctx = (
         (lambda: torch.autocast("cpu", dtype=torch.bfloat16))
@@ -37,17 +48,48 @@ def step_seconds(precision: str, lora: bool, repeats: int) -> dict:
         else (lambda: torch.autocast("cpu", enabled=False))
     )
     times = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        with ctx():
-            loss = token_nll(answer_forward(model, batch)).mean()
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times[1:])
-    tokens = int(batch["attention_mask"].sum())
+    packing = packed_linears(model, training=True, dtype=None) if packed else contextlib.nullcontext()
+    with packing as count:
+        assert not packed or count, "nothing was packed"
+        for _ in range(repeats + 1):
+            times.append(_timed_step(model, batch, opt, ctx))
+    return times[1:]
+
+
+def training_batch(tok: PreTrainedTokenizerBase) -> dict[str, torch.Tensor]:
+    return pad_batch([encode(s, tok, PromptSettings()) for s in tofu_mini().retain[:8]], tok.pad_token_id)
+
+
+def summary(times: list[float]) -> dict:
+    tokens = int(training_batch(load_tokenizer(resolve_model(DEFAULT_MODEL)))["attention_mask"].sum())
+    median = statistics.median(times)
     return {"median_s": round(median, 3), "tokens_per_s": round(tokens / median, 1), "tokens": tokens}
+
+
+def _timed_step(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    opt: torch.optim.Optimizer,
+    ctx: Callable[[], contextlib.AbstractContextManager],
+) -> float:
+    start = time.perf_counter()
+    with ctx():
+        loss = token_nll(answer_forward(model, batch)).mean()
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+    return time.perf_counter() - start
+
+
+def plain_and_packed_lora(precision: str, repeats: int) -> tuple[dict, dict]:
+    """LoRA steps with the frozen layers plain and packed, alternating twice, so a drift of the
+    machine's speed hits both alike."""
+    plain: list[float] = []
+    packed: list[float] = []
+    for _ in range(2):
+        plain += step_seconds(precision, True, repeats)
+        packed += step_seconds(precision, True, repeats, packed=True)
+    return summary(plain), summary(packed)
 
 
 def main() -> None:
@@ -55,9 +97,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--out", default="benchmarks/results/train_step_precision.json")
     args = parser.parse_args()
-    fp32 = step_seconds("fp32", False, args.repeats)
-    lora = step_seconds("fp32", True, args.repeats)
-    bf16 = step_seconds("bf16-autocast", False, 1)  # emulated bf16 is ~20x slower on AVX2: one step
+    fp32 = summary(step_seconds("fp32", False, args.repeats))
+    lora, lora_packed = plain_and_packed_lora("fp32", args.repeats)
+    bf16 = summary(step_seconds("bf16-autocast", False, 1))  # emulated bf16 is ~20x slower on AVX2
+    bf16_lora = plain_and_packed_lora("bf16-autocast", args.repeats) if cpu_supports_bf16() else None
     result = {
         "command": "python benchmarks/train_step_precision.py",
         "machine": {
@@ -69,12 +112,19 @@ def main() -> None:
         },
         "full_fp32": fp32,
         "lora_r32_fp32": lora,
+        "lora_r32_fp32_packed_frozen": lora_packed,
         "full_bf16_autocast": bf16,
         "ratios": {
             "lora_over_full": round(lora["median_s"] / fp32["median_s"], 3),
+            "lora_packed_over_lora": round(lora_packed["median_s"] / lora["median_s"], 3),
             "bf16_autocast_over_fp32": round(bf16["median_s"] / fp32["median_s"], 3),
         },
     }
+    if bf16_lora is not None:  # packed bf16 copies need native bf16 instructions
+        result["lora_r32_bf16_autocast"], result["lora_r32_bf16_autocast_packed_frozen"] = bf16_lora
+        result["ratios"]["bf16_lora_packed_over_lora"] = round(
+            bf16_lora[1]["median_s"] / bf16_lora[0]["median_s"], 3
+        )
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

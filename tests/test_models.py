@@ -227,6 +227,76 @@ def test_packed_linears_match_the_plain_forward_and_restore_the_layers(tiny_llam
         assert torch.equal(model(ids).logits, plain)
 
 
+def test_frozen_packed_linear_gives_the_plain_input_gradient():
+    layer = torch.nn.Linear(6, 5).requires_grad_(False)
+    x = torch.randn(2, 3, 6, requires_grad=True)
+    grad_out = torch.randn(2, 3, 5)
+    plain = layer(x)
+    (expected,) = torch.autograd.grad(plain, x, grad_out)
+    with models.packed_linears(layer, training=True) as count:
+        assert count == 1
+        packed = layer(x)
+        assert type(packed.grad_fn).__name__ == "_FrozenPackedLinearBackward"
+        (got,) = torch.autograd.grad(packed, x, grad_out)
+    torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)  # = grad_out @ W
+    torch.testing.assert_close(got, grad_out @ layer.weight, rtol=1e-5, atol=1e-6)
+    assert "forward" not in vars(layer)
+
+
+@pytest.mark.skipif(not models.cpu_supports_bf16(), reason="this CPU has no native bf16 instructions")
+def test_packed_linear_under_bf16_autocast_matches_autocast():
+    layer = torch.nn.Linear(64, 48)
+    x = torch.randn(3, 5, 64)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = layer(x)
+    bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
+    with models.eval_mode(layer, dtype=torch.bfloat16), bf16, torch.profiler.profile() as prof:
+        packed = layer(x)
+    assert packed.dtype == plain.dtype == torch.bfloat16
+    torch.testing.assert_close(packed, plain, rtol=2e-2, atol=2e-2)
+    assert "mkldnn::_linear_pointwise" in {event.key for event in prof.key_averages()}
+    # training under bf16 autocast keeps the plain path (packed copies measured no faster there)
+    layer.requires_grad_(False)
+    x.requires_grad_(True)
+    with models.packed_linears(layer, training=True, dtype=None), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert type(layer(x).grad_fn).__name__ != "_FrozenPackedLinearBackward"
+
+
+def test_training_packs_only_frozen_layers_and_keeps_the_lora_gradients(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    model = models.wrap_lora(model, LoraSettings(r=4, alpha=8))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # zero at init: the gradient would not reach lora_A and the layers below
+            torch.nn.init.normal_(param, std=0.1)
+    ids = torch.randint(0, model.config.vocab_size, (3, 9))
+
+    def lora_grads() -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        model(ids).logits.logsumexp(-1).sum().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    plain = lora_grads()
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    frozen = [m for m in linears if not m.weight.requires_grad]
+    assert frozen and len(frozen) < len(linears)  # the base layers and the head; lora_A/B train
+    with models.packed_linears(model, training=True) as count, torch.profiler.profile() as prof:
+        assert count == len(frozen)
+        assert all(("forward" in vars(m)) == (m in frozen) for m in linears)
+        packed = lora_grads()
+        with models.eval_mode(model):  # a probe inside training packs the rest, then unpacks only those
+            assert all("forward" in vars(m) for m in linears)
+        assert all(("forward" in vars(m)) == (m in frozen) for m in linears)
+    assert not any("forward" in vars(m) for m in linears)
+    assert plain.keys() == packed.keys() and plain
+    for name in plain:
+        torch.testing.assert_close(packed[name], plain[name], rtol=1e-4, atol=1e-6, msg=name)
+    ran = {event.key for event in prof.key_averages()}
+    assert "mkldnn::_linear_pointwise" in ran
+
+
 def test_saved_tokenizer_config_does_not_depend_on_how_the_tokenizer_was_loaded(tmp_path, smollm_dir):
     from transformers import AutoTokenizer
 

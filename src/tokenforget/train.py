@@ -14,6 +14,7 @@ never a torn one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -29,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tokenforget.data.encode import IGNORE_INDEX, Encoded, pad_batch
-from tokenforget.models import Precision, fits_in_free_memory
+from tokenforget.models import Precision, fits_in_free_memory, packed_linears
 
 
 @dataclass
@@ -569,7 +570,9 @@ def run_steps(
     started = time.perf_counter()
     tokens_now = 0
     try:
-        with _StopRequest() as stop, training_progress(label, total, state.step) as bar:
+        # frozen layers (a LoRA base model) on prepacked weights; a sharded model's are not whole
+        packing = contextlib.nullcontext() if sharded else packed_linears(model, training=True, dtype=None)
+        with _StopRequest() as stop, training_progress(label, total, state.step) as bar, packing:
             for step in range(state.step, total):
                 parts, n_tokens = step_fn(step)
                 bad = [name for name, value in parts.items() if not math.isfinite(value)]

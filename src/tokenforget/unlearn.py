@@ -674,7 +674,7 @@ def learned_weights(session: Session, path: Path, batch_size: int) -> dict[str, 
     samples: list[Sample] = []
     all_g, all_uw = [], []
     policy = getattr(session.policy, "module", session.policy)
-    with eval_mode(session.model):
+    with eval_mode(session.model, dtype=session.precision.compute_dtype):
         for start in range(0, len(session.forget), batch_size):
             rows = session.forget[start : start + batch_size]
             batch = {

@@ -102,7 +102,7 @@ def kl_to_reference(
     and its mean over samples. Both models must share the tokenizer."""
     encoded = [encode(s, tokenizer, prompt) for s in samples]
     per_sample: list[float] = []
-    with eval_mode(model), eval_mode(reference):
+    with eval_mode(model, dtype=precision.compute_dtype), eval_mode(reference, dtype=precision.compute_dtype):
         for start in range(0, len(encoded), batch_size):
             chunk = encoded[start : start + batch_size]
             batch = {k: v.to(precision.device) for k, v in pad_batch(chunk, tokenizer.pad_token_id).items()}

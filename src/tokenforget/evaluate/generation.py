@@ -43,7 +43,7 @@ def generate_greedy(
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths pad less
     outputs: dict[int, str] = {}
     pad = tokenizer.pad_token_id
-    with eval_mode(model), task_progress("generate", len(prompts)) as bar:
+    with eval_mode(model, dtype=precision.compute_dtype), task_progress("generate", len(prompts)) as bar:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             width = max(len(prompts[i]) for i in chunk)  # the left-padded batch width

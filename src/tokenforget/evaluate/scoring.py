@@ -170,7 +170,7 @@ def _losses_and_greedy_in_workers(
     losses: dict[tuple[str | None, str], AnswerLoss] = {}
     answer_of: dict[str, str] = {}
     extra_answers: dict[tuple[str, str], str] = {}
-    with eval_mode(model):  # packed once here, shared by the children
+    with eval_mode(model, dtype=job.precision.compute_dtype):  # packed once here, shared by the children
         jobs = [partial(_losses_and_greedy, model, tokenizer, share) for share in shares]
         results = run_in_workers(jobs, bar)
         for share, (part, answers) in zip(shares, results, strict=True):
@@ -249,7 +249,7 @@ def _score_pairs(
     unique = list(dict.fromkeys(pairs))
     encoded = [encode(Sample(answer=a, question=q), tokenizer, prompt) for q, a in unique]
     results: dict[tuple[str | None, str], AnswerLoss] = {}
-    with eval_mode(model):
+    with eval_mode(model, dtype=precision.compute_dtype):
         for chunk, fwd in _forwards(
             model,
             encoded,
@@ -283,7 +283,7 @@ def encoded_nll(
 ) -> list[torch.Tensor]:
     """Per-token NLL (float64, CPU, EOS included) of each already encoded answer, in input order."""
     out: list[torch.Tensor] = [torch.empty(0)] * len(encoded)
-    with eval_mode(model):
+    with eval_mode(model, dtype=precision.compute_dtype):
         for chunk, fwd in _forwards(model, list(encoded), pad_id, precision, True, batch_size):
             for index, nll in zip(chunk, _by_row(token_nll(fwd).double(), fwd, len(chunk)), strict=True):
                 out[index] = nll
