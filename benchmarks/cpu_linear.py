@@ -4,9 +4,12 @@
 
 The shapes are SmolLM2-135M's (hidden 576, MLP 1536, vocabulary 49152) at the row counts the
 evaluation uses: 96 (a decoding step of a generation chunk), 512 and 1280 (answer-scoring batches).
-Each is the median GFLOP/s of 5 timings. `--eval` also evaluates the prepared TOFU-mini target
-on the tofu-mini profile with packed linears off, on, off, on (`models.packed_linears`, which
-`eval_mode` enters) and reports the medians and whether the logs agree.
+Each is the median GFLOP/s of 5 timings; on a CPU with native bf16 instructions also under bf16
+autocast (which casts the weight at every call) against a packed bf16 copy. `--eval` also
+evaluates the prepared TOFU-mini target on the tofu-mini profile (at `model.precision: auto`) with
+packed linears off, on, off, on (`models.packed_linears`, which `eval_mode` enters) and reports the
+medians and whether the logs agree. Results: `cpu_linear.json` (an AVX2 EPYC) and
+`cpu_linear_avx512.json` (an AVX512 EPYC with native bf16).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from tokenforget.models import cpu_supports_bf16, resolve_device, resolve_precision
 
 SHAPES = [(96, 576, 1536), (96, 1536, 576), (96, 576, 49152), (512, 576, 1536), (1280, 576, 49152)]
 
@@ -35,6 +40,17 @@ def gflops(fn, flop: int, seconds: float = 0.5) -> float:
             count += 1
         rates.append(flop * count / (time.perf_counter() - start) / 1e9)
     return statistics.median(rates)
+
+
+def bf16_rates(x: torch.Tensor, layer: torch.nn.Linear) -> dict[str, float]:
+    flop = 2 * x.shape[0] * layer.in_features * layer.out_features
+    packed = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach().bfloat16(), None)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = gflops(lambda: layer(x), flop)
+        onednn = gflops(
+            lambda: torch.ops.mkldnn._linear_pointwise(x.bfloat16(), packed, None, "none", [], ""), flop
+        )
+    return {"autocast_bf16_gflops": round(autocast, 1), "onednn_packed_bf16_gflops": round(onednn, 1)}
 
 
 def linear_rates() -> list[dict]:
@@ -58,6 +74,7 @@ def linear_rates() -> list[dict]:
                 "out": n,
                 "mkl_gflops": round(mkl, 1),
                 "onednn_packed_gflops": round(onednn, 1),
+                **(bf16_rates(x, layer) if cpu_supports_bf16() else {}),
             }
         )
         print(rows[-1])
@@ -80,7 +97,7 @@ def eval_times() -> dict:
     logs: dict[str, str] = {}
     for variant in ["mkl", "onednn_packed"] * 2:
         models.packed_linears = (
-            original if variant == "onednn_packed" else (lambda m: contextlib.nullcontext(0))
+            original if variant == "onednn_packed" else (lambda *args, **kwargs: contextlib.nullcontext(0))
         )
         out = Path(tempfile.mkdtemp())
         start = time.perf_counter()
@@ -93,6 +110,7 @@ def eval_times() -> dict:
     models.packed_linears = original
     return {
         "model": str(prepared / "target"),
+        "precision": resolve_precision(Config().model.precision, resolve_device("auto")).label,
         "seconds": seconds,
         "median_seconds": {k: statistics.median(v) for k, v in seconds.items()},
         "same_forget_answers": logs["mkl"] == logs["onednn_packed"],
@@ -107,8 +125,11 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/cpu_linear.json")
     args = parser.parse_args()
     result = {
-        "command": "python benchmarks/cpu_linear.py" + (" --eval" if args.eval else ""),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "command": "python benchmarks/cpu_linear.py"
+        + (" --eval" if args.eval else "")
+        + f" --out {args.out}",
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {cpu_supports_bf16()}",
         "torch": torch.__version__,
         "linear": linear_rates(),
     }
