@@ -240,3 +240,39 @@ def test_eval_tofu_token_rows_equal_the_token_stage_own_passes_on_smollm2(tmp_pa
     for mine, theirs in zip(cached, own, strict=True):
         assert mine["offsets"] == theirs["offsets"] and mine["hits"] == theirs["hits"]
         assert mine["logp"] == pytest.approx(theirs["logp"], abs=1e-4)
+
+
+def test_eval_logs_are_redone_for_other_weights_or_precision_and_kept_from_older_stamps(
+    tmp_path, tiny_llama_dir
+):
+    import os
+    import shutil
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, model_dir)  # its files' times change below
+    bench = tofu_mini()
+    bench.retain = bench.retain[:2]
+    out = tmp_path / "eval"
+    log = out / LOG_FILES["retain"]
+    overrides = ["eval.retain_rows=2", "eval.workers=1"]
+
+    def evaluate(precision: str) -> int:
+        cfg = load_config(overrides=[*overrides, f"model.precision={precision}"])
+        evaluate_tofu(cfg, str(model_dir), bench, out, splits=("retain",))
+        return log.stat().st_mtime_ns
+
+    first = evaluate("fp32")
+    stamp = json.loads((out / "eval_settings.json").read_text())
+    assert stamp["precision"] == "float32" and "model.safetensors" in stamp["model_identity"]
+    # a stamp written before these keys existed keeps its logs
+    older = {k: v for k, v in stamp.items() if k not in ("precision", "model_identity")}
+    (out / "eval_settings.json").write_text(json.dumps(older))
+    assert evaluate("fp32") == first
+    # another precision (what `auto` resolves to on another CPU) redoes them
+    second = evaluate("bf16-autocast")
+    assert second != first
+    assert json.loads((out / "eval_settings.json").read_text())["precision"] == "float32+autocast-bfloat16"
+    # so do other weights at the same path (a model trained again in place)
+    weights = model_dir / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert evaluate("bf16-autocast") != second

@@ -5,7 +5,8 @@ perturbed options) and one batched greedy pass generates the answers, over all s
 they are small (tofu-mini) or split by split when they are not; each log is written under its
 published file name as soon as its pass is done, so an interrupted evaluation resumes at the next
 pass and a finished model is never evaluated twice (`eval_settings.json` records what
-produced the folder; other settings start over).
+produced the folder: the settings, the model's path and identity (manifest hashes, else file sizes
+and times) and the resolved precision; other ones start over).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tokenforget.evaluate.scoring import AnswerLoss, answer_losses, answer_losse
 from tokenforget.evaluate.tofu import LOG_FILES, read_tofu_logs, summarize, write_eval_log
 from tokenforget.evaluate.tokens import paraphrased_pairs, token_rows, tokens_stamp, write_token_rows
 from tokenforget.evaluate.workers import worker_count
-from tokenforget.models import load_model
+from tokenforget.models import load_model, model_identity, resolve_device, resolve_precision
 from tokenforget.progress import console
 from tokenforget.runs import RESULT_NEUTRAL, changed_keys
 
@@ -234,14 +235,24 @@ def evaluate_tofu(
     """Evaluate `model_name` on `bench`, write the published log files of `splits` (default all
     four) and summary.json in `out`."""
     out.mkdir(parents=True, exist_ok=True)
+    # what the logs depend on besides the settings: the weights (not only their path: a model
+    # trained again in place, or moved) and the resolved precision (`auto` is bf16 autocast on one
+    # CPU and float32 on another, so a run resumed on another machine must not mix the two)
+    content = {
+        "model_identity": model_identity(str(model_name)),
+        "precision": resolve_precision(cfg.model.precision, resolve_device(cfg.model.device)).label,
+    }
     stamp = {
         "model": str(model_name),
+        **content,
         "benchmark": bench.name,
         "eval": cfg.eval.model_dump(exclude=RESULT_NEUTRAL_EVAL),
         "prompt": cfg.prompt.model_dump(),
     }
     stamp_file = out / "eval_settings.json"
     defaults = {
+        # logs stamped before these keys existed are kept (an upgrade keeps old results)
+        **content,
         "eval": EvalSettings().model_dump(exclude=RESULT_NEUTRAL_EVAL),
         "prompt": PromptSettings().model_dump(),
     }
