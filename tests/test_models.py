@@ -242,6 +242,10 @@ def test_frozen_packed_linear_gives_the_plain_input_gradient():
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)  # = grad_out @ W
     torch.testing.assert_close(got, grad_out @ layer.weight, rtol=1e-5, atol=1e-6)
     assert "forward" not in vars(layer)
+    with models.packed_linears(layer, training=True):
+        layer.requires_grad_(True)  # unfrozen inside: the plain path, which gives the weight its gradient
+        layer(x).sum().backward()
+    assert layer.weight.grad is not None
 
 
 @pytest.mark.skipif(not models.cpu_supports_bf16(), reason="this CPU has no native bf16 instructions")
