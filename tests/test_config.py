@@ -89,3 +89,31 @@ def test_every_setting_is_documented():
     assert {"model.name", "prepare.lr", "prepare.lora.r", "prompt.template", "run.name"} <= keys
     assert not [k for k, _, d in rows if not d]
     assert Config.model_json_schema()["title"] == "Config"
+
+
+def test_a_run_folder_continues_only_where_its_precision_means_the_same(tmp_path, monkeypatch):
+    import json
+
+    from tokenforget import runs
+
+    def machine(auto: str) -> None:
+        """What each setting resolves to on a machine where `auto` means `auto`."""
+        meaning = {"auto": auto, "fp32": "float32", "bf16-autocast": "float32+autocast-bfloat16"}
+        monkeypatch.setattr(runs, "resolved_precision", lambda cfg: meaning[cfg.model.precision])
+
+    made = load_config()
+    machine("float32")
+    folder = runs.open_folder(tmp_path / "run", made)
+    assert json.loads((folder / runs.PRECISION_FILE).read_text()) == {"precision": "float32"}
+    saved = (folder / "config.yaml").read_text()
+    assert runs.open_folder(folder, made) == folder
+    machine("float32+autocast-bfloat16")  # a CPU with native bf16: auto means something else there
+    with pytest.raises(ConfigError, match=r"meant float32; .* Continue it with --set model.precision=fp32"):
+        runs.open_folder(folder, made)
+    assert runs.open_folder(folder, load_config(overrides=["model.precision=fp32"])) == folder
+    assert (folder / "config.yaml").read_text() == saved  # the folder keeps what made it
+    # a folder made before precision.json existed compares the setting as written
+    (folder / runs.PRECISION_FILE).unlink()
+    with pytest.raises(ConfigError, match="different config"):
+        runs.open_folder(folder, load_config(overrides=["model.precision=fp32"]))
+    assert runs.open_folder(folder, made) == folder

@@ -2,6 +2,9 @@
 
 `config.yaml` is the full resolved config. Re-running the same config in the same folder resumes it;
 a different config in an existing folder is refused (it would mix results of two experiments).
+`precision.json` records what `model.precision` resolved to when the folder was made: `auto` is
+bf16 autocast on one machine and float32 on another, so the resolved precision, not the setting,
+must match (a run made with `auto` where it meant float32 continues elsewhere with `fp32`).
 """
 
 from __future__ import annotations
@@ -35,23 +38,58 @@ def open_run(cfg: Config) -> Path:
 RESULT_NEUTRAL = frozenset({"prepare.checkpoint_every", "unlearn.checkpoint_every", "eval.workers"})
 
 
+PRECISION_FILE = "precision.json"
+# model.precision is compared through what it resolves to (PRECISION_FILE), not as written
+_PRECISION_SETTING = "model.precision"
+
+
 def open_folder(folder: Path, cfg: Config) -> Path:
-    """Create (or reopen, when the config matches up to RESULT_NEUTRAL keys) a run folder and write
-    config.yaml."""
+    """Create (or reopen, when the config matches up to RESULT_NEUTRAL keys and the resolved
+    precision is the same) a run folder and write config.yaml and precision.json."""
     config_file = folder / "config.yaml"
     resolved = cfg.model_dump(mode="json")
+    precision = resolved_precision(cfg)
+    precision_file = folder / PRECISION_FILE
     if config_file.is_file():
         previous = yaml.safe_load(config_file.read_text()) or {}
-        changed = changed_keys(previous, resolved, Config().model_dump(mode="json"), RESULT_NEUTRAL)
+        made_with = json.loads(precision_file.read_text())["precision"] if precision_file.is_file() else None
+        neutral = RESULT_NEUTRAL | ({_PRECISION_SETTING} if made_with is not None else frozenset())
+        changed = changed_keys(previous, resolved, Config().model_dump(mode="json"), neutral)
         if changed:
             raise ConfigError(
                 f"{folder} was made with a different config (changed: {', '.join(changed[:8])}). "
                 f"Use another folder (--out, or --set run.name=NAME) or delete {folder} to start over."
             )
-        return folder
+        if made_with is not None and made_with != precision:
+            setting = _SETTING_OF.get(made_with)
+            fix = f"--set model.precision={setting}" if setting else f"a model.precision giving {made_with}"
+            raise ConfigError(
+                f"{folder} was made where model.precision={previous['model']['precision']!r} meant "
+                f"{made_with}; here {cfg.model.precision!r} means {precision}, and its models and logs "
+                f"would mix the two. Continue it with {fix}, or use another folder (--out, or --set "
+                "run.name=NAME)."
+            )
+        return folder  # a folder from before precision.json: its setting was compared as written
     folder.mkdir(parents=True, exist_ok=True)
     config_file.write_text(cfg.to_yaml())
+    precision_file.write_text(json.dumps({"precision": precision}))
     return folder
+
+
+def resolved_precision(cfg: Config) -> str:
+    """What cfg.model.precision means on this machine (`auto` differs between CPUs and GPUs)."""
+    from tokenforget.models import resolve_device, resolve_precision
+
+    return resolve_precision(cfg.model.precision, resolve_device(cfg.model.device)).label
+
+
+# the concrete setting behind each resolved precision, for the fix an error message names
+_SETTING_OF = {
+    "float32": "fp32",
+    "float32+autocast-bfloat16": "bf16-autocast",
+    "bfloat16": "bf16",
+    "float16": "fp16",
+}
 
 
 def changed_keys(
