@@ -422,9 +422,10 @@ def packed_linears(
     so a packed (stale) weight never meets an optimizer.
     training=True: only frozen layers (no parameter requires grad: a LoRA base model, a frozen LM
     head) are packed, twice: W for the forward and W^T for the backward pass, which needs only the
-    input's gradient (grad x = grad y W). A float32 LoRA step of SmolLM2-135M then takes 0.69x the
-    plain step's time (`python benchmarks/train_step_precision.py`); under bf16 autocast the packed
-    copies measured no faster in training, so a bf16 call with autograd on takes the plain path.
+    input's gradient (grad x = grad y W). A float32 LoRA step of SmolLM2-135M then took 0.65x the
+    plain step's time on an AVX512 EPYC (`python benchmarks/train_step_precision.py`); under bf16
+    autocast the packed copies measured no faster in training, so a bf16 call with autograd on
+    takes the plain path.
     Trainable layers keep the plain path: their weights change every step, and packing them again
     at every step costs more than it saves.
     Skipped when oneDNN is unavailable, on accelerators, when float32 copies would take over half the
