@@ -275,4 +275,8 @@ def test_eval_logs_are_redone_for_other_weights_or_precision_and_kept_from_older
     # so do other weights at the same path (a model trained again in place)
     weights = model_dir / "model.safetensors"
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
-    assert evaluate("bf16-autocast") != second
+    third = evaluate("bf16-autocast")
+    assert third != second
+    # the same weights moved elsewhere keep their logs
+    model_dir = model_dir.rename(tmp_path / "moved")
+    assert evaluate("bf16-autocast") == third

@@ -5,7 +5,7 @@ perturbed options) and one batched greedy pass generates the answers, over all s
 they are small (tofu-mini) or split by split when they are not; each log is written under its
 published file name as soon as its pass is done, so an interrupted evaluation resumes at the next
 pass and a finished model is never evaluated twice (`eval_settings.json` records what
-produced the folder: the settings, the model's path and identity (manifest hashes, else file sizes
+produced the folder: the settings, the model's identity (manifest hashes, else file sizes
 and times) and the resolved precision; other ones start over).
 """
 
@@ -27,9 +27,9 @@ from tokenforget.evaluate.scoring import AnswerLoss, answer_losses, answer_losse
 from tokenforget.evaluate.tofu import LOG_FILES, read_tofu_logs, summarize, write_eval_log
 from tokenforget.evaluate.tokens import paraphrased_pairs, token_rows, tokens_stamp, write_token_rows
 from tokenforget.evaluate.workers import worker_count
-from tokenforget.models import load_model, model_identity, resolve_device, resolve_precision
+from tokenforget.models import load_model, model_identity
 from tokenforget.progress import console
-from tokenforget.runs import RESULT_NEUTRAL, changed_keys
+from tokenforget.runs import RESULT_NEUTRAL, changed_keys, resolved_precision
 
 # labels do not change these logs (they change the token-level metrics), nor do the run's neutral keys
 RESULT_NEUTRAL_EVAL = frozenset(
@@ -235,12 +235,12 @@ def evaluate_tofu(
     """Evaluate `model_name` on `bench`, write the published log files of `splits` (default all
     four) and summary.json in `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    # what the logs depend on besides the settings: the weights (not only their path: a model
-    # trained again in place, or moved) and the resolved precision (`auto` is bf16 autocast on one
+    # what the logs depend on besides the settings: the weights (not their path: a model trained
+    # again in place, or moved) and the resolved precision (`auto` is bf16 autocast on one
     # CPU and float32 on another, so a run resumed on another machine must not mix the two)
     content = {
         "model_identity": model_identity(str(model_name)),
-        "precision": resolve_precision(cfg.model.precision, resolve_device(cfg.model.device)).label,
+        "precision": resolved_precision(cfg),
     }
     stamp = {
         "model": str(model_name),
@@ -256,7 +256,11 @@ def evaluate_tofu(
         "eval": EvalSettings().model_dump(exclude=RESULT_NEUTRAL_EVAL),
         "prompt": PromptSettings().model_dump(),
     }
-    if stamp_file.is_file() and changed_keys(json.loads(stamp_file.read_text()), stamp, defaults):
+    # the path is compared only while the weights' identity is unknown (stamps from before it):
+    # a moved model or cache folder keeps its logs
+    previous = json.loads(stamp_file.read_text()) if stamp_file.is_file() else None
+    neutral = frozenset({"model"}) if previous is not None and "model_identity" in previous else frozenset()
+    if previous is not None and changed_keys(previous, stamp, defaults, neutral):
         for name in LOG_FILES.values():
             (out / name).unlink(missing_ok=True)  # other settings: these logs do not apply
         (out / "summary.json").unlink(missing_ok=True)  # nor their times
