@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from tokenforget.models import cpu_supports_bf16, resolve_device, resolve_precision
+from tokenforget.models import cpu_supports_bf16, precision_label
 
 SHAPES = [(96, 576, 1536), (96, 1536, 576), (96, 576, 49152), (512, 576, 1536), (1280, 576, 49152)]
 
@@ -110,7 +110,7 @@ def eval_times() -> dict:
     models.packed_linears = original
     return {
         "model": str(prepared / "target"),
-        "precision": resolve_precision(Config().model.precision, resolve_device("auto")).label,
+        "precision": precision_label(Config().model),
         "seconds": seconds,
         "median_seconds": {k: statistics.median(v) for k, v in seconds.items()},
         "same_forget_answers": logs["mkl"] == logs["onednn_packed"],

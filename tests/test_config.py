@@ -99,7 +99,7 @@ def test_a_run_folder_continues_only_where_its_precision_means_the_same(tmp_path
     def machine(auto: str) -> None:
         """What each setting resolves to on a machine where `auto` means `auto`."""
         meaning = {"auto": auto, "fp32": "float32", "bf16-autocast": "float32+autocast-bfloat16"}
-        monkeypatch.setattr(runs, "resolved_precision", lambda cfg: meaning[cfg.model.precision])
+        monkeypatch.setattr(runs, "precision_label", lambda settings: meaning[settings.precision])
 
     made = load_config()
     machine("float32")

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import time
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,6 +253,7 @@ def resolve_device(setting: str) -> torch.device:
     return device
 
 
+@functools.cache
 def cpu_supports_bf16() -> bool:
     """Native bf16 matmul instructions (AVX512-BF16 or AMX) make CPU autocast pay off."""
     try:
@@ -277,6 +279,17 @@ def resolve_precision(setting: str, device: torch.device) -> Precision:
         "fp16": Precision(torch.float16, None, device),
     }
     return table[setting]
+
+
+def precision_label(settings: ModelSettings) -> str:
+    """What settings.precision means on this machine (`auto` differs between CPUs and GPUs)."""
+    return resolve_precision(settings.precision, resolve_device(settings.device)).label
+
+
+def precision_setting(label: str, device: torch.device) -> str | None:
+    """The concrete `model.precision` choice that means `label` on `device`, if one does."""
+    choices = typing.get_args(ModelSettings.model_fields["precision"].annotation)
+    return next((c for c in choices if c != "auto" and resolve_precision(c, device).label == label), None)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -494,12 +507,7 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype | None:
 
 
 def _packable(dtype: torch.dtype) -> bool:
-    return dtype == torch.float32 or (dtype == torch.bfloat16 and _native_bf16())
-
-
-@functools.cache
-def _native_bf16() -> bool:
-    return cpu_supports_bf16()
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and cpu_supports_bf16())
 
 
 def _packed_forward(

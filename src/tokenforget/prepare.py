@@ -34,9 +34,8 @@ from tokenforget.models import (
     json_digest,
     load_model,
     model_identity,
-    resolve_device,
+    precision_label,
     resolve_model,
-    resolve_precision,
     save_model,
     verify_manifest,
     wrap_lora,
@@ -64,7 +63,7 @@ def _fingerprint(cfg: Config, bench: QABenchmark, base: str) -> str:
         "recipe": recipe,
         "prompt": cfg.prompt.model_dump(),
         # "auto" means bf16 on a GPU and fp32 on most CPUs: the resolved dtypes are what shaped the weights
-        "precision": resolve_precision(cfg.model.precision, resolve_device(cfg.model.device)).label,
+        "precision": precision_label(cfg.model),
         "data": [[s.question, s.answer] for s in bench.world],
     }
     return json_digest(payload)[:12]

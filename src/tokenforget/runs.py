@@ -17,6 +17,7 @@ import yaml
 
 from tokenforget.config import Config
 from tokenforget.errors import ConfigError
+from tokenforget.models import precision_label, precision_setting, resolve_device
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -48,7 +49,7 @@ def open_folder(folder: Path, cfg: Config) -> Path:
     precision is the same) a run folder and write config.yaml and precision.json."""
     config_file = folder / "config.yaml"
     resolved = cfg.model_dump(mode="json")
-    precision = resolved_precision(cfg)
+    precision = precision_label(cfg.model)
     precision_file = folder / PRECISION_FILE
     if config_file.is_file():
         previous = yaml.safe_load(config_file.read_text()) or {}
@@ -61,7 +62,7 @@ def open_folder(folder: Path, cfg: Config) -> Path:
                 f"Use another folder (--out, or --set run.name=NAME) or delete {folder} to start over."
             )
         if made_with is not None and made_with != precision:
-            setting = _SETTING_OF.get(made_with)
+            setting = precision_setting(made_with, resolve_device(cfg.model.device))
             fix = f"--set model.precision={setting}" if setting else f"a model.precision giving {made_with}"
             raise ConfigError(
                 f"{folder} was made where model.precision={previous['model']['precision']!r} meant "
@@ -74,22 +75,6 @@ def open_folder(folder: Path, cfg: Config) -> Path:
     config_file.write_text(cfg.to_yaml())
     precision_file.write_text(json.dumps({"precision": precision}))
     return folder
-
-
-def resolved_precision(cfg: Config) -> str:
-    """What cfg.model.precision means on this machine (`auto` differs between CPUs and GPUs)."""
-    from tokenforget.models import resolve_device, resolve_precision
-
-    return resolve_precision(cfg.model.precision, resolve_device(cfg.model.device)).label
-
-
-# the concrete setting behind each resolved precision, for the fix an error message names
-_SETTING_OF = {
-    "float32": "fp32",
-    "float32+autocast-bfloat16": "bf16-autocast",
-    "bfloat16": "bf16",
-    "float16": "fp16",
-}
 
 
 def changed_keys(

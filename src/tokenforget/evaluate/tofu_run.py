@@ -27,9 +27,9 @@ from tokenforget.evaluate.scoring import AnswerLoss, answer_losses, answer_losse
 from tokenforget.evaluate.tofu import LOG_FILES, read_tofu_logs, summarize, write_eval_log
 from tokenforget.evaluate.tokens import paraphrased_pairs, token_rows, tokens_stamp, write_token_rows
 from tokenforget.evaluate.workers import worker_count
-from tokenforget.models import load_model, model_identity
+from tokenforget.models import load_model, model_identity, precision_label
 from tokenforget.progress import console
-from tokenforget.runs import RESULT_NEUTRAL, changed_keys, resolved_precision
+from tokenforget.runs import RESULT_NEUTRAL, changed_keys
 
 # labels do not change these logs (they change the token-level metrics), nor do the run's neutral keys
 RESULT_NEUTRAL_EVAL = frozenset(
@@ -240,7 +240,7 @@ def evaluate_tofu(
     # CPU and float32 on another, so a run resumed on another machine must not mix the two)
     content = {
         "model_identity": model_identity(str(model_name)),
-        "precision": resolved_precision(cfg),
+        "precision": precision_label(cfg.model),
     }
     stamp = {
         "model": str(model_name),
