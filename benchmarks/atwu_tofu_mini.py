@@ -5,11 +5,10 @@
 Unlearns the 40 TOFU-mini forget answers from the prepared target model (`tokenforget prepare`,
 cached) with `--method atwu` (the authors' defaults: beta 5, gamma 5, alpha 0.5, a scorer step every
 5 model steps, scorer SGD lr 0.05) and the bundled retain set. The forget file is the paper's GPT-4o
-labelling (`../shared/data/tofu_identified/forget01_gpt.jsonl`): ATWU does not train on its spans,
-they are only the yardstick. Reported: token-level AUROC / average precision of the final weights
-against the spans (`unlearn.json`), the same at word level through `identify score` on
-`token_weights.jsonl`, and the per-step batch AUROC trajectory from the training log.
-"""
+labelling (`forget01_gpt.jsonl`, given with `--labels DIR`: see `published.py`): ATWU does not train
+on its spans, they are only the yardstick. Reported: token-level AUROC / average precision of the
+final weights against the spans (`unlearn.json`), the same at word level through `identify score` on
+`token_weights.jsonl`, and the per-step batch AUROC trajectory from the training log."""
 
 from __future__ import annotations
 
@@ -17,12 +16,14 @@ import argparse
 import json
 from pathlib import Path
 
+from published import add_labels_argument, gpt_labels
+
 REPO = Path(__file__).resolve().parents[1]
-GOLD = REPO.parent / "shared" / "data" / "tofu_identified" / "forget01_gpt.jsonl"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    add_labels_argument(parser)
     parser.add_argument("--epochs", type=float, default=5.0)
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--update-every", type=int, default=5)
@@ -40,7 +41,7 @@ def main() -> None:
     prepared = prepare(load_config())
     overrides = [
         f"model.name={prepared.target}",
-        f"data.forget={GOLD}",
+        f"data.forget={gpt_labels(args.labels)}",
         "data.retain=tofu-mini",
         "unlearn.method=atwu",
         f"unlearn.epochs={args.epochs}",
@@ -51,8 +52,8 @@ def main() -> None:
     folder = Path(args.runs) / f"e{args.epochs}-lr{args.lr}-n{args.update_every}-s{args.scorer_lr}"
     result = unlearn(load_config(overrides=overrides), folder)
     weights = read_identified(folder / "token_weights.jsonl")
-    words = score_labels(weights, read_identified(GOLD))
-    words_expanded = score_labels(weights, read_identified(GOLD), expand_gold=True)
+    words = score_labels(weights, read_identified(gpt_labels(args.labels)))
+    words_expanded = score_labels(weights, read_identified(gpt_labels(args.labels)), expand_gold=True)
     log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
     report = {
         "command": "python benchmarks/atwu_tofu_mini.py "

@@ -28,9 +28,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from published import add_labels_argument, gpt_labels
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "tofu_identified"
 AUTHORS = {"author1": range(0, 20), "author2": range(20, 40)}
 POS = ("PROPN", "NOUN", "ADJ", "NUM", "VERB", "ADV", "ADP", "DET", "PRON", "AUX", "CCONJ", "PART", "SCONJ")
 DEP = ("nsubj", "dobj", "pobj", "amod", "compound", "conj", "appos", "attr", "ROOT", "poss", "acomp", "nmod")
@@ -66,6 +66,7 @@ def word_features(sample, doc, predictability, df) -> list[list[float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    add_labels_argument(parser)
     parser.add_argument("--out", default="benchmarks/results/identify_ceiling.json")
     args = parser.parse_args()
 
@@ -80,7 +81,7 @@ def main() -> None:
     from tokenforget.identify.score import answer_words, score_labels
     from tokenforget.models import load_model
 
-    gold = read_identified(DATA / "forget01_gpt.jsonl")
+    gold = read_identified(gpt_labels(args.labels))
     bench = tofu_mini()
     samples = bench.forget
     base, tok, precision = load_model(ModelSettings())

@@ -2,12 +2,13 @@
 
     .venv/bin/python benchmarks/identify_quality.py [--out benchmarks/results/identify_quality.json]
 
-Quality: `identify score` of every offline identifier on the 40 TOFU-mini forget answers against
-the paper's GPT-4o labels (`../shared/data/tofu_identified/forget01_gpt.jsonl`), and agreement with
-the paper's own discriminative labels (`forget01_bert.jsonl`). Thresholds are tuned on one author
-(the first 20 answers) by word F1 against the GPT-4o labels and reported on the other (the last 20),
-then the other way round, so no figure is tuned to itself. Scores are reported as shipped and with
-`--expand-gold` (the GPT-4o labels mark a repeated word at its first occurrence only).
+Quality: `identify score` of every offline identifier on the 40 TOFU-mini forget answers against the
+paper's GPT-4o labels (`forget01_gpt.jsonl`, given with `--labels DIR`: see `published.py`), and
+agreement with the paper's own discriminative labels (`forget01_bert.jsonl`). Thresholds are tuned
+on one author (the first 20 answers) by word F1 against the GPT-4o labels and reported on the other
+(the last 20), then the other way round, so no figure is tuned to itself. Scores are reported as
+shipped and with `--expand-gold` (the GPT-4o labels mark a repeated word at its first occurrence
+only).
 
 Identifiers: predictability (the embedded base model, the offline default), contrast (the prepared
 TOFU-mini target model vs the base model; and vs the retain model, an oracle), frequency (TOFU-mini
@@ -33,9 +34,9 @@ import time
 from pathlib import Path
 
 import torch
+from published import add_labels_argument, bert_labels, gpt_labels
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "tofu_identified"
 HALVES = {"author1": slice(0, 20), "author2": slice(20, 40)}
 
 
@@ -69,6 +70,7 @@ def tune_and_report(scores_per_sample, samples, gold, grid, expand):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    add_labels_argument(parser)
     parser.add_argument("--out", default="benchmarks/results/identify_quality.json")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--speed-only", action="store_true")
@@ -97,8 +99,8 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result["speed"], indent=2))
         return
-    gold = read_identified(DATA / "forget01_gpt.jsonl")
-    paper_mlm = read_identified(DATA / "forget01_bert.jsonl")
+    gold = read_identified(gpt_labels(args.labels))
+    paper_mlm = read_identified(bert_labels(args.labels))
     bench = tofu_mini()
     samples = bench.forget
     assert [s.answer for s in samples] == [g.answer for g in gold]

@@ -14,7 +14,7 @@ Protocol (the same for every method):
    mean and the spread (min, max) over the seeds run so far.
 4. Reported step: the final model (after the last optimizer step), for every method. Every run also
    evaluates itself every 5 steps (`unlearn.eval_every`): its trajectory is in its report.
-5. Yardstick: token-level metrics on the paper's GPT-4o labels (--gold) for every run. TPO runs
+5. Yardstick: token-level metrics on the paper's GPT-4o labels (--labels DIR) for every run. TPO runs
    twice: with the offline default identifier (predictability) and with the GPT-4o labels as its UW
    set; GA and NPO also on UW tokens only (`unlearn.tokens=uw`, predictability labels), which
    separates the identifier's effect from the loss's.
@@ -35,6 +35,8 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from published import add_labels_argument, gpt_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS: dict[str, list[str]] = {
@@ -214,7 +216,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--gold", default=str(ROOT.parent / "shared/data/tofu_identified/forget01_gpt.jsonl"))
+    add_labels_argument(parser)
     parser.add_argument("--only", nargs="*", default=None, help="Run only these method names.")
     parser.add_argument("--lrs", nargs="*", default=["1e-4", "3e-5", "3e-4"], help="The learning-rate grid.")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
@@ -234,11 +236,11 @@ def main() -> None:
         # grid, then the other seeds at each method's best point
         for lrs in ([args.lrs[0]], args.lrs):
             for method in methods:
-                sweep(method, lrs, [0], args.gold, args.eval_every)
+                sweep(method, lrs, [0], str(gpt_labels(args.labels)), args.eval_every)
                 collect(methods, args.lrs, args.seeds, args.utility_floor, argv)
         for method in methods:
             best = best_lr(method, args.lrs, args.utility_floor)
-            sweep(method, [best], args.seeds, args.gold, args.eval_every)
+            sweep(method, [best], args.seeds, str(gpt_labels(args.labels)), args.eval_every)
             collect(methods, args.lrs, args.seeds, args.utility_floor, argv)
     payload = collect(methods, args.lrs, args.seeds, args.utility_floor, argv)
     print(markdown(payload) if args.markdown else json.dumps(payload["table"], indent=2))

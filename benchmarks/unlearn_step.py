@@ -4,9 +4,9 @@ published TPO recipe's cost shape, on SmolLM2-135M-Instruct, as ratios measured 
     .venv/bin/python benchmarks/unlearn_step.py [--repeats 5] [--out benchmarks/results/unlearn_step.json]
 
 Every variant runs in a fresh process on the same batch: the first 8 TOFU-mini forget answers (with
-the paper's GPT-4o UW labels, `../shared/data/tofu_identified/forget01_gpt.jsonl`) and, for terms
-that need it, the first 8 retain answers. One warm-up step, then the median of `--repeats` steps
-(forward + backward + AdamW). Variants:
+the paper's GPT-4o UW labels, `forget01_gpt.jsonl` in the folder given with `--labels`: see
+`published.py`) and, for terms that need it, the first 8 retain answers. One warm-up step, then the
+median of `--repeats` steps (forward + backward + AdamW). Variants:
 
 - plain: what a user writes with transformers: `model(input_ids, labels=...).loss` (full logits) on
   the forget batch, AdamW step;
@@ -41,9 +41,9 @@ import time
 from pathlib import Path
 
 import torch
+from published import add_labels_argument, gpt_labels
 
 REPO = Path(__file__).resolve().parents[1]
-GOLD = REPO.parent / "shared" / "data" / "tofu_identified" / "forget01_gpt.jsonl"
 OURS = {
     "tpo": ("tpo", "all"),
     "npo": ("npo", "all"),
@@ -69,13 +69,13 @@ def reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
 
 
-def forget_file(folder: Path) -> Path:
+def forget_file(folder: Path, labels: Path) -> Path:
     path = folder / "forget8.jsonl"
-    path.write_text("".join(GOLD.read_text(encoding="utf-8").splitlines(keepends=True)[:8]))
+    path.write_text("".join(gpt_labels(labels).read_text(encoding="utf-8").splitlines(keepends=True)[:8]))
     return path
 
 
-def one(variant: str, lora: bool, repeats: int) -> dict:
+def one(variant: str, lora: bool, repeats: int, labels: Path) -> dict:
     """Measure one variant in this process."""
     import accelerate  # noqa: F401  (imported before the baseline so library code is not counted)
     import peft  # noqa: F401
@@ -92,7 +92,7 @@ def one(variant: str, lora: bool, repeats: int) -> dict:
     work = Path(tempfile.mkdtemp())
     method, tokens = OURS.get(variant, ("tpo", "all"))
     overrides = [
-        f"data.forget={forget_file(work)}",
+        f"data.forget={forget_file(work, labels)}",
         "data.retain=tofu-mini",
         f"unlearn.method={method}",
         f"unlearn.tokens={tokens}",
@@ -193,13 +193,14 @@ def one(variant: str, lora: bool, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    add_labels_argument(parser)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default="benchmarks/results/unlearn_step.json")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--lora", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print("RESULT " + json.dumps(one(args.one, args.lora, args.repeats)))
+        print("RESULT " + json.dumps(one(args.one, args.lora, args.repeats, args.labels)))
         return
     # glibc returns freed blocks of 64 KiB or more to the OS at once, so the resident size tracks
     # the live tensors and the high-water mark is the real peak, not allocator leftovers
@@ -207,7 +208,16 @@ def main() -> None:
     rows = []
     for lora, variants in ((False, FULL), (True, LORA)):
         for variant in variants:
-            cmd = [sys.executable, __file__, "--one", variant, "--repeats", str(args.repeats)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                variant,
+                "--repeats",
+                str(args.repeats),
+                "--labels",
+                str(args.labels),
+            ]
             done = subprocess.run(cmd + (["--lora"] if lora else []), capture_output=True, text=True, env=env)
             if done.returncode:
                 raise SystemExit(f"{variant} (lora={lora}) failed:\n{done.stderr[-3000:]}")

@@ -12,8 +12,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-TOFU_DIR = SHARED / "data" / "tofu"
+DATA = REPO / "tests" / "data"  # what the suite reads: see tests/data/README.md and NOTICE
+TOFU_DIR = DATA / "tofu"  # published TOFU splits (MIT)
+TOFU_LOGS = DATA / "tofu_logs"  # published TOFU eval logs (MIT)
+# our own labels of TOFU-mini forget01, in the layouts of the paper's GPT-4o and distilroberta files
+GENERATIVE_LABELS = DATA / "labels" / "forget01_generative_layout.jsonl"
+DISCRIMINATIVE_LABELS = DATA / "labels" / "forget01_discriminative_layout.jsonl"
 os.environ.setdefault("TOKENFORGET_CACHE", str(REPO / ".cache" / "tokenforget"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -123,8 +127,46 @@ def tiny_llama_dir(tmp_path_factory, smollm_tokenizer) -> Path:
 
 @pytest.fixture(scope="session")
 def forget_file(tmp_path_factory) -> Path:
-    """The first 8 TOFU-mini forget answers with the paper's GPT-4o UW labels (published layout)."""
+    """The first 8 TOFU-mini forget answers with the fixture's UW labels (the published generative layout)."""
     path = tmp_path_factory.mktemp("forget") / "forget8.jsonl"
-    gold = SHARED / "data" / "tofu_identified" / "forget01_gpt.jsonl"
-    path.write_text("".join(gold.read_text().splitlines(keepends=True)[:8]))
+    path.write_text("".join(GENERATIVE_LABELS.read_text().splitlines(keepends=True)[:8]))
     return path
+
+
+def write_muse_news_layout(folder: Path) -> Path:
+    """A small folder in MUSE-News's release layout, with news-like texts written for the tests (the
+    repository holds no MUSE text; a user points `eval muse --data` at the real release)."""
+    import json
+
+    places = ["Orkney", "Leeds", "Cardiff", "Belfast", "Dundee", "Bristol"]
+    stories = [
+        f"The council in {place} said on Monday that the new bridge over the river would open in "
+        f"{2020 + k}, after a delay of {k + 2} years. Residents told reporters the works had closed "
+        f"{k + 3} roads and moved the weekly market to the old harbour."
+        for k, place in enumerate(places)
+    ]
+    qa = [
+        {"question": f"When will the bridge in {p} open?", "answer": str(2020 + k)}
+        for k, p in enumerate(places)
+    ]
+    files = {
+        "verbmem/forget.json": [{"prompt": s[:60], "gt": s[60:]} for s in stories[:3]],
+        "knowmem/forget_qa.json": qa[:3],
+        "knowmem/retain_qa.json": qa[3:],
+        "knowmem/forget_qa_icl.json": qa[:1],
+        "knowmem/retain_qa_icl.json": qa[3:4],
+        "privleak/forget.json": stories[:2],
+        "privleak/retain.json": stories[2:4],
+        "privleak/holdout.json": stories[4:],
+    }
+    for name, content in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(json.dumps(content))
+    (folder / "raw").mkdir(exist_ok=True)
+    (folder / "raw" / "forget.txt").write_text("\n\n".join(stories[:3]))
+    return folder
+
+
+@pytest.fixture
+def muse_news_dir(tmp_path) -> Path:
+    return write_muse_news_layout(tmp_path / "muse-news")

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from conftest import SHARED, TOFU_DIR
+from conftest import TOFU_DIR
 from tokenforget.data import load_tofu_split, muse_news, tofu, tofu_mini
 from tokenforget.errors import DataError
 
@@ -20,17 +20,41 @@ def test_tofu_mini_is_forget10_split_into_forget01_and_retain():
     assert bench.forget[0].meta == {}  # training view: question and answer only
 
 
-def test_bundled_copy_equals_the_published_files():
-    bundled, local = tofu_mini(), tofu_mini(str(TOFU_DIR))
+def bundled_tofu_folder(folder):
+    """A TOFU folder in the published layout made of the bundled files (a miniature full TOFU: the 20
+    authors of forget10, of which the last one is `forget05`)."""
+    from importlib import resources
+
+    bundled = resources.files("tokenforget") / "benchmark_data" / "tofu_mini"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("forget10_perturbed", "real_authors_perturbed", "world_facts_perturbed"):
+        (folder / f"{name}.json").write_text((bundled / f"{name}.json").read_text())
+    rows = (folder / "forget10_perturbed.json").read_text().splitlines(keepends=True)
+    plain = [json.dumps({k: json.loads(r)[k] for k in ("question", "answer")}) + "\n" for r in rows]
+    (folder / "forget05.json").write_text("".join(plain[-20:]))
+    (folder / "retain95.json").write_text("".join(plain[:-20]))
+    (folder / "forget05_perturbed.json").write_text("".join(rows[-20:]))
+    (folder / "retain_perturbed.json").write_text("".join(rows[:-20]))
+    return folder
+
+
+def test_bundled_copy_equals_the_published_files(tmp_path):
+    forget10 = [json.loads(line) for line in (TOFU_DIR / "forget10.json").read_text().splitlines()]
+    bench = tofu_mini()
+    assert [(s.question, s.answer) for s in bench.eval_forget + bench.eval_retain] == [
+        (r["question"], r["answer"]) for r in forget10[-40:] + forget10[:-40]
+    ]
+    bundled, local = bench, tofu_mini(str(bundled_tofu_folder(tmp_path / "tofu")))
     for name in ("forget", "retain", "eval_forget", "eval_real_authors", "eval_world_facts"):
         a, b = getattr(bundled, name), getattr(local, name)
         assert [(s.question, s.answer, s.meta) for s in a] == [(s.question, s.answer, s.meta) for s in b]
 
 
-def test_full_tofu_from_a_local_folder():
-    bench = tofu(str(TOFU_DIR), "forget05")
-    assert (len(bench.forget), len(bench.retain)) == (200, 3800)
-    assert len(bench.eval_forget) == 200 and len(bench.eval_retain) == 400
+def test_full_tofu_from_a_local_folder(tmp_path):
+    bench = tofu(str(bundled_tofu_folder(tmp_path / "tofu")), "forget05")
+    assert (len(bench.forget), len(bench.retain)) == (20, 380)
+    assert len(bench.eval_forget) == 20 and len(bench.eval_retain) == 380
+    assert bench.forget[0].question == bench.eval_forget[0].question and bench.forget[0].meta == {}
 
 
 def test_missing_split_and_offline_hub_are_clear_errors(tmp_path, monkeypatch):
@@ -44,13 +68,13 @@ def test_missing_split_and_offline_hub_are_clear_errors(tmp_path, monkeypatch):
     assert "--set data.tofu=DIR" in str(info.value)
 
 
-def test_muse_news_local_folder():
-    news = muse_news(SHARED / "data" / "muse" / "news")
+def test_muse_news_local_folder(muse_news_dir):
+    news = muse_news(muse_news_dir)
     assert news.verbmem and set(news.verbmem[0]) == {"prompt", "gt"}
     assert news.knowmem_forget[0].kind == "qa" and news.knowmem_retain_icl
     assert {len(v) > 0 for v in news.privleak.values()} == {True}
     assert set(news.privleak) == {"forget", "retain", "holdout"}
-    assert len(news.forget_corpus) > 1_000_000
+    assert news.forget_corpus.startswith("The council in Orkney") and len(news.verbmem) == 3
 
 
 def test_muse_bad_layout(tmp_path):

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import SHARED
+from conftest import DISCRIMINATIVE_LABELS, GENERATIVE_LABELS
 from tokenforget.config import ModelSettings, PromptSettings
 from tokenforget.data.records import Sample, Span
 from tokenforget.identify import read_identified, write_identified
@@ -21,8 +21,8 @@ from tokenforget.identify.identifiers import (
 )
 from tokenforget.identify.score import jaccard, score_labels
 
-GPT = SHARED / "data" / "tofu_identified" / "forget01_gpt.jsonl"
-BERT = SHARED / "data" / "tofu_identified" / "forget01_bert.jsonl"
+GPT = GENERATIVE_LABELS  # the layout of the paper's GPT-4o file
+BERT = DISCRIMINATIVE_LABELS  # the layout of the paper's distilroberta file
 
 
 # ----------------------------------------------------------------------------- formats
@@ -31,8 +31,13 @@ BERT = SHARED / "data" / "tofu_identified" / "forget01_bert.jsonl"
 def test_published_generative_layout_gives_the_target_spans_and_expands_on_request():
     row = json.loads(GPT.read_text().splitlines()[0])
     spans = published_spans(row)
-    assert [(s.start, s.end) for s in spans] == [(100, 124)]
-    assert row["answer"][100:124] == "Basil Mahfouz Al-Kuwaiti"
+    assert [(s.start, s.end) for s in spans] == [(21, 31), (74, 77), (81, 90), (100, 124)]
+    assert [row["answer"][s.start : s.end] for s in spans] == [
+        "fictitious",
+        "8th",
+        "September",
+        "Basil Mahfouz Al-Kuwaiti",
+    ]
     answer = "Kuwait is small. He loves Kuwait."
     row = {"answer": answer, "target_words": json.dumps([{"word": "Kuwait", "start": 0, "end": 6}])}
     assert [(s.start, s.end) for s in published_spans(row)] == [(0, 6)]
@@ -49,12 +54,11 @@ def test_published_discriminative_layout_marks_every_word_outside_common_words()
         "Mahfouz",
         "Al",
         "Kuwaiti",
-        "is",
         "male",
-    ]  # common_words is empty: every word is UW
+    ]  # common_words holds "is" alone: every other word is UW
     third = published_spans(rows[2])
     words = [rows[2]["answer"][s.start : s.end] for s in third]
-    assert "was" not in words and "born" not in words and "City" in words and "Basil" in words
+    assert "was" not in words and "in" not in words and "City" in words and "Basil" in words
     samples = read_identified(BERT)
     assert len(samples) == 40 and all(s.spans for s in samples[:3])
 
@@ -98,6 +102,7 @@ def test_published_layout_round_trip_is_lossless(tmp_path):
     assert json.loads(row["target_words"])[0] == {"word": "Author", "start": 0, "end": 6}
     assert row["common_words"] == [
         json.dumps({"word": "-", "start": 23, "end": 24}),
+        json.dumps({"word": "is", "start": 32, "end": 34}),
         json.dumps({"word": ".", "start": 39, "end": 40}),
     ]
 
@@ -152,11 +157,14 @@ def test_score_auroc_from_word_scores_and_expand_gold(smollm_tokenizer):
     assert expanded["word_auroc"] == 1.0 and expanded["word_average_precision"] == 1.0
 
 
-def test_published_labellings_agree_at_the_documented_level():
-    """The paper's discriminative labels vs its GPT-4o labels: word F1 about 0.45 (issue 4)."""
+def test_scoring_the_two_fixture_layouts_against_each_other():
+    """The fixtures' rules make every generative-layout UW word (a content word the question does not
+    give) a discriminative-layout UW word (any content word) too, so scored as prediction against
+    gold the latter has recall 1 and precision below 1. (The paper's own two files give word F1
+    about 0.45: `benchmarks/identify_quality.py --labels DIR` reads them.)"""
     result = score_labels(read_identified(BERT), read_identified(GPT))
     assert result["samples"] == 40
-    assert 0.35 < result["word_f1"] < 0.55
+    assert result["word_recall"] == 1.0 and 0.2 < result["word_precision"] < 1.0
 
 
 def test_jaccard_and_combine():

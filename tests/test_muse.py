@@ -1,14 +1,11 @@
-"""MUSE (News) metrics as formulas, and `eval muse` end to end on the real MUSE-News files."""
+"""MUSE (News) metrics as formulas, and `eval muse` end to end on a folder in MUSE-News's layout."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from tokenforget.data.records import Sample
 from tokenforget.evaluate.muse import first_line, icl_prompt, muse_privleak, rouge_l_f1
-
-MUSE = Path(__file__).resolve().parents[2] / "shared" / "data" / "muse" / "news"
 
 
 def test_rouge_l_f1_without_stemming():
@@ -38,7 +35,7 @@ def test_privleak_follows_muse_sign_convention():
     assert over["privleak"] == pytest.approx((1.0 - 0.4772) / 0.4772 * 100)
 
 
-def test_eval_muse_end_to_end_on_muse_news(tiny_llama_dir, tmp_path):
+def test_eval_muse_end_to_end_on_muse_news(tiny_llama_dir, tmp_path, muse_news_dir):
     from typer.testing import CliRunner
 
     from tokenforget.cli import app
@@ -50,7 +47,7 @@ def test_eval_muse_end_to_end_on_muse_news(tiny_llama_dir, tmp_path):
         "--model",
         str(tiny_llama_dir),
         "--data",
-        str(MUSE),
+        str(muse_news_dir),
         "--limit",
         "2",
         "--max-length",

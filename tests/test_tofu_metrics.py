@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import SHARED
+from conftest import TOFU_LOGS
 from tokenforget.errors import DataError
 from tokenforget.evaluate.tofu import (
     LOG_FILES,
@@ -19,7 +19,7 @@ from tokenforget.evaluate.tofu import (
     write_eval_log,
 )
 
-LOGS = SHARED / "data" / "tofu_logs"
+LOGS = TOFU_LOGS
 FULL = LOGS / "ft_epoch5_lr1e-05_llama2-7b_full_wd0.01"
 RETAIN90 = LOGS / "ft_epoch5_lr1e-05_llama2-7b_retain90_wd0.01"
 
