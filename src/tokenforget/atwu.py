@@ -1,4 +1,4 @@
-"""ATWU: Alternating Token-Weighted Unlearning (atwu.md). A linear scorer over the model's hidden
+"""ATWU: Alternating Token-Weighted Unlearning (docs/atwu.md). A linear scorer over the model's hidden
 states learns per-token forget weights g_t in [0, 1] while the model unlearns; no identifier needed.
 
 - Scorer: g_t = sigmoid(v . h_t + b), one `nn.Linear(d, 1)` in fp32, zero-initialised (every g_t

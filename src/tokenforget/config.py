@@ -373,7 +373,7 @@ class UnlearnSettings(_Section):
 
 
 class AtwuSettings(_Section):
-    """`unlearn --method atwu`: the learned token scorer (atwu.md; defaults = the authors' final runs)."""
+    """`unlearn --method atwu`: the learned token scorer (docs/atwu.md; defaults: the authors' final runs)."""
 
     base: Literal["saturated", "correct", "plain", "ga", "npo", "simnpo", "wga", "tpo"] = Field(
         "saturated",

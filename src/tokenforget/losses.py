@@ -7,7 +7,7 @@ total to minimise and named parts for the progress bar, the training log and the
 
 Methods (`METHODS[name]`) = one forget loss + a retain term (none, NLL or KL to theta0):
 
-    tpo       LPL on UW + lambda * PL on GW (methods.md 1b, faithful defaults)   retain: none
+    tpo       LPL on UW + lambda * PL on GW (docs/methods.md 1b, faithful defaults)   retain: none
     tpo_gd    TPO + retain NLL                                                   retain: nll
     ga        gradient ascent on the forget NLL                                  retain: none
     graddiff  GA + retain NLL                                                    retain: nll
@@ -151,7 +151,7 @@ def weighted_token_mean(values: torch.Tensor, weights: torch.Tensor, stats: Toke
 def sequence_logp(logp: torch.Tensor, weights: torch.Tensor, stats: TokenStats) -> tuple:
     """(per-row weighted log-prob sum, per-row selected length, rows that have a selected token).
 
-    Soft weights are rescaled per row so they add up to the row's answer length (atwu.md: scored NPO)."""
+    Soft weights are rescaled per row so they add up to the row's answer length (docs/atwu.md: scored NPO)."""
     length = _row_sum(torch.ones_like(logp), stats.rows, stats.n_rows)
     mass = _row_sum(weights, stats.rows, stats.n_rows)
     has = mass > 0
@@ -173,7 +173,7 @@ def _need(ref: RefStats | None, what: str, method: str) -> torch.Tensor:
 
 
 def tpo_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
-    """Targeted Preference Optimization (methods.md 1b): LPL on UW tokens + lambda * PL on GW tokens.
+    """Targeted Preference Optimization (docs/methods.md 1b): LPL on UW tokens + lambda * PL on GW tokens.
 
     Faithful defaults: raw gold logits, per-sample UW means averaged over the micro-batch *inside*
     the log-sigmoid (one Delta per micro-batch, so Delta depends on the micro-batch by definition),
@@ -320,7 +320,7 @@ def rmu_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
 
 
 def atwu_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
-    """ATWU's model loss (atwu.md): -mean_t[g_t * sg(p_t^(beta g_t)) * nll_t], a saturated gradient
+    """ATWU's model loss (docs/atwu.md): -mean_t[g_t * sg(p_t^(beta g_t)) * nll_t], a saturated gradient
     ascent weighted by the learned scorer's g_t (in `forget.weights`); `atwu_form=correct` uses
     sg(p_t^beta), `plain` no saturation. A plain mean over the answer tokens, as the authors' code."""
     stats = inputs.forget
@@ -424,7 +424,7 @@ for _m in (
            needs_ref_logp=True),
     Method("undial", undial_loss, "nll", "UNDIAL self-distillation with the true token lowered",
            {"beta": 10.0}, needs_ref_model=True),
-    Method("atwu", atwu_loss, "nll", "ATWU: learned token weights, saturated weighted GA (atwu.md)",
+    Method("atwu", atwu_loss, "nll", "ATWU: learned token weights, saturated weighted GA (docs/atwu.md)",
            {"beta": 5.0, "gamma": 5.0, "alpha": 0.5}, needs_scorer=True, uses_tokens=False),
     Method("rmu", rmu_loss, "rmu", "RMU: scramble layer-l states of forget tokens, anchor retain",
            {"alpha": 100.0, "steering": 6.5}, needs_ref_model=True, needs_hidden=True),

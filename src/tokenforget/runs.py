@@ -1,4 +1,4 @@
-"""Run folders: `runs/<name>/` holds everything one run produced (design.md), the folder is the cache.
+"""Run folders: `runs/<name>/` holds everything one run produced (docs/design.md), the folder is the cache.
 
 `config.yaml` is the full resolved config. Re-running the same config in the same folder resumes it;
 a different config in an existing folder is refused (it would mix results of two experiments).

@@ -7,7 +7,7 @@ policy forward; the LM head runs at answer positions only. theta0 enters through
 (`reference.safetensors`) unless the method needs its whole distribution (ga_kl, undial) or its
 hidden states (rmu): then it is loaded, frozen, and said so in the log.
 
-The output folder is a run folder (design.md): `config.yaml`, `reference.safetensors`,
+The output folder is a run folder (docs/design.md): `config.yaml`, `reference.safetensors`,
 `checkpoints/`, `train_log.jsonl` (one line per step, every loss term), `model/` (save_pretrained,
 safetensors; merged weights or the LoRA adapter) and `unlearn.json`. Kill it at any moment and run
 the same command again: it resumes from the last checkpoint and ends with the same weights.

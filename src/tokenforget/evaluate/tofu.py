@@ -6,7 +6,7 @@ answer token):
   answer on forget/retain, the answer itself on real_authors/world_facts, which have no paraphrase);
   `average_perturb_loss`: one value per perturbed (wrong) answer; `rougeL_recall` of the greedy answer.
 
-Definitions (methods.md section 4):
+Definitions (docs/methods.md section 4):
 - probability: forget/retain mean exp(-avg_gt_loss); real_authors/world_facts
   mean p_true / (p_true + sum_k p_perturbed_k) with per-token-normalised probabilities;
 - truth ratio per question R = exp(mean_k perturb_k - base) = p_base / geomean_k p_perturbed_k

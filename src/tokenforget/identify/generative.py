@@ -4,7 +4,7 @@ Backends: any OpenAI-compatible chat endpoint through the official `openai` clie
 model, API key read from an environment variable and never logged; the client retries timeouts,
 429 and 5xx with exponential backoff), or an in-process Hugging Face instruct model.
 
-The prompt follows the TIF paper's description (methods.md 1c; the exact published wording was not
+The prompt follows the TIF paper's description (docs/methods.md 1c; the exact published wording was not
 available, so this is a reconstruction): list the words that directly answer the question (proper
 nouns, technical terms, specific concepts, roles, occupations, places), the author's name only when
 the question asks for it, no contextual words; reply with JSON. The reply is parsed strictly; a reply

@@ -10,7 +10,7 @@ its metadata (every `\\w+` word with its UW score), so `identify score` can comp
 - contrast (two causal LMs): UW = words the model to unlearn predicts much better than a reference
   that never saw the forget data; gain = sum over the word's tokens of log p_model - log p_ref
   (nats), UW when gain >= threshold, score = sigmoid(gain - threshold).
-- mlm (any HF masked LM): the published discriminative procedure (methods.md 1c): every whitespace
+- mlm (any HF masked LM): the published discriminative procedure (docs/methods.md 1c): every whitespace
   word of the answer is replaced by one mask token in turn, over "question + ' ' + answer"; the word is
   general iff the MLM's top-k predictions contain it (case-insensitive) with probability >= threshold;
   all masked variants of a sample go through one batched forward.
@@ -155,7 +155,7 @@ WHITESPACE_WORD = re.compile(r"\S+")
 
 @dataclass
 class MaskedLM:
-    """The published discriminative identifier with any HF masked LM (methods.md 1c)."""
+    """The published discriminative identifier with any HF masked LM (docs/methods.md 1c)."""
 
     model: Any
     tokenizer: Any
