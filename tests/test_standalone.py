@@ -39,7 +39,11 @@ def test_no_project_file_names_a_path_outside_the_repository():
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
         for path in files:
             built = any(part.endswith(".egg-info") or part == "__pycache__" for part in path.parts)
-            if path == this or built or path.suffix not in {".py", ".sh", ".toml", ".yaml", ".yml", ".md", ""}:
+            if (
+                path == this
+                or built
+                or path.suffix not in {".py", ".sh", ".toml", ".yaml", ".yml", ".md", ""}
+            ):
                 continue
             found += [f"{path.relative_to(REPO)}:{k}: {line}" for k, line in outside_paths(path.read_text())]
     assert not found, "paths outside the repository:\n" + "\n".join(found)

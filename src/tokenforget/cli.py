@@ -347,6 +347,7 @@ def identify(
     if ctx.invoked_subcommand is not None:
         return
     from tokenforget.identify.run import identify_file
+    from tokenforget.inputs import check_inputs
     from tokenforget.unlearn import load_retain
 
     if forget is None or out_file is None:
@@ -361,6 +362,7 @@ def identify(
     if retain:
         extra.append(f"data.retain={retain}")
     cfg = _config(config, set_, extra)
+    check_inputs(cfg, {"--forget": forget, "--first": first, "--second": second})
     inputs = (first, second) if first and second else None
     report = identify_file(cfg, forget, out_file, load_retain(cfg), inputs)
     out.print_json(json.dumps(report))

@@ -182,21 +182,34 @@ def convert_gguf(gguf: Path, target: Path) -> None:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def resolve_model(name: str) -> str:
-    """Map a model setting to what `from_pretrained` takes: a local folder or a hub name."""
+def model_problem(name: str) -> str | None:
+    """What is wrong with a model setting that names a local folder, checked without loading it (None:
+    the embedded default, a save_pretrained folder, or a hub name, whose failures from_pretrained
+    explains: offline, private, misspelt)."""
     if name == DEFAULT_MODEL:
-        return str(ensure_embedded_model())
+        return None
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelError(
+            return (
                 f"{path} is a folder but has no config.json: expected a save_pretrained folder "
                 "(config.json + *.safetensors + tokenizer files)"
             )
-        return str(path)
+        return None
     if path.suffix or name.startswith((".", "/", "~")):
-        raise ModelError(f"model folder {path} does not exist")
-    return name  # a hub name; from_pretrained explains failures (offline, private, misspelt)
+        return f"model folder {path} does not exist"
+    return None
+
+
+def resolve_model(name: str) -> str:
+    """Map a model setting to what `from_pretrained` takes: a local folder or a hub name."""
+    problem = model_problem(name)
+    if problem:
+        raise ModelError(problem)
+    if name == DEFAULT_MODEL:
+        return str(ensure_embedded_model())
+    path = Path(name).expanduser()
+    return str(path) if path.is_dir() else name
 
 
 def model_identity(source: str) -> object:

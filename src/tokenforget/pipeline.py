@@ -22,6 +22,7 @@ from typing import Any
 from tokenforget.config import Config
 from tokenforget.data.benchmarks import QABenchmark
 from tokenforget.data.records import Sample, read_samples
+from tokenforget.inputs import check_inputs
 from tokenforget.models import resolve_model
 from tokenforget.prepare import Prepared, prepare, rouge_table
 from tokenforget.runs import open_run, read_step_log, write_json
@@ -50,13 +51,6 @@ class StageClock:
             yield
         finally:
             self.seconds[stage] = round(time.perf_counter() - started, 1)
-
-
-def validate_inputs(cfg: Config) -> None:
-    """Read every user data file named in the config; raises DataError before anything is written."""
-    for path in (cfg.data.forget, cfg.data.retain):
-        if path is not None and path != "tofu-mini":
-            read_samples(path)
 
 
 def with_settings(cfg: Config, **sections: dict[str, Any]) -> Config:
@@ -325,7 +319,7 @@ def run(cfg: Config) -> RunResult:
     from tokenforget.report import write_report
     from tokenforget.unlearn import unlearn
 
-    validate_inputs(cfg)
+    check_inputs(cfg)  # every file and model folder, before the run folder exists
     folder = open_run(cfg)
     clock = StageClock()
     own = cfg.data.forget is not None  # the user's forget set and model: no benchmark, no retain model

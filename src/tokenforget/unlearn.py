@@ -45,6 +45,7 @@ from tokenforget.data.encode import Encoded, encode, pad_batch
 from tokenforget.data.records import Sample, Span, read_samples
 from tokenforget.errors import ConfigError, DataError, DataIssue
 from tokenforget.evaluate.trajectory import Probe, Trajectory, theta0_key
+from tokenforget.inputs import check_inputs
 from tokenforget.losses import (
     METHODS,
     LossInputs,
@@ -154,7 +155,7 @@ def load_retain(cfg: Config) -> list[Sample] | None:
     return read_samples(cfg.data.retain)
 
 
-def check_inputs(
+def check_combination(
     method: Method, cfg: Config, forget: list[Sample], retain: list[Sample] | None, retain_term: str
 ) -> None:
     """Refuse combinations that cannot work, with the fix (trl-style incompatibility errors)."""
@@ -329,7 +330,7 @@ def start_session(cfg: Config, folder: Path, accelerator: Any) -> Session:
     retain_term = method.retain if u.retain_loss == "auto" else u.retain_loss
     forget = load_forget(cfg)
     retain = load_retain(cfg) if retain_term != "none" else None
-    check_inputs(method, cfg, forget, retain, retain_term)
+    check_combination(method, cfg, forget, retain, retain_term)
     source = resolve_model(cfg.model.name)
     model, tokenizer, precision = load_model(cfg.model, source)
     pad = tokenizer.pad_token_id
@@ -477,6 +478,7 @@ def configure_deepspeed(accelerator: Any, micro: int, n_micro: int, max_grad_nor
 
 def unlearn(cfg: Config, out: Path) -> UnlearnResult:
     """Unlearn cfg.data.forget from cfg.model.name with cfg.unlearn.method; everything lands in `out`."""
+    check_inputs(cfg)  # every file and model folder, before the run folder exists
     u = cfg.unlearn
     accelerator = make_accelerator(cfg)
     world, rank = accelerator.num_processes, accelerator.process_index

@@ -86,19 +86,23 @@ def load_tofu_split(split: str, source: str = TOFU_HUB) -> list[Sample]:
     return samples
 
 
+def tofu_splits(forget_split: str = "forget01") -> dict[str, str]:
+    """The TOFU split behind each part of the benchmark: forget = forgetXX, retain = retain(100-XX)."""
+    percent = int(forget_split.removeprefix("forget"))
+    return {
+        "forget": forget_split,
+        "retain": f"retain{100 - percent:02d}",
+        "eval_forget": f"{forget_split}_perturbed",
+        "eval_retain": "retain_perturbed",
+        "eval_real_authors": "real_authors_perturbed",
+        "eval_world_facts": "world_facts_perturbed",
+    }
+
+
 def tofu(source: str = TOFU_HUB, forget_split: str = "forget01") -> QABenchmark:
     """Full TOFU: the 200-author world; forget = forgetXX, retain = retain(100-XX)."""
-    percent = int(forget_split.removeprefix("forget"))
-    retain_split = f"retain{100 - percent:02d}"
-    return QABenchmark(
-        name=f"tofu-{forget_split}",
-        forget=load_tofu_split(forget_split, source),
-        retain=load_tofu_split(retain_split, source),
-        eval_forget=load_tofu_split(f"{forget_split}_perturbed", source),
-        eval_retain=load_tofu_split("retain_perturbed", source),
-        eval_real_authors=load_tofu_split("real_authors_perturbed", source),
-        eval_world_facts=load_tofu_split("world_facts_perturbed", source),
-    )
+    parts = {part: load_tofu_split(split, source) for part, split in tofu_splits(forget_split).items()}
+    return QABenchmark(name=f"tofu-{forget_split}", **parts)
 
 
 def load_benchmark(cfg: Config) -> QABenchmark:

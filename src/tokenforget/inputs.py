@@ -1,0 +1,105 @@
+"""Every input a command will read, checked before any work: all problems at once, nothing written.
+
+A run that fails on its holdout file after minutes of unlearning wastes the user's time and leaves a
+half-made folder behind; `check_inputs` reads each file the config names (forget, retain, holdout,
+full TOFU's folder, labels, token labels) and checks each model folder's presence, and raises one
+DataError that lists every problem with its file and line (the CLI prints it and exits 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tokenforget.config import Config
+from tokenforget.data.benchmarks import TOFU_HUB, tofu_splits
+from tokenforget.data.records import read_samples
+from tokenforget.errors import ConfigError, DataError, DataIssue, TokenforgetError
+
+BUNDLED = "tofu-mini"  # the retain setting that means the bundled TOFU-mini retain set
+
+
+def _read_labels(path: str) -> Any:
+    from tokenforget.identify.formats import read_identified
+
+    return read_identified(path)
+
+
+def _issues(setting: str, value: str, read: Callable[[str], Any]) -> list[DataIssue]:
+    try:
+        read(value)
+    except DataError as exc:
+        return exc.issues
+    except TokenforgetError as exc:
+        return [DataIssue(value, None, None, str(exc), f"fix the file or change {setting}")]
+    return []
+
+
+def _model_issues(setting: str, name: str | None) -> list[DataIssue]:
+    from tokenforget.models import model_problem
+
+    problem = model_problem(name) if name else None
+    return [DataIssue(name, None, None, problem, f"check the path, or change {setting}")] if problem else []
+
+
+def _tofu_folder_issues(cfg: Config) -> list[DataIssue]:
+    source = cfg.data.tofu
+    folder = Path(source).expanduser()
+    if source == TOFU_HUB or (not folder.exists() and not source.startswith((".", "/", "~"))):
+        return []  # a hub name: loading explains an offline or misspelt name
+    if not folder.is_dir():
+        return [
+            DataIssue(source, None, None, "is not a folder", "give data.tofu a folder of TOFU's JSON files")
+        ]
+    return [
+        DataIssue(str(folder / f"{split}.json"), None, None, "is missing", "add TOFU's published split")
+        for split in tofu_splits(cfg.run.tofu_split).values()
+        if not (folder / f"{split}.json").is_file()
+    ]
+
+
+def refuse_ignored_tokens(cfg: Config) -> None:
+    """`unlearn.tokens` acts only through losses that honour it: refuse a setting the method would drop."""
+    from tokenforget.losses import METHODS
+
+    method = METHODS[cfg.unlearn.method]
+    if cfg.unlearn.tokens == "all" or (method.uses_tokens and not method.needs_scorer):
+        return
+    takers = ", ".join(m.name for m in METHODS.values() if m.uses_tokens and not m.needs_scorer)
+    why = "learns its own token weights" if method.needs_scorer else "splits answers into UW and GW itself"
+    raise ConfigError(
+        f"unlearn.tokens={cfg.unlearn.tokens} has no effect on method {method.name!r}, which {why}. "
+        f"Fix: drop --tokens (or --set unlearn.tokens=all), or pick a method that takes it: {takers}"
+    )
+
+
+def check_inputs(cfg: Config, labels: dict[str, Path | None] | None = None) -> None:
+    """Read every input file the config names, and `labels` (flag -> a file read as an identified
+    set, for files given outside the config), and check its model folders; raise one DataError with
+    every problem found. Settings the method would ignore are refused first (ConfigError)."""
+    refuse_ignored_tokens(cfg)
+    d = cfg.data
+    issues: list[DataIssue] = []
+    for flag, path in (labels or {}).items():
+        if path is not None:
+            issues += _issues(flag, str(path), _read_labels)
+    if d.forget is not None:
+        issues += _issues("data.forget", d.forget, _read_labels)  # plain QA, or with spans
+    for setting, value in (("data.retain", d.retain), ("data.holdout", d.holdout)):
+        if value is not None and value != BUNDLED:
+            issues += _issues(setting, value, read_samples)
+    for setting, value in (
+        ("identify.labels", cfg.identify.labels),
+        ("eval.token_labels", cfg.eval.token_labels),
+    ):
+        if value is not None:
+            issues += _issues(setting, value, _read_labels)
+    if d.forget is None and cfg.run.benchmark == "tofu":
+        issues += _tofu_folder_issues(cfg)
+    issues += _model_issues("model.name", cfg.model.name)
+    if cfg.identify.method == "contrast":
+        issues += _model_issues("identify.model", cfg.identify.model)
+        issues += _model_issues("identify.reference", cfg.identify.reference)
+    if issues:
+        raise DataError(issues)
