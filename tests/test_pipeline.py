@@ -96,6 +96,33 @@ def test_receipt_verifies_and_notices_a_changed_model(finished_run, tmp_path):
     assert any("config.json" in p for p in check_receipt(tampered))
 
 
+def test_the_requester_can_check_their_own_forget_file_against_the_receipt(finished_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from tokenforget.cli import app
+
+    receipt_path = finished_run["folder"] / "receipt.json"
+    forget = json.loads(receipt_path.read_text())["forget_data"]
+    given, labelled = forget["given"], forget["labelled"]
+    assert given["rows"] == labelled["rows"] == 40 and given["sha256"] != labelled["sha256"]
+    theirs = tmp_path / "my_forget_request.jsonl"
+    theirs.write_bytes(Path(given["path"]).read_bytes())
+    assert given["bytes"] == theirs.stat().st_size
+    same = CliRunner().invoke(
+        app, ["receipt", str(receipt_path), "--forget", str(theirs)], terminal_width=400
+    )
+    assert same.exit_code == 0 and "is the forget data this run unlearned" in same.output
+    data = bytearray(theirs.read_bytes())
+    data[10] ^= 1  # one byte
+    theirs.write_bytes(bytes(data))
+    changed = CliRunner().invoke(
+        app, ["receipt", str(receipt_path), "--forget", str(theirs)], terminal_width=400
+    )
+    text = " ".join(changed.output.split())
+    assert changed.exit_code == 1 and f"mismatch: {theirs} is not the forget data this run unlearned" in text
+    assert given["sha256"] in text
+
+
 def test_report_renders_in_headless_chromium(finished_run):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:

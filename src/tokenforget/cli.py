@@ -314,13 +314,29 @@ def _run_model(name: str) -> str:
 @app.command("receipt")
 def receipt_check(
     path: Annotated[Path, typer.Argument(help="A run's receipt.json.")],
+    forget: Annotated[
+        Path | None,
+        typer.Option(help="Your own copy of the forget data: is it the file this run unlearned?"),
+    ] = None,
 ) -> None:
-    """Recompute every hash of a run's receipt.json (input model, forget data, config, output model).
+    """Recompute every hash of a run's receipt.json (input model, forget data as given and as
+    labelled, config, output model); with --forget FILE, say whether FILE is the forget data the run
+    was given (SHA-256 of its bytes).
 
-    Exit 0 when everything still matches; 1 with the list of what changed.
+    Exit 0 when everything still matches; 1 with the list of what changed or did not match.
     """
-    from tokenforget.receipt import check_receipt
+    from tokenforget.receipt import check_receipt, match_forget
 
+    if forget is not None:
+        if not forget.is_file():
+            raise TokenforgetError(f"--forget {forget} does not exist: give the file you asked to delete")
+        same, said = match_forget(path, forget)
+        (out if same else err).print(
+            ("[green]match[/]: " if same else "[red]mismatch[/]: ") + said, highlight=False
+        )
+        if not same:
+            raise typer.Exit(1)
+        return
     problems = check_receipt(path)
     if problems:
         for problem in problems:

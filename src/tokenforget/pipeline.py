@@ -366,7 +366,10 @@ def run(cfg: Config) -> RunResult:
         report = write_report(folder / "report.html", summary, evals, folder / "unlearn", clock.seconds)
     summary["stage_seconds"] = clock.seconds
     write_json(folder / "summary.json", summary)
-    write_receipt(folder / "receipt.json", cfg, Path(target), identified, unlearned.model_dir, summary)
+    given = Path(cfg.data.forget) if own else folder / "forget.jsonl"
+    if not own and not given.is_file():  # identify wrote it, unless labels came from a file
+        write_forget_file(given, bench.forget)
+    write_receipt(folder / "receipt.json", cfg, Path(target), given, identified, unlearned.model_dir, summary)
     return RunResult(folder=folder, prepared=prepared, summary=summary, report=report)
 
 
