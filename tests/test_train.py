@@ -277,8 +277,8 @@ def test_sharded_checkpoint_goes_through_accelerate_and_lands_whole(tmp_path):
     optimizer.step()
     scheduler.step()
     folder = tmp_path / "checkpoints"
-    assert load_sharded_checkpoint(accelerator, folder) is None
-    save_sharded_checkpoint(accelerator, folder, {"step": 1, "total_steps": 5})
+    assert load_sharded_checkpoint(accelerator, folder, "run-a") is None
+    save_sharded_checkpoint(accelerator, folder, {"step": 1, "total_steps": 5}, "run-a")
     saved_weight = model.weight.detach().clone()
     saved_moment = optimizer.state_dict()["state"][0]["exp_avg"].clone()
     next_draw = torch.rand(3)
@@ -288,13 +288,40 @@ def test_sharded_checkpoint_goes_through_accelerate_and_lands_whole(tmp_path):
     optimizer.step()
     scheduler.step()
     assert scheduler.get_last_lr() != [0.1 / 2]
-    assert load_sharded_checkpoint(accelerator, folder) == {"step": 1, "total_steps": 5}
+    assert load_sharded_checkpoint(accelerator, folder, "run-a") == {"step": 1, "total_steps": 5}
     assert torch.equal(model.weight, saved_weight)
     assert torch.equal(optimizer.state_dict()["state"][0]["exp_avg"], saved_moment)
     assert scheduler.get_last_lr() == [0.1 / 2]
     assert torch.equal(torch.rand(3), next_draw)  # the RNG resumes where the checkpoint was taken
     folder.replace(folder.with_name("checkpoints.old"))  # killed between the two renames
     assert not folder.exists()
-    assert load_sharded_checkpoint(accelerator, folder)["step"] == 1
+    assert load_sharded_checkpoint(accelerator, folder, "run-a")["step"] == 1
     assert folder.is_dir() and not folder.with_name("checkpoints.old").exists()
     assert not folder.with_name("checkpoints.tmp").exists()
+
+
+def test_a_sharded_run_resumes_only_from_a_folder_it_wrote(tmp_path):
+    """accelerate's load_state unpickles: a folder whose stamp names another run, that has no stamp,
+    or whose files changed since this run wrote them is refused before anything is read."""
+    import json
+
+    from accelerate import Accelerator
+
+    from tokenforget.train import load_sharded_checkpoint, save_sharded_checkpoint
+
+    accelerator = Accelerator(cpu=True)
+    layer = torch.nn.Linear(4, 3)
+    accelerator.prepare(layer, torch.optim.AdamW(layer.parameters()))  # something for save_state to write
+    folder = tmp_path / "checkpoints"
+    save_sharded_checkpoint(accelerator, folder, {"step": 1, "total_steps": 5}, "run-a")
+    with pytest.raises(RuntimeError, match="not written by this run"):
+        load_sharded_checkpoint(accelerator, folder, "run-b")
+    pickled = next(p for p in folder.rglob("*") if p.is_file() and p.name != "state.json")
+    pickled.write_bytes(pickled.read_bytes() + b"\0")
+    with pytest.raises(RuntimeError, match="files differ from the ones this run wrote"):
+        load_sharded_checkpoint(accelerator, folder, "run-a")
+    state = json.loads((folder / "state.json").read_text())
+    del state["stamp"]
+    (folder / "state.json").write_text(json.dumps(state))
+    with pytest.raises(RuntimeError, match=r"Delete the folder to start over"):
+        load_sharded_checkpoint(accelerator, folder, "run-a")

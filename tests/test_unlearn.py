@@ -371,3 +371,55 @@ def test_deepspeed_auto_values_come_from_the_run_and_contradictions_are_refused(
         configure_deepspeed(accelerator({"gradient_accumulation_steps": 3}), 2, 4, 1.0)
     with pytest.raises(ConfigError, match=r"'optimizer' section: remove it"):
         configure_deepspeed(accelerator({"optimizer": {"type": "AdamW"}}), 2, 4, 1.0)
+
+
+class Killed(BaseException):
+    """A kill -9 at a chosen instant, in-process: nothing catches it and nothing is cleaned up."""
+
+
+def kill_inside_a_checkpoint_write(monkeypatch, point: str, on_write: int = 2) -> None:
+    """Make the `on_write`-th checkpoint write die at `point` of its renames: before them (the new
+    checkpoint staged, the old one in place), between them (the old one moved aside to `.old`, the
+    new one still staged) or after them (the new one in place, `.old` not yet removed)."""
+    import tokenforget.train as train
+
+    real, writes = train._swap_into_place, [0]
+
+    def swap(staging, folder):
+        writes[0] += 1
+        if writes[0] != on_write:
+            return real(staging, folder)
+        if point == "before":
+            raise Killed
+        folder.replace(folder.with_name(folder.name + ".old"))
+        if point == "between":
+            raise Killed
+        staging.replace(folder)
+        raise Killed
+
+    monkeypatch.setattr(train, "_swap_into_place", swap)
+
+
+@pytest.mark.parametrize("point", ["before", "between", "after"])
+def test_a_kill_at_each_point_of_a_checkpoint_write_resumes_to_the_uninterrupted_run(
+    tmp_path, tiny_llama_dir, forget_file, monkeypatch, point
+):
+    """One function decides where a run resumes, for the weights and for train_log.jsonl alike: the
+    resumed run ends with the uninterrupted run's weights and log, no step logged twice or lost."""
+    settings = ("unlearn.epochs=6", "unlearn.checkpoint_every=2", "unlearn.lr=1e-3")
+    cfg = config(tiny_llama_dir, forget_file, "npo_rt", *settings)
+    unlearn(cfg, tmp_path / "clean")
+    with monkeypatch.context() as patch:
+        kill_inside_a_checkpoint_write(patch, point)  # the checkpoint of step 4 (of 12)
+        with pytest.raises(Killed):
+            unlearn(cfg, tmp_path / "killed")
+    killed = tmp_path / "killed"
+    assert [r["step"] for r in log_rows(killed)] == list(range(1, 5))  # logged before the write died
+    unlearn(cfg, killed)
+    a, b = weights_of(tmp_path / "clean"), weights_of(killed)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    clean_log, resumed_log = log_rows(tmp_path / "clean"), log_rows(killed)
+    assert [r["step"] for r in resumed_log] == list(range(1, 13))
+    assert [r["loss"] for r in resumed_log] == [r["loss"] for r in clean_log]
+    assert not any(killed.glob("checkpoints*"))

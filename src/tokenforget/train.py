@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tokenforget.data.encode import IGNORE_INDEX, Encoded, pad_batch
-from tokenforget.models import Precision, fits_in_free_memory, packed_linears
+from tokenforget.models import Precision, fits_in_free_memory, json_digest, packed_linears
 
 
 @dataclass
@@ -259,7 +259,7 @@ def write_checkpoint(folder: Path, snapshot: CheckpointSnapshot) -> None:
 
 
 def _swap_into_place(staging: Path, folder: Path) -> None:
-    """Two renames: a kill between them leaves `<folder>.old`, which `_recovered` puts back."""
+    """Two renames: a kill between them leaves `<folder>.old`, which `_recover` puts back."""
     old = folder.with_name(folder.name + ".old")
     if folder.exists():
         folder.replace(old)
@@ -268,15 +268,33 @@ def _swap_into_place(staging: Path, folder: Path) -> None:
         shutil.rmtree(old)
 
 
-def _recovered(folder: Path) -> bool:
-    """Whether `folder` holds a checkpoint, after undoing a kill between `_swap_into_place`'s renames."""
-    if (folder / "state.json").is_file():
-        return True
+def _recover(folder: Path) -> None:
+    """Undo a kill inside a checkpoint write. Before the renames: the staging folder (complete or
+    not) is dropped and the previous checkpoint stands. Between them: `<folder>.old` holds the last
+    complete checkpoint and is put back. After them: the new checkpoint is in place and the
+    left-over `.old`, which would block the next write's first rename, is removed. A folder with
+    state.json is complete: state.json is the last file written before the rename."""
     old = folder.with_name(folder.name + ".old")
-    if (old / "state.json").is_file():
+    if not (folder / "state.json").is_file() and (old / "state.json").is_file():
+        if folder.exists():
+            shutil.rmtree(folder)
         old.replace(folder)
-        return True
-    return False
+    for leftover in (old, folder.with_name(folder.name + ".tmp")):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+
+
+def resume_state(folder: Path, accelerator: Any = None) -> dict | None:
+    """The one answer to "which checkpoint does this run resume from", asked by every trainer's
+    loader and by the training log's trimming: the state of the checkpoint in `folder` once a kill
+    in the middle of a write is undone (None: a fresh start). In a distributed run the main process
+    recovers and the others wait for it."""
+    if accelerator is None or accelerator.is_main_process:
+        _recover(folder)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    state = folder / "state.json"
+    return json.loads(state.read_text()) if state.is_file() else None
 
 
 class CheckpointWriter:
@@ -363,7 +381,8 @@ def load_checkpoint(
     extra: dict[str, Any] | None = None,
 ) -> dict | None:
     """Restore a checkpoint written by `CheckpointWriter`; None when there is none."""
-    if not _recovered(folder):
+    saved = resume_state(folder)
+    if saved is None:
         return None
     weights = load_file(folder / "trainable.safetensors")
     params = dict(model.named_parameters())
@@ -380,7 +399,7 @@ def load_checkpoint(
     torch.set_rng_state(blob["rng"])
     for name, obj in (extra or {}).items():
         obj.load_state_dict(blob["extra"][name])
-    return json.loads((folder / "state.json").read_text())
+    return saved
 
 
 # ----------------------------------------------------------------------------- sharded runs
@@ -395,11 +414,36 @@ def distributed_kind(accelerator: Any) -> str:
     return "NO" if kind is None else str(getattr(kind, "value", kind))
 
 
-def save_sharded_checkpoint(accelerator: Any, folder: Path, state: dict) -> None:
+def _written_files(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under a checkpoint folder but state.json (the stamp holding them)."""
+    from tokenforget.models import file_sha256
+
+    return {
+        p.relative_to(folder).as_posix(): file_sha256(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != "state.json"
+    }
+
+
+def sharded_stamp_problem(folder: Path, saved: dict, run: str) -> str | None:
+    """Why a sharded checkpoint is not one this run wrote (None: it is). accelerate's `load_state`
+    unpickles its RNG and scheduler files, so it only ever reads a folder whose stamp names this run
+    and whose every file still has the hash recorded when this run wrote it."""
+    stamp = saved.get("stamp")
+    if not isinstance(stamp, dict) or stamp.get("run") != run:
+        return "it was not written by this run (its stamp names other settings, or none)"
+    if _written_files(folder) != stamp.get("files"):
+        return "its files differ from the ones this run wrote"
+    return None
+
+
+def save_sharded_checkpoint(accelerator: Any, folder: Path, state: dict, run: str) -> None:
     """FSDP / DeepSpeed: every process writes its part of the model and optimizer through
     accelerate's `save_state` (with the RNG states and the objects registered for checkpointing);
-    the main process adds state.json and renames the folder into place, as `write_checkpoint` does.
-    accelerate pickles the RNG and scheduler states: this run's own files, read back by this run."""
+    the main process adds state.json, stamped with `run` (a digest of the run's settings) and the
+    hash of every file written, and renames the folder into place, as `write_checkpoint` does.
+    accelerate pickles the RNG and scheduler states: only this run reads them back, after checking
+    the stamp (`load_sharded_checkpoint`)."""
     staging = folder.with_name(folder.name + ".tmp")
     if accelerator.is_main_process and staging.exists():
         shutil.rmtree(staging)
@@ -407,20 +451,26 @@ def save_sharded_checkpoint(accelerator: Any, folder: Path, state: dict) -> None
     accelerator.save_state(str(staging))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (staging / "state.json").write_text(json.dumps(state, indent=2))
+        stamp = {"run": run, "files": _written_files(staging)}
+        (staging / "state.json").write_text(json.dumps({**state, "stamp": stamp}, indent=2))
         _swap_into_place(staging, folder)
     accelerator.wait_for_everyone()
 
 
-def load_sharded_checkpoint(accelerator: Any, folder: Path) -> dict | None:
-    """Restore what `save_sharded_checkpoint` wrote; None when there is none."""
-    if accelerator.is_main_process:
-        _recovered(folder)
-    accelerator.wait_for_everyone()
-    if not (folder / "state.json").is_file():
+def load_sharded_checkpoint(accelerator: Any, folder: Path, run: str) -> dict | None:
+    """Restore what `save_sharded_checkpoint` wrote for this run; None when there is none. A folder
+    this run did not write is refused before anything in it is unpickled."""
+    saved = resume_state(folder, accelerator)
+    if saved is None:
         return None
+    problem = sharded_stamp_problem(folder, saved, run)
+    if problem:
+        raise RuntimeError(
+            f"will not resume from {folder}: {problem}. Resuming a sharded run unpickles accelerate's "
+            "files, so only a checkpoint this run wrote is read. Delete the folder to start over."
+        )
     accelerator.load_state(str(folder))
-    return json.loads((folder / "state.json").read_text())
+    return {k: v for k, v in saved.items() if k != "stamp"}
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -528,12 +578,15 @@ def run_steps(
     scheduler = get_linear_schedule_with_warmup(optimizer, round(settings.warmup_ratio * total), total)
     kind = distributed_kind(accelerator)
     sharded = kind in SHARDED
+    run_stamp = json_digest(
+        {"label": label, "total": total, "world": getattr(accelerator, "num_processes", 1), **vars(settings)}
+    )
     if sharded:
         if prepare is None or extra_params or extra_state:
             raise ValueError(f"a {kind} run needs `prepare`, and cannot train extra parameters or state")
         optimizer, params = prepare(optimizer)
         accelerator.register_for_checkpointing(scheduler)
-        saved = load_sharded_checkpoint(accelerator, checkpoint_dir)
+        saved = load_sharded_checkpoint(accelerator, checkpoint_dir, run_stamp)
     else:
         saved = load_checkpoint(checkpoint_dir, model, optimizer, scheduler, extra_state)
     if saved is not None and saved.get("total_steps", total) != total:
@@ -548,7 +601,9 @@ def run_steps(
     def checkpoint(landed: bool = False) -> None:
         """landed: return only once the files are on disk (the loop is about to stop)."""
         if sharded:
-            save_sharded_checkpoint(accelerator, checkpoint_dir, {**vars(state), "total_steps": total})
+            save_sharded_checkpoint(
+                accelerator, checkpoint_dir, {**vars(state), "total_steps": total}, run_stamp
+            )
             return
         if main:
             writer.save(

@@ -73,6 +73,7 @@ from tokenforget.train import (
     FitSettings,
     batch_schedule,
     distributed_kind,
+    resume_state,
     run_steps,
 )
 
@@ -565,7 +566,8 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
 
     log_path = folder / TRAIN_LOG
     checkpoint_dir = folder / "checkpoints"
-    done = _checkpoint_step(checkpoint_dir)
+    saved = resume_state(checkpoint_dir, accelerator)  # the checkpoint run_steps will resume from
+    done = saved["step"] if saved else 0
     trim_step_log(log_path, done)
     trajectory = start_trajectory(cfg, session, folder, world, done)
     seconds_at_start = time.perf_counter()
@@ -719,12 +721,6 @@ def learned_weights(session: Session, path: Path, batch_size: int) -> dict[str, 
                 )
     write_identified(path, samples, "atwu", {"threshold": 0.5})
     return {"alignment": alignment(torch.cat(all_g), torch.cat(all_uw)), "token_weights": str(path)}
-
-
-def _checkpoint_step(checkpoint_dir: Path) -> int:
-    """The optimizer step a run resumes after (0: a fresh start)."""
-    state_file = checkpoint_dir / "state.json"
-    return json.loads(state_file.read_text())["step"] if state_file.is_file() else 0
 
 
 def start_trajectory(cfg: Config, session: Session, folder: Path, world: int, done: int) -> Trajectory | None:
