@@ -112,3 +112,18 @@ def test_a_bad_config_file_is_named_before_any_work(tmp_path):
     result = cli("run", "--config", str(config), "--set", f"run.runs_dir={tmp_path / 'runs'}")
     assert result.returncode == 2 and "unlearn.lr" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_eval_commands_check_their_files_and_models_first(tmp_path, files):
+    from test_cli import cli
+
+    _, broken = files
+    out = tmp_path / "mia.json"
+    result = cli(
+        "eval", "mia", "--model", str(tmp_path / "gone"), "--members", str(broken), "--nonmembers",
+        str(tmp_path / "holdout.jsonl"), "--out", str(out),
+    )  # fmt: skip
+    text = " ".join(result.stderr.split())
+    assert result.returncode == 2 and "3 problem(s)" in text
+    assert f"{broken}:2" in text and "holdout.jsonl: does not exist" in text and "gone does not exist" in text
+    assert not out.exists()

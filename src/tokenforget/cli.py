@@ -13,6 +13,7 @@ from rich.table import Table
 
 from tokenforget.config import Config, config_keys, load_config
 from tokenforget.errors import DataError, TokenforgetError
+from tokenforget.inputs import check_files
 from tokenforget.report import KEY_METRICS
 
 out = Console()
@@ -496,6 +497,7 @@ def eval_tofu(
     if profile:
         extra.append(f"eval.profile={profile}")
     cfg = _config(config, set_, extra)
+    check_files(models={"--model": model})
     summary = evaluate_tofu(cfg, model, load_benchmark(cfg), out_dir, retain_logs)
     out.print_json(json.dumps(summary))
 
@@ -524,6 +526,7 @@ def eval_mia(
     from tokenforget.models import load_model
 
     cfg = _config(config, set_)
+    check_files(samples={"--members": members, "--nonmembers": nonmembers}, models={"--model": model})
     inside, outside = read_samples(members), read_samples(nonmembers)
     lm, tokenizer, precision = load_model(cfg.model, model)
     result = membership_attack(lm, tokenizer, inside, outside, cfg.prompt, precision, k, cfg.eval.batch_size)
@@ -547,6 +550,7 @@ def eval_kl(
     from tokenforget.models import load_model
 
     cfg = _config(config, set_)
+    check_files(samples={"--data": data}, models={"--model": model, "--reference": reference})
     samples = read_samples(data)
     lm, tokenizer, precision = load_model(cfg.model, model)
     ref, _, _ = load_model(cfg.model, reference)
@@ -587,6 +591,10 @@ def eval_tokens(
     from tokenforget.evaluate.tokens import forget_samples, token_summary_for
 
     cfg = _config(config, set_)
+    check_files(
+        labels={"--forget": forget if forget != "tofu-mini" else None, "--labels": labels},
+        models={"--model": model, "--reference": reference},
+    )
     samples = forget_samples(forget)
     summary = token_summary_for(cfg, model, samples, out_dir, reference, labels)
     _emit(summary, out_dir / "tokens_summary.json", {k: v for k, v in summary.items() if k != "per_sample"})

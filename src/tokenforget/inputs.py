@@ -74,32 +74,50 @@ def refuse_ignored_tokens(cfg: Config) -> None:
     )
 
 
-def check_inputs(cfg: Config, labels: dict[str, Path | None] | None = None) -> None:
-    """Read every input file the config names, and `labels` (flag -> a file read as an identified
-    set, for files given outside the config), and check its model folders; raise one DataError with
-    every problem found. Settings the method would ignore are refused first (ConfigError)."""
-    refuse_ignored_tokens(cfg)
-    d = cfg.data
+Named = dict[str, str | Path | None]  # the setting or flag that names a file -> the file (None: not given)
+
+
+def check_files(
+    samples: Named | None = None, labels: Named | None = None, models: Named | None = None
+) -> None:
+    """Read every file named (`samples`: data sets; `labels`: identified sets, plain QA accepted) and
+    check every model folder named; raise one DataError with every problem found. The bundled
+    retain set (`tofu-mini`) and absent entries are skipped."""
     issues: list[DataIssue] = []
-    for flag, path in (labels or {}).items():
-        if path is not None:
-            issues += _issues(flag, str(path), _read_labels)
-    if d.forget is not None:
-        issues += _issues("data.forget", d.forget, _read_labels)  # plain QA, or with spans
-    for setting, value in (("data.retain", d.retain), ("data.holdout", d.holdout)):
-        if value is not None and value != BUNDLED:
-            issues += _issues(setting, value, read_samples)
-    for setting, value in (
-        ("identify.labels", cfg.identify.labels),
-        ("eval.token_labels", cfg.eval.token_labels),
-    ):
-        if value is not None:
-            issues += _issues(setting, value, _read_labels)
-    if d.forget is None and cfg.run.benchmark == "tofu":
-        issues += _tofu_folder_issues(cfg)
-    issues += _model_issues("model.name", cfg.model.name)
-    if cfg.identify.method == "contrast":
-        issues += _model_issues("identify.model", cfg.identify.model)
-        issues += _model_issues("identify.reference", cfg.identify.reference)
+    for named, read in ((samples, read_samples), (labels, _read_labels)):
+        for setting, value in (named or {}).items():
+            if value is not None and str(value) != BUNDLED:
+                issues += _issues(setting, str(value), read)
+    for setting, name in (models or {}).items():
+        issues += _model_issues(setting, None if name is None else str(name))
     if issues:
         raise DataError(issues)
+
+
+def check_inputs(cfg: Config, labels: Named | None = None) -> None:
+    """Every input the config names, and `labels` (flag -> a file read as an identified set, for
+    files given outside the config): see `check_files`; full TOFU's folder too. Settings the method
+    would ignore are refused first (ConfigError)."""
+    refuse_ignored_tokens(cfg)
+    d, i = cfg.data, cfg.identify
+    contrast = i.method == "contrast"
+    tofu_issues = _tofu_folder_issues(cfg) if d.forget is None and cfg.run.benchmark == "tofu" else []
+    try:
+        check_files(
+            samples={"data.retain": d.retain, "data.holdout": d.holdout},
+            labels={
+                **(labels or {}),
+                "data.forget": d.forget,  # plain QA, or with spans
+                "identify.labels": i.labels,
+                "eval.token_labels": cfg.eval.token_labels,
+            },
+            models={
+                "model.name": cfg.model.name,
+                "identify.model": i.model if contrast else None,
+                "identify.reference": i.reference if contrast else None,
+            },
+        )
+    except DataError as exc:
+        raise DataError(exc.issues + tofu_issues) from None
+    if tofu_issues:
+        raise DataError(tofu_issues)
