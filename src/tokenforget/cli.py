@@ -332,16 +332,15 @@ def receipt_check(
         if not forget.is_file():
             raise TokenforgetError(f"--forget {forget} does not exist: give the file you asked to delete")
         same, said = match_forget(path, forget)
-        (out if same else err).print(
-            ("[green]match[/]: " if same else "[red]mismatch[/]: ") + said, highlight=False
-        )
-        if not same:
+        if not same:  # soft wrap: the paths and hashes stay whole, to copy
+            err.print(f"[red]mismatch[/]: {said}", highlight=False, soft_wrap=True)
             raise typer.Exit(1)
+        out.print(f"[green]match[/]: {said}", highlight=False, soft_wrap=True)
         return
     problems = check_receipt(path)
     if problems:
         for problem in problems:
-            err.print(f"[red]mismatch[/]: {problem}", highlight=False)
+            err.print(f"[red]mismatch[/]: {problem}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     out.print(f"[green]receipt verified[/]: {path}")
 
