@@ -100,6 +100,30 @@ def test_tpo_batch_vs_sample_reduction_and_pl_mean():
     assert space.parts["lpl"].item() == pytest.approx(-(2 / beta) * lsig(beta * dl), rel=1e-5)
 
 
+def test_tpo_logs_the_shared_shift_and_centered_lpl_removes_it():
+    beta = 0.3
+    # the UW token: z = [2, 0.5, -1] (mean 0.5), theta0 z0 = [2.5, 0.5, -1] (mean 2/3), gold index 0
+    delta, shared = 2.5 - 2.0, 2 / 3 - 0.5
+    terms = run("tpo", LossInputs(stats(), ref_stats()), beta=beta)
+    assert terms.parts["delta"].item() == pytest.approx(delta, abs=1e-6)
+    assert terms.parts["delta_shared"].item() == pytest.approx(shared, abs=1e-6)
+    centered = run("tpo", LossInputs(stats(), ref_stats()), beta=beta, lpl_space="centered")
+    assert centered.parts["delta"].item() == pytest.approx((2.5 - 2 / 3) - (2.0 - 0.5), abs=1e-6)
+    assert centered.parts["lpl"].item() == pytest.approx(
+        -(2 / beta) * lsig(beta * (delta - shared)), rel=1e-6
+    )
+    # lowering every logit of the UW position by 3 changes no probability: raw Delta and its shared
+    # part grow by 3, the centered and log-prob forms do not move
+    shifted = [[v - 3.0 for v in LOGITS[0]], *LOGITS[1:]]
+    moved = run("tpo", LossInputs(stats(shifted), ref_stats()), beta=beta)
+    assert moved.parts["delta"].item() == pytest.approx(delta + 3, abs=1e-5)
+    assert moved.parts["delta_shared"].item() == pytest.approx(shared + 3, abs=1e-5)
+    for space in ("centered", "logprob"):
+        before = run("tpo", LossInputs(stats(), ref_stats()), beta=beta, lpl_space=space).parts["lpl"].item()
+        after = run("tpo", LossInputs(stats(shifted), ref_stats()), beta=beta, lpl_space=space).parts["lpl"]
+        assert after.item() == pytest.approx(before, abs=1e-5), space
+
+
 def test_micro_batch_without_uw_gives_exact_zero_and_clean_gradients():
     s = stats(uw=[False] * 5, requires_grad=True)
     for name in ("tpo", "ga", "npo", "simnpo", "wga", "satimp", "tnpo", "undial"):

@@ -319,8 +319,13 @@ class UnlearnSettings(_Section):
     pl_reduction: Literal["sum", "mean"] = Field(
         "sum", description="TPO: PL per sample, sum (faithful) or mean."
     )
-    lpl_space: Literal["logit", "logprob"] = Field(
-        "logit", description="TPO: LPL on raw gold logits (faithful) or on log-probabilities."
+    lpl_space: Literal["logit", "centered", "logprob"] = Field(
+        "logit",
+        description=(
+            "TPO: LPL on raw gold logits (faithful; a shift of every logit at a position raises Delta "
+            "without changing a probability, logged as delta_shared), on gold logits minus the "
+            "position's mean logit (centered), or on log-probabilities (logprob)."
+        ),
     )
     delta: float | None = Field(None, description="SimNPO margin (default 0).")
     delta_inside_beta: bool = Field(False, description="SimNPO: the TPO repo's form beta*(-lp/|a| - delta).")

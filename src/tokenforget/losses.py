@@ -65,6 +65,12 @@ class TokenStats:
         return self.logits.float().gather(-1, self.targets[:, None]).squeeze(-1)
 
     @property
+    def mean_logit(self) -> torch.Tensor:
+        """The mean logit over the vocabulary at each position, (N,), fp32: the part of every logit
+        that softmax ignores."""
+        return self.logits.float().mean(-1)
+
+    @property
     def logp(self) -> torch.Tensor:
         """log p(a_t | q, a_<t), (N,), fp32 (computed once)."""
         if self._logp is None:
@@ -78,8 +84,13 @@ class RefStats:
 
     gold_logit: torch.Tensor | None = None  # (N,)
     logp: torch.Tensor | None = None  # (N,)
+    mean_logit: torch.Tensor | None = None  # (N,): the mean over the vocabulary
     logits: torch.Tensor | None = None  # (N, V): only for losses that need theta0's distribution
     hidden: torch.Tensor | None = None  # (N, H): RMU's retain anchor
+
+    def __post_init__(self) -> None:
+        if self.mean_logit is None and self.logits is not None:
+            self.mean_logit = self.logits.float().mean(-1)
 
 
 @dataclass
@@ -103,7 +114,7 @@ class LossSettings:
     tokens: TokenMode = "all"
     lpl_reduction: Literal["batch", "sample"] = "batch"
     pl_reduction: Literal["sum", "mean"] = "sum"
-    lpl_space: Literal["logit", "logprob"] = "logit"
+    lpl_space: Literal["logit", "centered", "logprob"] = "logit"
     delta: float = 0.0  # SimNPO margin
     delta_inside_beta: bool = False  # SimNPO: the TPO repo's form, log sig(b (-lp/|a| - delta))
     beta2: float = 1.0  # SatImp: exponent of (1 - p)
@@ -179,19 +190,34 @@ def tpo_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
     the log-sigmoid (one Delta per micro-batch, so Delta depends on the micro-batch by definition),
     PL a per-sample sum over GW + EOS then a batch mean, lambda = 1. Samples without UW are left out
     of LPL; a micro-batch with none gives LPL = 0.
+
+    Raw logits have a degenerate direction: lowering every logit of a position together raises Delta
+    and changes no probability. `delta_shared` logs how much of Delta is such a vocabulary-wide shift
+    (theta0's mean logit minus the model's, averaged like Delta); `lpl_space=centered` (gold logit
+    minus the position's mean logit) and `logprob` remove it.
     """
     stats, ref = inputs.forget, inputs.forget_ref
     if cfg.lpl_space == "logit":
         now, before = stats.gold_logit, _need(ref, "gold_logit", "tpo")
+    elif cfg.lpl_space == "centered":
+        now = stats.gold_logit - stats.mean_logit
+        before = _need(ref, "gold_logit", "tpo") - _need(ref, "mean_logit", "tpo (lpl_space=centered)")
     else:
         now, before = stats.logp, _need(ref, "logp", "tpo (lpl_space=logprob)")
     # ATWU plugs learned weights in: LPL on w, PL on 1 - w (binary w gives the published form)
     uw = stats.weights.float() if cfg.tokens == "weighted" and stats.weights is not None else stats.uw.float()
     count = _row_sum(uw, stats.rows, stats.n_rows)
     has = count > 0
+
+    def uw_mean(values: torch.Tensor) -> torch.Tensor:
+        """Per sample with UW, the (weighted) mean of `values` over its UW tokens."""
+        return _row_sum(uw * values, stats.rows, stats.n_rows)[has] / count[has]
+
+    shared = None
     if bool(has.any()):
-        mean_now = _row_sum(uw * now, stats.rows, stats.n_rows)[has] / count[has]
-        mean_before = _row_sum(uw * before, stats.rows, stats.n_rows)[has] / count[has]
+        mean_now, mean_before = uw_mean(now), uw_mean(before)
+        if ref is not None and ref.mean_logit is not None:
+            shared = (uw_mean(ref.mean_logit) - uw_mean(stats.mean_logit)).mean().detach()
         if cfg.lpl_reduction == "batch":
             delta = mean_before.mean() - mean_now.mean()
             lpl = -(2.0 / cfg.beta) * F.logsigmoid(cfg.beta * delta)
@@ -207,6 +233,8 @@ def tpo_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
         per_row = per_row / _row_sum(gw, stats.rows, stats.n_rows).clamp_min(1.0)
     pl = per_row.mean()
     parts = {"lpl": lpl, "pl": pl, "delta": delta.detach()}
+    if shared is not None:
+        parts["delta_shared"] = shared
     if ref is not None and ref.logp is not None and bool(stats.uw.any()):
         parts["uw_dlogp"] = (stats.logp - ref.logp)[stats.uw].mean().detach()
     return LossTerms(total=lpl + cfg.lam * pl, parts=parts)

@@ -25,7 +25,7 @@ from tokenforget.losses import RefStats
 from tokenforget.models import Precision, eval_mode, json_digest, model_identity
 from tokenforget.train import answer_forward
 
-FORMAT = "tokenforget-reference-1"
+FORMAT = "tokenforget-reference-2"  # 2: the mean logit over the vocabulary too
 
 
 def reference_key(
@@ -49,7 +49,8 @@ def compute_reference(
     precision: Precision,
     batch_size: int = 16,
 ) -> dict[str, torch.Tensor]:
-    """`{group}/{id}/gold_logit` and `{group}/{id}/logp` (fp32, one value per answer token)."""
+    """`{group}/{id}/gold_logit`, `.../logp` and `.../mean_logit` (the mean over the vocabulary),
+    fp32, one value per answer token."""
     from tokenforget.progress import task_progress
 
     tensors: dict[str, torch.Tensor] = {}
@@ -66,10 +67,10 @@ def compute_reference(
                 gold = logits.gather(-1, fwd.targets[:, None]).squeeze(-1)
                 logp = gold - torch.logsumexp(logits, -1)
                 counts = torch.bincount(fwd.rows, minlength=len(chunk)).tolist()
-                for offset, (g, lp) in enumerate(zip(gold.split(counts), logp.split(counts), strict=True)):
-                    key = f"{name}/{ids[start + offset]}"
-                    tensors[f"{key}/gold_logit"] = g.cpu().contiguous()
-                    tensors[f"{key}/logp"] = lp.cpu().contiguous()
+                values = {"gold_logit": gold, "logp": logp, "mean_logit": logits.mean(-1)}
+                for field, per_token in values.items():
+                    for offset, part in enumerate(per_token.split(counts)):
+                        tensors[f"{name}/{ids[start + offset]}/{field}"] = part.cpu().contiguous()
                 bar.advance(bar.task_ids[0], len(chunk))
     return tensors
 
@@ -97,6 +98,8 @@ def reference_stats(
     cache: dict[str, torch.Tensor], group: str, ids: Sequence[str], device: torch.device
 ) -> RefStats:
     """RefStats for a micro-batch, in the flattened order answer_forward uses (row by row)."""
-    gold = torch.cat([cache[f"{group}/{i}/gold_logit"] for i in ids]).to(device)
-    logp = torch.cat([cache[f"{group}/{i}/logp"] for i in ids]).to(device)
-    return RefStats(gold_logit=gold, logp=logp)
+    fields = {
+        name: torch.cat([cache[f"{group}/{i}/{name}"] for i in ids]).to(device)
+        for name in ("gold_logit", "logp", "mean_logit")
+    }
+    return RefStats(**fields)
