@@ -67,6 +67,13 @@ def test_run_does_every_stage_and_prints_where_the_report_is(finished_run):
     steps = summary["unlearn"]["steps"]
     assert [r["step"] for r in summary["trajectory"]] == [*range(0, steps, 2), steps]
     assert summary["trajectory"][0]["uw_dlogp"] == 0.0  # step 0 is the target itself
+    quality = head["unlearned"]["forget_quality"]
+    opening = "Forgotten by TOFU's test" if quality >= 0.05 else "Not forgotten by TOFU's test"
+    assert (
+        summary["verdict"][0].startswith(opening)
+        and f"(KS p = {quality:.2g}; 0.05 needed)" in summary["verdict"][0]
+    )
+    assert summary["verdict"][0] in first.stdout.replace("\n", " ")  # the run says it in words
 
 
 def test_report_is_self_contained(finished_run):
@@ -74,6 +81,7 @@ def test_report_is_self_contained(finished_run):
     assert not re.search(r"""(?:src|href|action)\s*=|url\(|@import|<script""", page, re.IGNORECASE)
     assert not re.search(r"https?://", page)
     assert 'class="tok uw"' in page  # an unwanted word is highlighted
+    assert '<ul id="verdict"><li>' in page  # the headline in words
     assert "<svg" in page and "<polyline" in page  # training curves
     assert "Evaluation during training" in page  # unlearn.eval_every's trajectory
 

@@ -188,3 +188,27 @@ def test_aggregate_csv_has_the_published_header_and_values(tmp_path):
     assert float(rows[0]["Forget Quality"]) == pytest.approx(1.834e-21, rel=1e-3)
     assert float(rows[0]["Truth Ratio Forget"]) == pytest.approx(summary["forget_truth_ratio"])
     assert rows[0]["Method"] == "target"
+
+
+def test_the_headline_in_words():
+    from tokenforget.evaluate.tofu import verdict
+
+    # the default main job's numbers in issue 21
+    said = verdict(
+        {
+            "unlearned": {"forget_quality": 5.0e-4, "model_utility": 0.297, "uw_leak_rate": 0.235},
+            "target": {"forget_quality": 1.9e-4, "model_utility": 0.301, "uw_leak_rate": 0.762},
+        }
+    )
+    assert said == [
+        "Not forgotten by TOFU's test: still distinguishable from a model that never saw the forget set "
+        "(KS p = 0.0005; 0.05 needed).",
+        "Utility kept: model utility 0.297 is 0.99x the target's 0.301 (0.9x wanted).",
+        "Unwanted words still come out: 24% of them are in the greedy answers (the target: 76%).",
+    ]
+    own = verdict({"unlearned": {"forget_quality": 0.4, "utility_ra_wf": 0.2, "uw_leak_rate": 0.0},
+                   "target": {"utility_ra_wf": 0.25}})  # fmt: skip
+    assert own[0].startswith("Forgotten by TOFU's test: cannot be told apart")
+    lost = "Utility lost: utility on real authors and world facts 0.2 is 0.80x the target's 0.25"
+    assert own[1] == lost + " (0.9x wanted)."
+    assert own[2] == "No unwanted word comes out of the greedy answers anymore."

@@ -180,6 +180,8 @@ def run(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     for key in RUN_HEADLINE:
         table.add_row(key, *(_fmt(summary["headline"][m].get(key)) for m in models))
     out.print(table)
+    for sentence in summary.get("verdict", []):
+        out.print(sentence, highlight=False)
     out.print(
         "stage times (s): "
         + ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in summary["stage_seconds"].items())

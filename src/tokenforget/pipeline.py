@@ -314,6 +314,7 @@ def headline(evals: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def run(cfg: Config) -> RunResult:
     """Run the main job in runs/<cfg.run.name>/ and write summary.json, report.html, receipt.json."""
     from tokenforget.data.benchmarks import load_benchmark
+    from tokenforget.evaluate.tofu import verdict
     from tokenforget.evaluate.trajectory import TRAJECTORY_FILE
     from tokenforget.receipt import write_receipt
     from tokenforget.report import write_report
@@ -347,7 +348,8 @@ def run(cfg: Config) -> RunResult:
         "method": cfg.unlearn.method,
         "identifier": cfg.identify.method,
         "models": models,
-        "headline": headline(evals),
+        "headline": (table := headline(evals)),
+        "verdict": verdict(table),
         "unavailable": evals.get("unavailable", {}),
         "tofu": evals["tofu"],
         "tokens": {

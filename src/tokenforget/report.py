@@ -113,6 +113,12 @@ def headline_table(headline: dict[str, dict[str, Any]]) -> str:
     return f'<table id="headline"><tr><th>metric</th>{head}</tr>{"".join(rows)}</table>'
 
 
+def verdict_list(sentences: Sequence[str]) -> str:
+    """The headline in words, first thing under the title."""
+    items = "".join(f"<li>{esc(s)}</li>" for s in sentences)
+    return f'<ul id="verdict">{items}</ul>' if items else ""
+
+
 def delta_color(delta_p: float) -> str:
     """Background for a change in probability: red when it fell, blue when it rose."""
     strength = min(1.0, abs(delta_p)) ** 0.6
@@ -350,6 +356,7 @@ def write_report(
 <h2>Headline</h2>
 <p class="hint">The unlearned model next to the target (before unlearning) and the retain model (never saw the
 forget set: the goal). A targeted method moves unwanted words (UW) a lot and general words (GW) little.</p>
+{verdict_list(summary.get("verdict", []))}
 {headline_table(summary["headline"])}
 {f'<p class="hint">Not available for this run:</p><ul class="hint">{missing}</ul>' if missing else ""}
 <h2>Token view: what was forgotten</h2>

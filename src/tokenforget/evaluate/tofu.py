@@ -130,6 +130,48 @@ def model_utility(values: list[float]) -> float:
     return float(hmean(values))
 
 
+FORGOTTEN_P = 0.05  # TOFU reads a forget quality (KS p-value) at or above this as "cannot tell apart"
+UTILITY_KEPT = 0.9  # the share of the target's utility the headline calls "kept"
+
+
+def verdict(headline: dict[str, dict[str, Any]]) -> list[str]:
+    """The headline in words: is the unlearned model distinguishable from one that never saw the
+    forget set, did it keep the target's utility, and do unwanted words still come out."""
+    unlearned, target = headline.get("unlearned", {}), headline.get("target", {})
+    said = []
+    quality = unlearned.get("forget_quality")
+    if quality is not None:
+        if quality >= FORGOTTEN_P:
+            opening = "Forgotten by TOFU's test: cannot be told apart from"
+        else:
+            opening = "Not forgotten by TOFU's test: still distinguishable from"
+        said.append(
+            f"{opening} a model that never saw the forget set (KS p = {quality:.2g}; {FORGOTTEN_P} needed)."
+        )
+    for key, name in (
+        ("model_utility", "model utility"),
+        ("utility_ra_wf", "utility on real authors and world facts"),
+    ):
+        now, before = unlearned.get(key), target.get(key)
+        if now is None or not before:
+            continue
+        ratio = now / before
+        kept = "Utility kept" if ratio >= UTILITY_KEPT else "Utility lost"
+        said.append(
+            f"{kept}: {name} {now:.3g} is {ratio:.2f}x the target's {before:.3g} ({UTILITY_KEPT}x wanted)."
+        )
+        break
+    leak, leak_before = unlearned.get("uw_leak_rate"), target.get("uw_leak_rate")
+    if leak is not None:
+        was = f" (the target: {leak_before:.0%})" if leak_before is not None else ""
+        said.append(
+            "No unwanted word comes out of the greedy answers anymore."
+            if leak == 0
+            else f"Unwanted words still come out: {leak:.0%} of them are in the greedy answers{was}."
+        )
+    return said
+
+
 def metric_keys(split: str) -> dict[str, str]:
     """Summary key of each metric of a split, as open-unlearning names them."""
     prefix = PREFIX[split]
