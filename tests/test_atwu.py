@@ -167,6 +167,7 @@ def atwu_config(tiny_llama_dir, forget, retain, *extra):
             f"data.forget={forget}",
             f"data.retain={retain}",
             "unlearn.method=atwu",
+            "unlearn.min_steps=0",  # the tests give their budgets in epochs
             "unlearn.batch_size=8",
             "unlearn.micro_batch_size=4",
             *extra,

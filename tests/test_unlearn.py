@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from tokenforget.config import load_config
 from tokenforget.errors import ConfigError, DataError
 from tokenforget.losses import METHODS, at_reference
+from tokenforget.runs import read_step_log
 from tokenforget.unlearn import unlearn
 
 
@@ -27,6 +28,7 @@ def config(tiny_llama_dir, forget, method, *extra):
             "data.retain=tofu-mini",
             f"unlearn.method={method}",
             "unlearn.epochs=1",
+            "unlearn.min_steps=0",  # the tests give their budgets in epochs
             "unlearn.batch_size=4",
             "unlearn.micro_batch_size=2",
             *extra,
@@ -165,6 +167,8 @@ def cli_args(tiny_llama_dir, forget, out, method, *extra):
         "model.device=cpu",
         "--set",
         "unlearn.lr=1e-3",
+        "--set",
+        "unlearn.min_steps=0",  # the tests give their budgets in epochs
         *extra,
     ]
 
@@ -423,3 +427,44 @@ def test_a_kill_at_each_point_of_a_checkpoint_write_resumes_to_the_uninterrupted
     assert [r["step"] for r in resumed_log] == list(range(1, 13))
     assert [r["loss"] for r in resumed_log] == [r["loss"] for r in clean_log]
     assert not any(killed.glob("checkpoints*"))
+
+
+def test_a_small_forget_set_gets_at_least_min_steps(tmp_path, tiny_llama_dir, forget_file):
+    result = unlearn(config(tiny_llama_dir, forget_file, "ga", "unlearn.min_steps=5"), tmp_path / "run")
+    assert [r["step"] for r in log_rows(result.folder)] == [1, 2, 3, 4, 5]  # epochs alone: 2 steps
+    assert result.summary["steps"] == 5 and result.summary["stopped"] == {
+        "reason": "the step budget",
+        "step": 5,
+    }
+
+
+def test_unlearning_stops_when_its_criterion_is_met_and_says_why(tmp_path, tiny_llama_dir, forget_file):
+    """stop_when ends the run at the first evaluation point where every condition holds (here the
+    forget answers' UW log-probability 0.05 below theta0's); the run records what stopped it and when."""
+    stop = ("unlearn.stop_when=[uw_dlogp<=-0.05]", "unlearn.eval_every=1", "unlearn.max_steps=30")
+    result = unlearn(config(tiny_llama_dir, forget_file, "ga", "unlearn.lr=1e-3", *stop), tmp_path / "run")
+    steps = result.summary["steps"]
+    points = read_step_log(result.folder / "trajectory.jsonl")
+    assert 1 <= steps < 30 and [p["step"] for p in points] == list(range(steps + 1))
+    assert points[-1]["uw_dlogp"] <= -0.05 < min(p["uw_dlogp"] for p in points[:-1])  # the first point met
+    assert result.summary["stopped"]["step"] == steps
+    assert result.summary["stopped"]["reason"].startswith("stop_when met: uw_dlogp ")
+    assert [r["step"] for r in log_rows(result.folder)] == list(range(1, steps + 1))
+    assert (result.model_dir / "model.safetensors").is_file()
+
+
+def test_the_utility_guard_and_the_greedy_leak_criterion(tmp_path, tiny_llama_dir, forget_file):
+    guard = (
+        "unlearn.guard=[retain_Q_A_Prob>=1.5x]",
+        "unlearn.eval_every=1",
+        "unlearn.stop_when=[uw_leak_rate<=0]",
+    )
+    result = unlearn(config(tiny_llama_dir, forget_file, "ga", "unlearn.lr=1e-3", *guard), tmp_path / "run")
+    assert result.summary["steps"] == 1  # no model keeps 1.5x its retain probability after a GA step
+    assert result.summary["stopped"]["reason"].startswith("utility guard: retain_Q_A_Prob ")
+    points = read_step_log(result.folder / "trajectory.jsonl")
+    assert all(0 <= p["uw_leak_rate"] <= 1 for p in points)  # measured at every point (it generates)
+    with pytest.raises(ConfigError, match=r"Fix: --set unlearn.eval_every=N"):
+        unlearn(
+            config(tiny_llama_dir, forget_file, "ga", "unlearn.stop_when=[uw_leak_rate<=0]"), tmp_path / "b"
+        )

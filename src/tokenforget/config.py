@@ -341,6 +341,33 @@ class UnlearnSettings(_Section):
         ),
     )
     epochs: float = Field(3.0, gt=0, description="Epochs over the forget set (papers, 7B: 10).")
+    min_steps: int = Field(
+        15,
+        ge=0,
+        description=(
+            "At least this many optimizer steps, however small the forget set: epochs alone give a "
+            "4-answer deletion request 2 steps (TOFU-mini's 40 answers get 15 either way)."
+        ),
+    )
+    stop_when: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Stop once every condition holds at an in-training evaluation point (needs eval_every), "
+            "e.g. [uw_leak_rate<=0] (no unwanted word in the greedy answers) or [uw_dlogp<=-3]; the "
+            "run then takes up to max_steps. Metrics: those of trajectory.jsonl; VALUE may end in x "
+            "(relative to step 0). unlearn.json records what stopped the run and when."
+        ),
+    )
+    guard: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Utility guard: stop once one of these fails at an evaluation point, e.g. "
+            "[retain_Q_A_Prob>=0.9x] (retain answers keep 0.9x their probability at step 0)."
+        ),
+    )
+    max_steps: int = Field(
+        100, ge=1, description="With stop_when: the step cap, and the length of the learning-rate schedule."
+    )
     batch_size: int = Field(
         8, ge=1, description="Forget samples per optimizer step (all processes together)."
     )
@@ -366,6 +393,15 @@ class UnlearnSettings(_Section):
             "process only; null = off."
         ),
     )
+
+    @field_validator("stop_when", "guard")
+    @classmethod
+    def _conditions(cls, value: list[str]) -> list[str]:
+        from tokenforget.stopping import parse_condition
+
+        for text in value:
+            parse_condition(text)
+        return value
 
     @field_validator("method")
     @classmethod

@@ -77,6 +77,17 @@ def refuse_ignored_tokens(cfg: Config) -> None:
 Named = dict[str, str | Path | None]  # the setting or flag that names a file -> the file (None: not given)
 
 
+def refuse_unmeasured_conditions(cfg: Config) -> None:
+    """`unlearn.stop_when` and `guard` are read at in-training evaluation points: refuse them without."""
+    u = cfg.unlearn
+    if (u.stop_when or u.guard) and u.eval_every is None:
+        which = "stop_when" if u.stop_when else "guard"
+        raise ConfigError(
+            f"unlearn.{which} is checked at in-training evaluation points, and unlearn.eval_every is off. "
+            "Fix: --set unlearn.eval_every=N (1 for a small forget set: each point scores it once)"
+        )
+
+
 def check_files(
     samples: Named | None = None, labels: Named | None = None, models: Named | None = None
 ) -> None:
@@ -99,6 +110,7 @@ def check_inputs(cfg: Config, labels: Named | None = None) -> None:
     files given outside the config): see `check_files`; full TOFU's folder too. Settings the method
     would ignore are refused first (ConfigError)."""
     refuse_ignored_tokens(cfg)
+    refuse_unmeasured_conditions(cfg)
     d, i = cfg.data, cfg.identify
     contrast = i.method == "contrast"
     tofu_issues = _tofu_folder_issues(cfg) if d.forget is None and cfg.run.benchmark == "tofu" else []

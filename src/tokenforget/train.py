@@ -127,14 +127,17 @@ def token_nll(fwd: AnswerForward) -> torch.Tensor:
 # ----------------------------------------------------------------------------- data order
 
 
-def batch_schedule(lengths: Sequence[int], batch_size: int, epochs: float, seed: int) -> list[list[int]]:
-    """Deterministic list of batches (sample indices) for the whole run.
+def batch_schedule(
+    lengths: Sequence[int], batch_size: int, epochs: float, seed: int, steps: int | None = None
+) -> list[list[int]]:
+    """Deterministic list of batches (sample indices) for the whole run: `epochs` worth, or exactly
+    `steps` batches when given (as many epochs as they take).
 
     Each epoch is a seeded permutation; within windows of 8 batches samples are sorted by length
     (less padding), then the batches are shuffled again so lengths do not trend within an epoch.
     """
     n = len(lengths)
-    total = max(1, math.ceil(epochs * n / batch_size))
+    total = steps if steps is not None else max(1, math.ceil(epochs * n / batch_size))
     stream: list[int] = []
     epoch = 0
     while len(stream) < total * batch_size:
@@ -544,7 +547,7 @@ def run_steps(
     settings: FitSettings,
     checkpoint_dir: Path,
     label: str,
-    on_step: Callable[[int, dict[str, float], float], None] | None = None,
+    on_step: Callable[[int, dict[str, float], float], str | None] | None = None,
     accelerator: Any = None,
     max_grad_norm: float = 1.0,
     extra_params: Sequence[torch.nn.Parameter] = (),
@@ -559,7 +562,8 @@ def run_steps(
     With an `accelerator` (distributed runs) only the main process writes checkpoints.
     `extra_params` join the optimizer (ATWU's joint control); `extra_state` objects are checkpointed
     with everything else (ATWU's scorer, its optimizer and scheduler), so resume is exact.
-    `on_step(step, parts, lr)` sees every finished step (training logs).
+    `on_step(step, parts, lr)` sees every finished step (training logs); when it returns a reason
+    (a stop condition of the in-training evaluation) training ends at that step.
     Under FSDP or DeepSpeed (`SHARDED`), `prepare(optimizer)` hands the optimizer to accelerate
     together with the model (both are sharded, or replaced, as one) and returns the prepared
     optimizer and the prepared model's parameters (the ones to clip); checkpoints then go through
@@ -654,8 +658,8 @@ def run_steps(
                 state.losses.append(round(parts["loss"], 5))
                 lr = scheduler.get_last_lr()[0]
                 bar.advance(parts, tokens_now / (time.perf_counter() - started), lr)
-                if on_step is not None:
-                    on_step(step + 1, parts, lr)
+                if on_step is not None and on_step(step + 1, parts, lr):
+                    break  # a stop condition met: this step's weights are the result
                 if stop.stop:
                     checkpoint(landed=True)
                     raise Interrupted(
@@ -667,7 +671,7 @@ def run_steps(
     finally:
         writer.wait()  # a write still in flight lands whatever ended the loop
     return FitResult(
-        steps=total,
+        steps=state.step,
         tokens=state.tokens,
         seconds=time.perf_counter() - started,
         final_loss=state.losses[-1] if state.losses else float("nan"),

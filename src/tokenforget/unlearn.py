@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import shutil
 import time
@@ -44,7 +45,7 @@ from tokenforget.config import AtwuSettings, Config
 from tokenforget.data.encode import Encoded, encode, pad_batch
 from tokenforget.data.records import Sample, Span, read_samples
 from tokenforget.errors import ConfigError, DataError, DataIssue
-from tokenforget.evaluate.trajectory import Probe, Trajectory, theta0_key
+from tokenforget.evaluate.trajectory import LeakProbe, Probe, Trajectory, theta0_key
 from tokenforget.inputs import check_inputs
 from tokenforget.losses import (
     METHODS,
@@ -66,6 +67,7 @@ from tokenforget.reference import (
     save_reference,
 )
 from tokenforget.runs import open_folder, trim_step_log, write_json
+from tokenforget.stopping import parse_condition, stop_reason
 from tokenforget.train import (
     DATA_PARALLEL,
     SHARDED,
@@ -503,13 +505,15 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
     method, settings, retain_term = session.method, session.settings, session.retain_term
     model, tokenizer, precision = session.model, session.tokenizer, session.precision
     forget_lengths = [len(e.input_ids) for e in session.forget]
-    forget_steps = batch_schedule(forget_lengths, u.batch_size, u.epochs, u.seed)
+    forget_steps = batch_schedule(
+        forget_lengths, u.batch_size, u.epochs, u.seed, planned_steps(cfg, len(forget_lengths))
+    )
     total = len(forget_steps)
     retain_steps = []
     if session.retain:
         retain_lengths = [len(e.input_ids) for e in session.retain]
         retain_epochs = total * u.batch_size / len(session.retain)
-        retain_steps = batch_schedule(retain_lengths, u.batch_size, retain_epochs, u.seed + 1)
+        retain_steps = batch_schedule(retain_lengths, u.batch_size, retain_epochs, u.seed + 1, total)
 
     scorer, a = session.scorer, cfg.atwu
     alternating = scorer is not None and a.schedule == "alternating"
@@ -572,14 +576,23 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
     trajectory = start_trajectory(cfg, session, folder, world, done)
     seconds_at_start = time.perf_counter()
 
-    def on_step(step: int, parts: dict[str, float], lr: float) -> None:
+    stop_when, guard = [parse_condition(c) for c in u.stop_when], [parse_condition(c) for c in u.guard]
+    stopped: dict[str, Any] = {}
+
+    def on_step(step: int, parts: dict[str, float], lr: float) -> str | None:
         if accelerator.is_main_process:
             row = {"step": step, "lr": lr, **{k: round(v, 6) for k, v in parts.items()}}
             row["seconds"] = round(time.perf_counter() - seconds_at_start, 2)
             with open(log_path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(row) + "\n")
-        if trajectory is not None and (step % (u.eval_every or 1) == 0 or step == total):
-            trajectory.measure(model, step)
+        if trajectory is None or not (step % (u.eval_every or 1) == 0 or step == total):
+            return None
+        point = trajectory.measure(model, step)
+        reason = stop_reason(point, trajectory.first_row(), stop_when, guard)
+        if reason:
+            stopped.update(reason=reason, step=step)
+            console.print(f"[green]unlearn[/]: stopped at step {step}/{total}: {reason}")
+        return reason
 
     fit = FitSettings(
         epochs=u.epochs,
@@ -624,6 +637,8 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
         "forget_samples_with_uw": sum(1 for e in session.forget if e.uw and any(e.uw)),
         "retain_samples": len(session.retain),
         "steps": result.steps,
+        "stopped": stopped
+        or {"reason": "the step budget" + (" (max_steps)" if stop_when else ""), "step": total},
         "answer_tokens": result.tokens,
         "processes": world,
         "distributed": kind,
@@ -723,6 +738,15 @@ def learned_weights(session: Session, path: Path, batch_size: int) -> dict[str, 
     return {"alignment": alignment(torch.cat(all_g), torch.cat(all_uw)), "token_weights": str(path)}
 
 
+def planned_steps(cfg: Config, forget_samples: int) -> int:
+    """Optimizer steps the run plans: `epochs` over the forget set but at least `min_steps`, so a small
+    deletion request still gets a real budget; with `stop_when`, `max_steps` (it may stop earlier)."""
+    u = cfg.unlearn
+    if u.stop_when:
+        return u.max_steps
+    return max(u.min_steps, math.ceil(u.epochs * forget_samples / u.batch_size), 1)
+
+
 def start_trajectory(cfg: Config, session: Session, folder: Path, world: int, done: int) -> Trajectory | None:
     """The in-training evaluation of `unlearn.eval_every` (None when off), measured at step 0 on a
     fresh start."""
@@ -733,24 +757,33 @@ def start_trajectory(cfg: Config, session: Session, folder: Path, world: int, do
             "unlearn.eval_every scores the model in one process; under `accelerate launch` with "
             f"{world} processes set --set unlearn.eval_every=null (evaluate the saved model after)"
         )
-    forget = session.forget
+    from tokenforget.evaluate.tokens import not_given, sample_key, unwanted_words
+
+    forget, labelled = session.forget, session.sources
     if cfg.eval.token_labels:
-        from tokenforget.evaluate.tokens import sample_key
         from tokenforget.identify import read_identified
 
         labels = {sample_key(s): s for s in read_identified(cfg.eval.token_labels)}
         if all(sample_key(s) in labels for s in session.sources):  # else: the run's own labels
-            forget = [
-                encode(labels[sample_key(s)], session.tokenizer, cfg.prompt, cfg.data.max_length)
-                for s in session.sources
-            ]
+            labelled = [labels[sample_key(s)] for s in session.sources]
+            forget = [encode(s, session.tokenizer, cfg.prompt, cfg.data.max_length) for s in labelled]
     retain = (load_retain(cfg) or [])[: cfg.eval.retain_rows]
+    conditions = [*cfg.unlearn.stop_when, *cfg.unlearn.guard]
+    leak = None
+    if any(parse_condition(c).metric == "uw_leak_rate" for c in conditions):  # it generates: only then
+        leak = LeakProbe(
+            prompts=[encode(s, session.tokenizer, cfg.prompt).prompt_ids for s in labelled],
+            unwanted=[not_given(unwanted_words(s), s.question) for s in labelled],
+            tokenizer=session.tokenizer,
+            max_new_tokens=cfg.eval.max_new_tokens,
+        )
     probe = Probe(
         forget=forget,
         retain=[encode(s, session.tokenizer, cfg.prompt, cfg.data.max_length) for s in retain],
         pad_id=session.tokenizer.pad_token_id,
         precision=session.precision,
         batch_size=cfg.eval.batch_size,
+        leak=leak,
     )
     key = theta0_key(session.model_source, probe)
     trajectory = Trajectory(folder, probe, cache_dir() / "trajectory" / f"{key[:24]}.safetensors", key)

@@ -6,7 +6,9 @@ a slice of retain answers in one pass; `trajectory.jsonl` gets one row per point
 - `forget_Q_A_Prob`, `retain_Q_A_Prob`: TOFU's probability (mean over questions of exp(-mean NLL
   per answer token, EOS included)) on the forget answers and on the retain slice;
 - `uw_dlogp`, `gw_dlogp`: mean change of log p against theta0 over every unwanted (general) answer
-  token of the forget set (EOS left out), the token-level numbers of the final evaluation.
+  token of the forget set (EOS left out), the token-level numbers of the final evaluation;
+- `uw_leak_rate` (only when a stop condition asks for it: it generates): the share of unwanted words
+  in the greedy answers to the forget questions, as the final evaluation counts it.
 
 theta0's per-token log-probabilities come from the step-0 point itself and are kept next to the
 log (`trajectory_theta0.safetensors`), so a resumed run continues the same curves. About two forward
@@ -47,6 +49,17 @@ class Probe:
     pad_id: int
     precision: Any
     batch_size: int = 32
+    leak: LeakProbe | None = None
+
+
+@dataclass
+class LeakProbe:
+    """The greedy half of a point: the forget questions' prompts and the unwanted words to look for."""
+
+    prompts: list[list[int]]
+    unwanted: list[list[str]]  # per question, the words the question does not already give
+    tokenizer: Any
+    max_new_tokens: int = 48
 
 
 def token_masks(forget: Sequence[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,6 +139,29 @@ class Trajectory:
         if self.theta0_file.is_file():
             self.theta0 = load_file(str(self.theta0_file))["logp"]
 
+    def leak_rate(self, model: torch.nn.Module) -> float | None:
+        from tokenforget.evaluate.generation import generate_greedy
+        from tokenforget.evaluate.metrics import leak_rate
+
+        leak = self.probe.leak
+        assert leak is not None
+        answers = generate_greedy(
+            model,
+            leak.tokenizer,
+            leak.prompts,
+            self.probe.precision,
+            leak.max_new_tokens,
+            self.probe.batch_size,
+        )
+        return leak_rate(leak.unwanted, answers)
+
+    def first_row(self) -> dict[str, Any]:
+        """The step-0 point (theta0), which relative stop conditions compare with."""
+        from tokenforget.runs import read_step_log
+
+        rows = read_step_log(self.log)
+        return rows[0] if rows and rows[0]["step"] == 0 else {}
+
     def resume(self, done_step: int) -> None:
         """Drop rows after the checkpoint the run resumes from (they are measured again); a fresh
         start (step 0) measures everything again, theta0 included."""
@@ -153,6 +189,8 @@ class Trajectory:
             save_file({"logp": self.theta0.contiguous()}, str(tmp))
             tmp.replace(self.theta0_file)
         row = {"step": step, **point_from_nll(nll[:n], nll[n:], self.theta0, self.masks)}
+        if self.probe.leak is not None:
+            row["uw_leak_rate"] = self.leak_rate(model)
         with open(self.log, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
         self.seconds += time.perf_counter() - started
