@@ -316,7 +316,7 @@ def run(cfg: Config) -> RunResult:
     from tokenforget.data.benchmarks import load_benchmark
     from tokenforget.evaluate.tofu import verdict
     from tokenforget.evaluate.trajectory import TRAJECTORY_FILE
-    from tokenforget.receipt import write_receipt
+    from tokenforget.receipt import receipt
     from tokenforget.report import write_report
     from tokenforget.unlearn import unlearn
 
@@ -371,7 +371,9 @@ def run(cfg: Config) -> RunResult:
     given = Path(cfg.data.forget) if own else folder / "forget.jsonl"
     if not own and not given.is_file():  # identify wrote it, unless labels came from a file
         write_forget_file(given, bench.forget)
-    write_receipt(folder / "receipt.json", cfg, Path(target), given, identified, unlearned.model_dir, summary)
+    write_json(
+        folder / "receipt.json", receipt(cfg, Path(target), given, identified, unlearned.model_dir, summary)
+    )
     return RunResult(folder=folder, prepared=prepared, summary=summary, report=report)
 
 

@@ -83,22 +83,6 @@ def receipt(
     }
 
 
-def write_receipt(
-    path: Path,
-    cfg: Config,
-    input_model: Path,
-    given: Path,
-    labelled: Path,
-    output_model: Path,
-    summary: dict[str, Any],
-) -> dict[str, Any]:
-    from tokenforget.runs import write_json
-
-    content = receipt(cfg, input_model, given, labelled, output_model, summary)
-    write_json(path, content)
-    return content
-
-
 def check_receipt(path: Path) -> list[str]:
     """Recompute every hash of a receipt; returns the mismatches (empty: everything matches)."""
     content = json.loads(Path(path).read_text())
