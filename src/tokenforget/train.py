@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tokenforget.data.encode import IGNORE_INDEX, Encoded, pad_batch
-from tokenforget.models import Precision, fits_in_free_memory, json_digest, packed_linears
+from tokenforget.models import Precision, file_sha256, fits_in_free_memory, json_digest, packed_linears
 
 
 @dataclass
@@ -419,8 +419,6 @@ def distributed_kind(accelerator: Any) -> str:
 
 def _written_files(folder: Path) -> dict[str, str]:
     """SHA-256 of every file under a checkpoint folder but state.json (the stamp holding them)."""
-    from tokenforget.models import file_sha256
-
     return {
         p.relative_to(folder).as_posix(): file_sha256(p)
         for p in sorted(folder.rglob("*"))
@@ -582,8 +580,10 @@ def run_steps(
     scheduler = get_linear_schedule_with_warmup(optimizer, round(settings.warmup_ratio * total), total)
     kind = distributed_kind(accelerator)
     sharded = kind in SHARDED
+    # what makes a sharded checkpoint this run's (how often it is written does not)
+    shape = {k: v for k, v in vars(settings).items() if k != "checkpoint_every"}
     run_stamp = json_digest(
-        {"label": label, "total": total, "world": getattr(accelerator, "num_processes", 1), **vars(settings)}
+        {"label": label, "total": total, "world": getattr(accelerator, "num_processes", 1), **shape}
     )
     if sharded:
         if prepare is None or extra_params or extra_state:
