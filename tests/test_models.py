@@ -227,6 +227,36 @@ def test_packed_linears_match_the_plain_forward_and_restore_the_layers(tiny_llam
         assert torch.equal(model(ids).logits, plain)
 
 
+@pytest.mark.parametrize("broken", ["missing", "wrong numbers"])
+def test_without_working_onednn_ops_every_layer_takes_the_plain_path(tiny_llama_dir, monkeypatch, broken):
+    """The private ops are looked up and checked in one place; when a torch release drops them or
+    changes what they compute, packing is off and the numbers are exactly the plain forward's."""
+    from transformers import AutoModelForCausalLM
+
+    from tokenforget import cpu
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    ids = torch.randint(0, model.config.vocab_size, (3, 9))
+    with torch.inference_mode():
+        plain = model(ids).logits
+    if broken == "missing":
+        monkeypatch.setattr(cpu, "ONEDNN_OPS", ("mkldnn", "_reorder_linear_weight", "_no_such_op"))
+    else:  # ops that run but no longer compute x W^T + b
+        wrong = (lambda w: w, lambda x, w, b: torch.nn.functional.linear(x, w, b) + 1e-2)
+        monkeypatch.setattr(cpu, "_private_ops", lambda: wrong)
+    cpu.onednn_ops.cache_clear()
+    try:
+        assert cpu.onednn_ops() is None
+        with models.eval_mode(model), models.packed_linears(model) as count, torch.profiler.profile() as prof:
+            assert count == 0 and not any("forward" in vars(m) for m in model.modules())
+            assert torch.equal(model(ids).logits, plain)
+        assert "mkldnn::_linear_pointwise" not in {event.key for event in prof.key_averages()}
+    finally:
+        monkeypatch.undo()
+        cpu.onednn_ops.cache_clear()
+    assert cpu.onednn_ops() is not None  # the real ops pass their check on this CPU
+
+
 def test_frozen_packed_linear_gives_the_plain_input_gradient():
     layer = torch.nn.Linear(6, 5).requires_grad_(False)
     x = torch.randn(2, 3, 6, requires_grad=True)

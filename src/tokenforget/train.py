@@ -29,8 +29,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from tokenforget.cpu import fits_in_free_memory, packed_linears
 from tokenforget.data.encode import IGNORE_INDEX, Encoded, pad_batch
-from tokenforget.models import Precision, file_sha256, fits_in_free_memory, json_digest, packed_linears
+from tokenforget.models import Precision, file_sha256, json_digest
 
 
 @dataclass
