@@ -132,6 +132,26 @@ def test_the_requester_can_check_their_own_forget_file_against_the_receipt(finis
     assert given["sha256"] in text
 
 
+def test_report_rebuilds_from_the_run_folder_alone(finished_run, tmp_path):
+    """`tokenforget report RUN` on a copy of the run folder moved away from everything else (the
+    prepared models' evaluations stay behind) draws the page the main job drew."""
+    from typer.testing import CliRunner
+
+    from tokenforget.cli import app
+
+    copy = tmp_path / "moved" / "e2e"
+    shutil.copytree(finished_run["folder"], copy)
+    (copy / "report.html").unlink()
+    made = CliRunner().invoke(app, ["report", str(copy)], terminal_width=300)
+    assert made.exit_code == 0, made.output
+    original = (finished_run["folder"] / "report.html").read_text()
+    rebuilt = (copy / "report.html").read_text()
+    shown = original.split("<h2>Everything</h2>")[0]  # the summary.json dump gained the report's time
+    assert rebuilt.split("<h2>Everything</h2>")[0] == shown and "Token view" in shown
+    empty = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert empty.exit_code != 0 and "not a finished run folder" in str(empty.exception)
+
+
 def test_report_renders_in_headless_chromium(finished_run):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:

@@ -314,6 +314,23 @@ def _run_model(name: str) -> str:
     return name
 
 
+@app.command("report")
+def report_cmd(
+    run: Annotated[Path, typer.Argument(help="A run folder of `tokenforget run` (runs/NAME).")],
+) -> None:
+    """Rebuild RUN/report.html from the run folder's own files (summary.json, report_inputs.json, the
+    training and evaluation logs): after a change to the report, or for a folder copied elsewhere."""
+    from tokenforget.report import REPORT_INPUTS, write_report
+
+    missing = [name for name in ("summary.json", REPORT_INPUTS) if not (run / name).is_file()]
+    if missing:
+        raise TokenforgetError(
+            f"{run} is not a finished run folder ({', '.join(missing)} missing): give runs/NAME of a "
+            "`tokenforget run` that completed, or run it again to finish it"
+        )
+    out.print(f"report: {write_report(run).resolve()}", soft_wrap=True)
+
+
 @app.command("receipt")
 def receipt_check(
     path: Annotated[Path, typer.Argument(help="A run's receipt.json.")],

@@ -317,7 +317,7 @@ def run(cfg: Config) -> RunResult:
     from tokenforget.evaluate.tofu import verdict
     from tokenforget.evaluate.trajectory import TRAJECTORY_FILE
     from tokenforget.receipt import receipt
-    from tokenforget.report import write_report
+    from tokenforget.report import REPORT_INPUTS, report_inputs, write_report
     from tokenforget.unlearn import unlearn
 
     check_inputs(cfg)  # every file and model folder, before the run folder exists
@@ -364,10 +364,12 @@ def run(cfg: Config) -> RunResult:
     if prepared:
         summary["prepare_rougeL_recall"] = dict(rouge_table(prepared.report))
         summary["prepare_seconds"] = prepared.report.get("seconds", {})
-    with clock("report"):
-        report = write_report(folder / "report.html", summary, evals, folder / "unlearn", clock.seconds)
-    summary["stage_seconds"] = clock.seconds
+    summary["stage_seconds"] = clock.seconds  # the report shows the stages before it
     write_json(folder / "summary.json", summary)
+    write_json(folder / REPORT_INPUTS, report_inputs(evals))
+    with clock("report"):
+        report = write_report(folder)
+    write_json(folder / "summary.json", summary)  # now with the report's own time
     given = Path(cfg.data.forget) if own else folder / "forget.jsonl"
     if not own and not given.is_file():  # identify wrote it, unless labels came from a file
         write_forget_file(given, bench.forget)

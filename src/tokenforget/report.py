@@ -233,7 +233,7 @@ def answers_table(rows: Sequence[dict[str, Any]], models: Sequence[str]) -> str:
 def forget_answer_rows(evals: dict[str, Any], models: Sequence[str]) -> list[dict[str, Any]]:
     """Greedy answers to the forget questions from the token-level scoring pass of every model."""
     rows = {m: evals["token_rows"][m] for m in models}
-    samples = {m: evals["tokens"][m]["per_sample"] for m in models}
+    samples = {m: evals["per_sample"][m] for m in models}
     first = rows[models[0]]
     return [
         {
@@ -248,9 +248,7 @@ def forget_answer_rows(evals: dict[str, Any], models: Sequence[str]) -> list[dic
 
 def retain_answer_rows(evals: dict[str, Any], models: Sequence[str], limit: int) -> list[dict[str, Any]]:
     """Greedy answers to retain questions from the TOFU retain logs, where every model has one."""
-    from tokenforget.evaluate.tofu import generated_texts
-
-    logs = {m: generated_texts(Path(evals["dirs"][m]), "retain") for m in models}
+    logs = {m: evals["retain_answers"].get(m) for m in models}
     if any(log is None for log in logs.values()):
         return []
     first = logs[models[0]]
@@ -277,7 +275,7 @@ def token_section(evals: dict[str, Any], limit: int = 40) -> str:
     after_rows = evals["token_rows"]["unlearned"]
     before = {r["key"]: r for r in evals["token_rows"]["target"]}
     spans = evals["label_spans"]
-    per_sample = evals["tokens"]["unlearned"]["per_sample"]
+    per_sample = evals["per_sample"]["unlearned"]
     cards = []
     for row, stats in list(zip(after_rows, per_sample, strict=True))[:limit]:
         ref = before[row["key"]]
@@ -326,14 +324,30 @@ def trajectory_charts(path: Path) -> str:
     )
 
 
-def write_report(
-    path: Path,
-    summary: dict[str, Any],
-    evals: dict[str, Any],
-    unlearn_dir: Path,
-    stage_seconds: dict[str, float],
-) -> Path:
-    """Write the run's report.html (self-contained) and return its path."""
+REPORT_INPUTS = "report_inputs.json"  # what the report shows beyond summary.json, in the run folder
+
+
+def report_inputs(evals: dict[str, Any]) -> dict[str, Any]:
+    """The part of the evaluation the report draws that summary.json does not hold: each model's
+    scored forget answers, the per-sample token numbers, the labels' spans and the greedy retain
+    answers (read from the eval logs now, so the report needs no folder but the run's)."""
+    from tokenforget.evaluate.tofu import generated_texts
+
+    kept = ("token_rows", "label_spans", "labels_are_the_runs_own")
+    return {
+        **{k: evals[k] for k in kept},
+        "per_sample": {m: t["per_sample"] for m, t in evals["tokens"].items()},
+        "retain_answers": {m: generated_texts(Path(d), "retain") for m, d in evals["dirs"].items()},
+    }
+
+
+def write_report(folder: Path) -> Path:
+    """Write `folder/report.html` (self-contained) from the run folder's files alone: summary.json,
+    report_inputs.json, unlearn/train_log.jsonl and trajectory.jsonl. `tokenforget report RUN`
+    and the main job both call this."""
+    summary = json.loads((folder / "summary.json").read_text())
+    evals = json.loads((folder / REPORT_INPUTS).read_text())
+    path, unlearn_dir, stage_seconds = folder / "report.html", folder / "unlearn", summary["stage_seconds"]
     models = list(summary["headline"])
     shown = [m for m in ("target", "unlearned", "retain") if m in models]
     unavailable = summary.get("unavailable", {})
@@ -344,7 +358,9 @@ def write_report(
         else "a fixed evaluation labelling"
     )
     times = "".join(
-        f'<tr><td>{esc(k)}</td><td class="num">{v:.1f}</td></tr>' for k, v in stage_seconds.items()
+        f'<tr><td>{esc(k)}</td><td class="num">{v:.1f}</td></tr>'
+        for k, v in stage_seconds.items()
+        if k != "report"  # the stages before this page
     )
     unlearn = summary.get("unlearn", {})
     subject = summary.get("benchmark") or summary.get("forget_data")
