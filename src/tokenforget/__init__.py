@@ -6,9 +6,8 @@ Every CLI command is a Python call too:
     prepared = prepare(load_config(overrides=["prepare.retain_epochs=1"]))
 """
 
-__version__ = "0.1.0"
-
 from tokenforget.config import Config, load_config
 from tokenforget.prepare import prepare
+from tokenforget.version import __version__
 
 __all__ = ["Config", "__version__", "load_config", "prepare"]

@@ -23,12 +23,10 @@ from typing import Any
 
 import torch
 
-from tokenforget import __version__
 from tokenforget.config import Config
 from tokenforget.data.benchmarks import QABenchmark, load_benchmark
 from tokenforget.data.encode import encode
 from tokenforget.data.records import Sample
-from tokenforget.evaluate import answer_questions, mean, rouge_recall
 from tokenforget.models import (
     cache_dir,
     json_digest,
@@ -42,7 +40,7 @@ from tokenforget.models import (
     write_manifest,
 )
 from tokenforget.progress import console
-from tokenforget.train import FitSettings, fit_nll
+from tokenforget.version import __version__
 
 REPORT_SETS = ("forget", "real_authors", "world_facts")
 
@@ -88,6 +86,8 @@ def _train_stage(
     cfg: Config, start_from: str, samples: list[Sample], epochs: float, out: Path, work: Path, label: str
 ) -> dict[str, Any]:
     """Fine-tune start_from on samples; write a merged save_pretrained folder with a manifest."""
+    from tokenforget.train import FitSettings, fit_nll  # the training stack, only when training
+
     model, tokenizer, precision = load_model(cfg.model, start_from)
     if cfg.prepare.lora is not None:
         model = wrap_lora(model, cfg.prepare.lora, cfg.prepare.seed)
@@ -124,6 +124,8 @@ def _train_stage(
 
 
 def _rouge_report(cfg: Config, model_dir: str, bench: QABenchmark) -> dict[str, Any]:
+    from tokenforget.evaluate import answer_questions, mean, rouge_recall
+
     model, tokenizer, precision = load_model(cfg.model, model_dir)
     sets = bench.eval_sets()
     out: dict[str, Any] = {}

@@ -123,8 +123,8 @@ def identify_cache_path(cfg: Config, samples: list[Sample]) -> Path | None:
 
     The key covers everything that shapes the labels: the identify and prompt settings, the
     precision, the identity of every model the identifier reads, the samples and the tool version."""
-    from tokenforget import __version__
     from tokenforget.models import cache_dir, json_digest, model_identity, resolve_model
+    from tokenforget.version import __version__
 
     i = cfg.identify
     if i.method not in CACHED_METHODS or not samples:
