@@ -28,6 +28,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tokenforget.config import DEFAULT_MODEL, LoraSettings, ModelSettings, PromptSettings
 from tokenforget.data import encode, pad_batch, tofu_mini
+from tokenforget.forward import answer_forward, token_nll
 from tokenforget.models import (
     cpu_supports_bf16,
     load_model,
@@ -36,7 +37,6 @@ from tokenforget.models import (
     resolve_model,
     wrap_lora,
 )
-from tokenforget.train import answer_forward, token_nll
 
 
 def step_seconds(precision: str, lora: bool, repeats: int, packed: bool = False) -> list[float]:

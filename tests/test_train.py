@@ -10,8 +10,9 @@ from safetensors.torch import load_file
 from tokenforget.config import ModelSettings, PromptSettings
 from tokenforget.data import encode, pad_batch, tofu_mini
 from tokenforget.data.encode import IGNORE_INDEX
+from tokenforget.forward import answer_forward, token_nll
 from tokenforget.models import load_model
-from tokenforget.train import FitSettings, answer_forward, batch_schedule, fit_nll, token_nll
+from tokenforget.train import FitSettings, batch_schedule, fit_nll
 
 
 @pytest.fixture

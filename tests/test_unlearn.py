@@ -69,9 +69,9 @@ def uw_gw_logp_change(model_dir, base_dir, forget):
     """Mean change of log p over UW tokens and over GW tokens of the forget answers (after - before)."""
     from tokenforget.config import ModelSettings, PromptSettings
     from tokenforget.data import encode, pad_batch
+    from tokenforget.forward import answer_forward, token_nll
     from tokenforget.identify import read_identified
     from tokenforget.models import load_model
-    from tokenforget.train import answer_forward, token_nll
 
     means = []
     for folder in (base_dir, model_dir):

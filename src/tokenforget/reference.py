@@ -21,9 +21,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from tokenforget.data.encode import Encoded, pad_batch
+from tokenforget.forward import answer_forward
 from tokenforget.losses import RefStats
 from tokenforget.models import Precision, eval_mode, json_digest, model_identity
-from tokenforget.train import answer_forward
 
 FORMAT = "tokenforget-reference-2"  # 2: the mean logit over the vocabulary too
 

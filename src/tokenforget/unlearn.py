@@ -46,6 +46,7 @@ from tokenforget.data.encode import Encoded, encode, pad_batch
 from tokenforget.data.records import Sample, Span, read_samples
 from tokenforget.errors import ConfigError, DataError, DataIssue
 from tokenforget.evaluate.trajectory import LeakProbe, Probe, Trajectory, theta0_key
+from tokenforget.forward import AnswerModel
 from tokenforget.inputs import check_inputs
 from tokenforget.losses import (
     METHODS,
@@ -71,7 +72,6 @@ from tokenforget.stopping import parse_condition, stop_reason
 from tokenforget.train import (
     DATA_PARALLEL,
     SHARDED,
-    AnswerModel,
     FitSettings,
     batch_schedule,
     distributed_kind,

@@ -23,8 +23,8 @@ from tokenforget.evaluate.metrics import (
     zlib_score,
 )
 from tokenforget.evaluate.scoring import answer_losses
+from tokenforget.forward import answer_forward
 from tokenforget.models import Precision, eval_mode
-from tokenforget.train import answer_forward
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

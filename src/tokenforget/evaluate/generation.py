@@ -82,9 +82,9 @@ def greedy_tokens(
     `state`: these prompts' pass, already run (its cache is consumed).
     """
     from tokenforget.evaluate.scoring import _cache_argument, prompt_state
-    from tokenforget.train import _causal_lm
+    from tokenforget.forward import causal_lm
 
-    lm = _causal_lm(model)
+    lm = causal_lm(model)
     backbone, head = lm.get_decoder(), lm.get_output_embeddings()
     cache_key = _cache_argument(backbone)
     state = state or prompt_state(model, prompts, pad_id, torch.device(device))

@@ -18,8 +18,8 @@ from tokenforget.config import PromptSettings
 from tokenforget.data.encode import IGNORE_INDEX, Encoded, encode, pad_batch, pad_prompts_left
 from tokenforget.data.records import Sample
 from tokenforget.evaluate.metrics import min_k_plus_plus_z
+from tokenforget.forward import AnswerForward, answer_forward, causal_lm, token_nll
 from tokenforget.models import Precision, eval_mode
-from tokenforget.train import AnswerForward, _causal_lm, answer_forward, token_nll
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -371,7 +371,7 @@ AfterPrompts = Callable[[list[tuple[int, ...]], "PromptState"], None]
 def prompt_state(
     model: torch.nn.Module, prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device
 ) -> PromptState:
-    backbone = _causal_lm(model).get_decoder()
+    backbone = causal_lm(model).get_decoder()
     padded = pad_prompts_left(prompts, pad_id)
     ids, mask = padded["input_ids"].to(device), padded["attention_mask"].to(device)
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
@@ -390,7 +390,7 @@ def continue_prompts(
 ) -> AnswerForward:
     """Answer-position logits of `answers[k]` continuing prompt `owners[k]` of `state` (left intact,
     so one prompt pass serves any number of answer batches)."""
-    lm = _causal_lm(model)
+    lm = causal_lm(model)
     backbone = lm.get_decoder()
     device = state.mask.device
     owner = torch.tensor(list(owners), device=device)
