@@ -172,7 +172,8 @@ def run(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 
     result = run_pipeline(_config(config, set_))
     summary = result.summary
-    table = Table(title=f"{summary['method']} on {summary['benchmark']} (identifier {summary['identifier']})")
+    subject = summary["benchmark"] or summary["forget_data"]  # a benchmark, or the user's forget file
+    table = Table(title=f"{summary['method']} on {subject} (identifier {summary['identifier']})")
     table.add_column("metric")
     models = list(summary["headline"])
     for name in models:
