@@ -611,7 +611,7 @@ def eval_tokens(
 
     cfg = _config(config, set_)
     check_files(
-        labels={"--forget": forget if forget != "tofu-mini" else None, "--labels": labels},
+        labels={"--forget": forget, "--labels": labels},  # the bundled tofu-mini is skipped
         models={"--model": model, "--reference": reference},
     )
     samples = forget_samples(forget)

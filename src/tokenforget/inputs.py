@@ -18,6 +18,7 @@ from tokenforget.data.records import read_samples
 from tokenforget.errors import ConfigError, DataError, DataIssue, TokenforgetError
 
 BUNDLED = "tofu-mini"  # the retain setting that means the bundled TOFU-mini retain set
+Named = dict[str, str | Path | None]  # the setting or flag that names a file -> the file (None: not given)
 
 
 def _read_labels(path: str) -> Any:
@@ -74,9 +75,6 @@ def refuse_ignored_tokens(cfg: Config) -> None:
     )
 
 
-Named = dict[str, str | Path | None]  # the setting or flag that names a file -> the file (None: not given)
-
-
 def refuse_unmeasured_conditions(cfg: Config) -> None:
     """`unlearn.stop_when` and `guard` are read at in-training evaluation points: refuse them without."""
     u = cfg.unlearn
@@ -88,12 +86,12 @@ def refuse_unmeasured_conditions(cfg: Config) -> None:
         )
 
 
-def check_files(
+def file_issues(
     samples: Named | None = None, labels: Named | None = None, models: Named | None = None
-) -> None:
-    """Read every file named (`samples`: data sets; `labels`: identified sets, plain QA accepted) and
-    check every model folder named; raise one DataError with every problem found. The bundled
-    retain set (`tofu-mini`) and absent entries are skipped."""
+) -> list[DataIssue]:
+    """Every problem of the files named (`samples`: data sets; `labels`: identified sets, plain QA
+    accepted) and of the model folders named. The bundled set (`tofu-mini`) and absent entries are
+    skipped."""
     issues: list[DataIssue] = []
     for named, read in ((samples, read_samples), (labels, _read_labels)):
         for setting, value in (named or {}).items():
@@ -101,35 +99,40 @@ def check_files(
                 issues += _issues(setting, str(value), read)
     for setting, name in (models or {}).items():
         issues += _model_issues(setting, None if name is None else str(name))
+    return issues
+
+
+def check_files(
+    samples: Named | None = None, labels: Named | None = None, models: Named | None = None
+) -> None:
+    """`file_issues`, raised as one DataError when there is any."""
+    issues = file_issues(samples, labels, models)
     if issues:
         raise DataError(issues)
 
 
 def check_inputs(cfg: Config, labels: Named | None = None) -> None:
     """Every input the config names, and `labels` (flag -> a file read as an identified set, for
-    files given outside the config): see `check_files`; full TOFU's folder too. Settings the method
+    files given outside the config): see `file_issues`; full TOFU's folder too. Settings the method
     would ignore are refused first (ConfigError)."""
     refuse_ignored_tokens(cfg)
     refuse_unmeasured_conditions(cfg)
     d, i = cfg.data, cfg.identify
     contrast = i.method == "contrast"
-    tofu_issues = _tofu_folder_issues(cfg) if d.forget is None and cfg.run.benchmark == "tofu" else []
-    try:
-        check_files(
-            samples={"data.retain": d.retain, "data.holdout": d.holdout},
-            labels={
-                **(labels or {}),
-                "data.forget": d.forget,  # plain QA, or with spans
-                "identify.labels": i.labels,
-                "eval.token_labels": cfg.eval.token_labels,
-            },
-            models={
-                "model.name": cfg.model.name,
-                "identify.model": i.model if contrast else None,
-                "identify.reference": i.reference if contrast else None,
-            },
-        )
-    except DataError as exc:
-        raise DataError(exc.issues + tofu_issues) from None
-    if tofu_issues:
-        raise DataError(tofu_issues)
+    issues = _tofu_folder_issues(cfg) if d.forget is None and cfg.run.benchmark == "tofu" else []
+    issues += file_issues(
+        samples={"data.retain": d.retain, "data.holdout": d.holdout},
+        labels={
+            **(labels or {}),
+            "data.forget": d.forget,  # plain QA, or with spans
+            "identify.labels": i.labels,
+            "eval.token_labels": cfg.eval.token_labels,
+        },
+        models={
+            "model.name": cfg.model.name,
+            "identify.model": i.model if contrast else None,
+            "identify.reference": i.reference if contrast else None,
+        },
+    )
+    if issues:
+        raise DataError(issues)
