@@ -573,10 +573,11 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
     saved = resume_state(checkpoint_dir, accelerator)  # the checkpoint run_steps will resume from
     done = saved["step"] if saved else 0
     trim_step_log(log_path, done)
-    trajectory = start_trajectory(cfg, session, folder, world, done)
+    stop_when, guard = [parse_condition(c) for c in u.stop_when], [parse_condition(c) for c in u.guard]
+    generates = any(c.metric == "uw_leak_rate" for c in [*stop_when, *guard])  # only then: it is slow
+    trajectory = start_trajectory(cfg, session, folder, world, done, generates)
     seconds_at_start = time.perf_counter()
 
-    stop_when, guard = [parse_condition(c) for c in u.stop_when], [parse_condition(c) for c in u.guard]
     stopped: dict[str, Any] = {}
 
     def on_step(step: int, parts: dict[str, float], lr: float) -> str | None:
@@ -747,7 +748,9 @@ def planned_steps(cfg: Config, forget_samples: int) -> int:
     return max(u.min_steps, math.ceil(u.epochs * forget_samples / u.batch_size), 1)
 
 
-def start_trajectory(cfg: Config, session: Session, folder: Path, world: int, done: int) -> Trajectory | None:
+def start_trajectory(
+    cfg: Config, session: Session, folder: Path, world: int, done: int, generates: bool = False
+) -> Trajectory | None:
     """The in-training evaluation of `unlearn.eval_every` (None when off), measured at step 0 on a
     fresh start."""
     if cfg.unlearn.eval_every is None:
@@ -768,9 +771,8 @@ def start_trajectory(cfg: Config, session: Session, folder: Path, world: int, do
             labelled = [labels[sample_key(s)] for s in session.sources]
             forget = [encode(s, session.tokenizer, cfg.prompt, cfg.data.max_length) for s in labelled]
     retain = (load_retain(cfg) or [])[: cfg.eval.retain_rows]
-    conditions = [*cfg.unlearn.stop_when, *cfg.unlearn.guard]
     leak = None
-    if any(parse_condition(c).metric == "uw_leak_rate" for c in conditions):  # it generates: only then
+    if generates:  # a stop condition reads uw_leak_rate: greedy answers at every point
         leak = LeakProbe(
             prompts=[encode(s, session.tokenizer, cfg.prompt).prompt_ids for s in labelled],
             unwanted=[not_given(unwanted_words(s), s.question) for s in labelled],

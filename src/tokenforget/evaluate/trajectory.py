@@ -136,6 +136,7 @@ class Trajectory:
         self.masks = token_masks(probe.forget)
         self.theta0: torch.Tensor | None = None
         self.seconds = 0.0  # spent measuring in this process (kept apart from training time)
+        self._first: dict[str, Any] | None = None
         if self.theta0_file.is_file():
             self.theta0 = load_file(str(self.theta0_file))["logp"]
 
@@ -156,16 +157,20 @@ class Trajectory:
         return leak_rate(leak.unwanted, answers)
 
     def first_row(self) -> dict[str, Any]:
-        """The step-0 point (theta0), which relative stop conditions compare with."""
-        from tokenforget.runs import read_step_log
+        """The step-0 point (theta0), which relative stop conditions compare with (read once)."""
+        if self._first is None:
+            from tokenforget.runs import read_step_log
 
-        rows = read_step_log(self.log)
-        return rows[0] if rows and rows[0]["step"] == 0 else {}
+            rows = read_step_log(self.log)
+            if rows and rows[0]["step"] == 0:
+                self._first = rows[0]
+        return self._first or {}
 
     def resume(self, done_step: int) -> None:
         """Drop rows after the checkpoint the run resumes from (they are measured again); a fresh
         start (step 0) measures everything again, theta0 included."""
         trim_step_log(self.log, done_step if done_step else -1)
+        self._first = None
         if done_step == 0:
             self.theta0 = None
 
