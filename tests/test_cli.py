@@ -60,6 +60,9 @@ def test_bad_setting_is_a_clear_error():
     result = cli("config", "show", "--set", "prepare.lr=fast")
     assert result.returncode == 2
     assert "prepare.lr" in result.stderr and "Traceback" not in result.stderr
+    unknown = cli("unlearn", "--no-such-option")
+    assert unknown.returncode == 2
+    assert "No such option: --no-such-option" in unknown.stderr and "Traceback" not in unknown.stderr
 
 
 def test_config_show_and_schema_round_trip(tmp_path):
