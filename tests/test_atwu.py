@@ -17,7 +17,7 @@ from tokenforget.atwu import (
     straight_through,
 )
 from tokenforget.config import load_config
-from tokenforget.losses import METHODS, LossInputs, LossSettings, TokenStats
+from tokenforget.losses import METHODS, AtwuLossSettings, LossInputs, TokenStats
 from tokenforget.unlearn import unlearn
 
 
@@ -97,7 +97,7 @@ def test_atwu_model_loss_by_hand(form):
     g = torch.tensor([0.9, 0.1, 0.5])
     beta = 2.0
     terms = METHODS["atwu"].forget(
-        LossInputs(stats(logits, targets, g)), LossSettings(beta=beta, atwu_form=form)
+        LossInputs(stats(logits, targets, g)), AtwuLossSettings(beta=beta), form=form
     )
     logp = [1 - math.log(math.e + 1), -math.log(1 + math.e**2), -math.log(2)]
     factor = {

@@ -1,5 +1,7 @@
 """Every loss against a hand computation on a tiny tensor, edge cases, gradient directions."""
 
+import dataclasses
+import functools
 import math
 
 import pytest
@@ -8,7 +10,6 @@ import torch
 from tokenforget.losses import (
     METHODS,
     LossInputs,
-    LossSettings,
     RefStats,
     TokenStats,
     at_reference,
@@ -57,10 +58,14 @@ def lsig(x):
     return -math.log1p(math.exp(-x))
 
 
+def with_control(method, control):
+    """RMU with its control vector bound, as the training session binds it."""
+    return dataclasses.replace(method, forget=functools.partial(method.forget, control=control))
+
+
 def run(name, inputs, **settings):
     method = METHODS[name]
-    cfg = LossSettings(**{**method.defaults, **settings})
-    return method.forget(inputs, cfg)
+    return method.forget(inputs, method.settings(**settings))
 
 
 def test_tpo_faithful_matches_hand_computation():
@@ -266,13 +271,13 @@ def test_retain_terms_and_compute_weights():
     retain = stats(REF_LOGITS)
     inputs = LossInputs(stats(), ref_stats(), retain=retain, retain_ref=ref_stats(LOGITS))
     method = METHODS["graddiff"]
-    cfg = LossSettings(gamma=0.5, alpha=2.0)
+    cfg = method.settings(gamma=0.5, alpha=2.0)
     terms = compute(method, inputs, cfg)
     ga = -sum(nll(k) for k in range(5)) / 5
     rnll = sum(nll(k, REF_LOGITS) for k in range(5)) / 5
     assert terms.parts["retain_nll"].item() == pytest.approx(rnll, rel=1e-6)
     assert terms.total.item() == pytest.approx(0.5 * ga + 2.0 * rnll, rel=1e-6)
-    kl = compute(METHODS["ga_kl"], inputs, LossSettings()).parts["retain_kl"].item()
+    kl = compute(METHODS["ga_kl"], inputs, METHODS["ga_kl"].settings()).parts["retain_kl"].item()
     expected = 0.0
     for k in range(5):
         p = [math.exp(v) for v in LOGITS[k]]
@@ -294,9 +299,9 @@ def test_rmu_pulls_forget_states_to_the_control_and_anchors_retain():
     retain = stats()
     retain.hidden = h + 1.0
     control = torch.tensor([0.6, 0.8])
-    cfg = LossSettings(**{**METHODS["rmu"].defaults, "steering": 2.0, "alpha": 3.0}, control=control)
+    cfg = METHODS["rmu"].settings(steering=2.0, alpha=3.0)
     inputs = LossInputs(s, retain=retain, retain_ref=RefStats(hidden=h))
-    terms = compute(METHODS["rmu"], inputs, cfg)
+    terms = compute(with_control(METHODS["rmu"], control), inputs, cfg)
     goal = [1.2, 1.6]
     forget = sum(((row[0] - goal[0]) ** 2 + (row[1] - goal[1]) ** 2) / 2 for row in h.tolist()) / 5
     assert terms.parts["forget"].item() == pytest.approx(forget, rel=1e-6)
@@ -322,8 +327,9 @@ def test_every_method_is_documented_and_runs_on_real_shaped_inputs():
     )
     for name, method in METHODS.items():
         assert method.summary and method.forget.__doc__, name
-        cfg = LossSettings(**method.defaults, control=torch.ones(h) / 2)
+        cfg = method.settings()
         inputs = LossInputs(forget, ref, retain=forget, retain_ref=ref, alt=forget, alt_ref=ref)
-        terms = compute(method, inputs, cfg)
+        bound = with_control(method, torch.ones(h) / 2) if method.needs_hidden else method
+        terms = compute(bound, inputs, cfg)
         assert torch.isfinite(terms.total), name
         assert set(terms.parts) >= {"loss"}, name

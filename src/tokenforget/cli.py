@@ -765,7 +765,9 @@ def config_show(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 @config_app.command("schema")
 def config_schema() -> None:
     """The JSON schema of the config file."""
-    out.print_json(json.dumps(Config.model_json_schema()))
+    from tokenforget.config import config_schema as schema
+
+    out.print_json(json.dumps(schema()))
 
 
 @model_app.command("convert")

@@ -8,11 +8,21 @@ validated, so an error names the key, the bad value and what is allowed.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+)
 
 from tokenforget.errors import ConfigError
 
@@ -288,50 +298,17 @@ class IdentifySettings(_Section):
 
 
 class UnlearnSettings(_Section):
-    """`tokenforget unlearn`: the method, its numbers (null = the method's published default), training."""
+    """`tokenforget unlearn`: the method and training. The method's own numbers (beta, lam, ...) are
+    keys of this section too: each registered method brings its settings model (losses.py), and the
+    section is validated as that method's variant (`unlearn_variant`), a union discriminated by
+    `method`."""
 
     method: str = Field(
         "tpo", description="Unlearning method (`tokenforget unlearn --help` lists them with their defaults)."
     )
-    tokens: Literal["all", "uw", "weighted"] = Field(
-        "all",
-        description=(
-            "Which answer tokens a forget loss acts on (not TPO, which splits UW/GW itself): all; uw = "
-            "only unwanted-word tokens (GA/NPO on UW only); weighted = soft weights from span scores."
-        ),
-    )
-    beta: float | None = Field(
-        None, gt=0, description="Inverse temperature (TPO 0.3, NPO 0.1, SimNPO 4.5, ...)."
-    )
-    lam: float = Field(
-        1.0, ge=0, description="TPO: weight of the preservation loss on GW (published code: 1)."
-    )
-    gamma: float | None = Field(
-        None, ge=0, description="Weight of the forget term (default 1; SimNPO 0.125)."
-    )
-    alpha: float | None = Field(None, ge=0, description="Weight of the retain term (default 1; RMU 100).")
     retain_loss: Literal["auto", "none", "nll", "kl"] = Field(
         "auto", description="Retain term: auto = the method's own (e.g. graddiff: nll, npo: none)."
     )
-    lpl_reduction: Literal["batch", "sample"] = Field(
-        "batch", description="TPO: batch = one Delta per micro-batch inside the log-sigmoid (faithful)."
-    )
-    pl_reduction: Literal["sum", "mean"] = Field(
-        "sum", description="TPO: PL per sample, sum (faithful) or mean."
-    )
-    lpl_space: Literal["logit", "centered", "logprob"] = Field(
-        "logit",
-        description=(
-            "TPO: LPL on raw gold logits (faithful; a shift of every logit at a position raises Delta "
-            "without changing a probability, logged as delta_shared), on gold logits minus the "
-            "position's mean logit (centered), or on log-probabilities (logprob)."
-        ),
-    )
-    delta: float | None = Field(None, description="SimNPO margin (default 0).")
-    delta_inside_beta: bool = Field(False, description="SimNPO: the TPO repo's form beta*(-lp/|a| - delta).")
-    beta2: float | None = Field(None, ge=0, description="SatImp: exponent of (1 - p) (default 1).")
-    steering: float | None = Field(None, gt=0, description="RMU: norm of the control vector (default 6.5).")
-    layer: int | None = Field(None, ge=0, description="RMU: hidden layer (default: the middle block).")
     lr: float = Field(
         1e-4,
         gt=0,
@@ -407,21 +384,46 @@ class UnlearnSettings(_Section):
     @classmethod
     def _known(cls, value: str) -> str:
         from tokenforget.losses import METHODS
+        from tokenforget.plugins import load_plugins
 
+        if value not in METHODS:
+            load_plugins()
         if value not in METHODS:
             raise ValueError(f"unknown method {value!r}; choose one of {', '.join(METHODS)}")
         return value
 
 
+def unlearn_variant(method: str, atwu_base: str | None = None) -> type[UnlearnSettings]:
+    """The `unlearn` section of one registered method: the training keys plus its settings model.
+
+    ATWU on another method's loss (`atwu.base=tpo`) takes that method's settings, so `unlearn.lam`
+    means the same with and without learned weights."""
+    from tokenforget.losses import METHODS
+
+    settings = METHODS[method].settings
+    if METHODS[method].needs_scorer and atwu_base in METHODS:
+        settings = METHODS[atwu_base].settings
+    return _variant(UnlearnSettings, settings)
+
+
+@functools.cache
+def _variant(section: type[_Section], settings: type[BaseModel]) -> type[Any]:
+    """A section merged with a registered component's settings model (one class per pair)."""
+    return create_model(
+        f"{section.__name__}{settings.__name__}", __base__=(settings, section), __doc__=section.__doc__
+    )
+
+
 class AtwuSettings(_Section):
     """`unlearn --method atwu`: the learned token scorer (docs/atwu.md; defaults: the authors' final runs)."""
 
-    base: Literal["saturated", "correct", "plain", "ga", "npo", "simnpo", "wga", "tpo"] = Field(
+    base: str = Field(
         "saturated",
         description=(
             "The forget loss the weights enter: saturated (the authors' main form, -mean g sg(p^(beta g)) "
-            "nll), correct (sg(p^beta)), plain (no saturation); or a registered loss with token weights "
-            "g (ga, npo, simnpo, wga, tpo = LPL on g, PL on 1-g), whose scorer then minimises that loss."
+            "nll), correct (sg(p^beta)), plain (no saturation); or a registered loss that takes token "
+            "weights g (ga, npo, simnpo, wga, tpo = LPL on g, PL on 1-g), whose scorer then minimises "
+            "that loss."
         ),
     )
     layer: int = Field(
@@ -444,6 +446,21 @@ class AtwuSettings(_Section):
     budget: float = Field(0.2, ge=0, le=1, description="Target fraction of tokens with g > 0.5 per sequence.")
     l2: float = Field(1.0, ge=0, description="L2 penalty on the scorer's weights.")
 
+    @field_validator("base")
+    @classmethod
+    def _known_base(cls, value: str) -> str:
+        if value not in atwu_bases():
+            raise ValueError(f"unknown ATWU base {value!r}; choose one of {', '.join(atwu_bases())}")
+        return value
+
+
+def atwu_bases() -> tuple[str, ...]:
+    """What `atwu.base` may name: ATWU's own forms and every registered method that takes weights."""
+    from tokenforget.atwu import OWN_FORMS
+    from tokenforget.losses import METHODS
+
+    return OWN_FORMS + tuple(name for name, m in METHODS.items() if m.takes_weights)
+
 
 class RunSettings(_Section):
     name: str = Field("tofu-mini", description="Run folder name under runs_dir.")
@@ -463,9 +480,24 @@ class Config(_Section):
     prepare: PrepareSettings = PrepareSettings()
     eval: EvalSettings = EvalSettings()
     identify: IdentifySettings = IdentifySettings()
-    unlearn: UnlearnSettings = UnlearnSettings()
-    atwu: AtwuSettings = AtwuSettings()
+    atwu: AtwuSettings = AtwuSettings()  # before unlearn: atwu.base picks unlearn's variant
+    unlearn: SerializeAsAny[UnlearnSettings] = Field(
+        default_factory=lambda: unlearn_variant(UnlearnSettings.model_fields["method"].default)()
+    )
     run: RunSettings = RunSettings()
+
+    @field_validator("unlearn", mode="wrap")
+    @classmethod
+    def _method_variant(cls, value: Any, handler: Any, info: ValidationInfo) -> Any:
+        """Validate `unlearn` as the named method's variant, so its own keys are known and checked."""
+        if isinstance(value, UnlearnSettings):
+            value = value.model_dump()
+        if isinstance(value, dict):
+            method = value.get("method", UnlearnSettings.model_fields["method"].default)
+            UnlearnSettings._known(method)  # an unknown method is one clear error, not one per key
+            atwu = info.data.get("atwu")
+            return unlearn_variant(method, atwu.base if atwu else None).model_validate(value)
+        return handler(value)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -510,15 +542,38 @@ def _looks_numeric(text: str) -> bool:
     return True
 
 
-def _describe_validation(exc: ValidationError, source: str) -> ConfigError:
+def _describe_validation(exc: ValidationError, source: str, tree: dict[str, Any]) -> ConfigError:
     lines = []
     for err in exc.errors():
         key = ".".join(str(part) for part in err["loc"])
         if err["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key (see `tokenforget config keys` for the valid ones)")
+            lines.append(
+                f"  {key}: unknown key{_owner_hint(err['loc'], tree)} (see `tokenforget config keys`)"
+            )
+        elif isinstance(err.get("input"), dict):
+            lines.append(f"  {key}: {err['msg']}")
         else:
             lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
     return ConfigError(f"invalid configuration from {source}:\n" + "\n".join(lines))
+
+
+def _owner_hint(loc: tuple[Any, ...], tree: dict[str, Any]) -> str:
+    """For a key of the method's variant of `unlearn`: which method refused it and what it takes."""
+    if len(loc) != 2 or loc[0] != "unlearn":
+        return ""
+    section = tree.get("unlearn") or {}
+    method = section.get("method", UnlearnSettings.model_fields["method"].default)
+    from tokenforget.losses import METHODS
+
+    if method not in METHODS:
+        return ""
+    atwu_base = (tree.get("atwu") or {}).get("base")
+    own = [
+        name
+        for name in unlearn_variant(method, atwu_base).model_fields
+        if name not in UnlearnSettings.model_fields
+    ]
+    return f" for method {method} (its own keys: {', '.join(own)})"
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -547,7 +602,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:
-        raise _describe_validation(exc, source) from exc
+        raise _describe_validation(exc, source, tree) from exc
 
 
 def config_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
@@ -564,7 +619,56 @@ def config_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple
             rows.append((key, repr(field.default), field.description or ""))
             rows.extend(config_keys(nested, f"{key}."))
             continue
-        rows.append((key, repr(field.default), field.description or ""))
+        rows.append((key, repr(field.get_default(call_default_factory=True)), field.description or ""))
+    if model is Config:
+        rows.extend(registered_keys("unlearn", UnlearnSettings, unlearn_variants()))
+    return rows
+
+
+def config_schema() -> dict[str, Any]:
+    """Config's JSON schema, with `unlearn` as the union of every method's variant, discriminated by
+    `method` (pydantic sees one base class, since methods can be registered at run time)."""
+    from tokenforget.losses import METHODS
+
+    schema = Config.model_json_schema()
+    defs = schema.setdefault("$defs", {})
+    mapping = {}
+    for name in METHODS:
+        variant = unlearn_variant(name)
+        sub = variant.model_json_schema(ref_template="#/$defs/{model}")
+        defs.update(sub.pop("$defs", {}))
+        defs[variant.__name__] = sub
+        mapping[name] = f"#/$defs/{variant.__name__}"
+    schema["properties"]["unlearn"] = {
+        "oneOf": [{"$ref": ref} for ref in dict.fromkeys(mapping.values())],
+        "discriminator": {"propertyName": "method", "mapping": mapping},
+        "description": UnlearnSettings.__doc__,
+    }
+    return schema
+
+
+def unlearn_variants() -> dict[str, type[BaseModel]]:
+    """Each registered method's settings model (what it adds to `unlearn`)."""
+    from tokenforget.losses import METHODS
+
+    return {name: method.settings for name, method in METHODS.items()}
+
+
+def registered_keys(
+    section: str, base: type[BaseModel], variants: dict[str, type[BaseModel]]
+) -> list[tuple[str, str, str]]:
+    """The keys registered components add to a section, one row per key and meaning, naming who
+    takes it and each one's default."""
+    groups: dict[tuple[str, str], list[tuple[str, Any]]] = {}
+    for owner, settings in variants.items():
+        for name, field in settings.model_fields.items():
+            if name not in base.model_fields:
+                groups.setdefault((name, field.description or ""), []).append((owner, field.default))
+    rows = []
+    for (name, description), owners in groups.items():
+        defaults = sorted({repr(d) for _, d in owners})
+        default = defaults[0] if len(defaults) == 1 else "; ".join(f"{o} {d!r}" for o, d in owners)
+        rows.append((f"{section}.{name}", default, f"[{', '.join(o for o, _ in owners)}] {description}"))
     return rows
 
 

@@ -5,7 +5,9 @@ A loss sees tensors only: `TokenStats` (what one policy forward yields at answer
 cache). It never sees a model, a file or a device decision. Every method returns `LossTerms`: the
 total to minimise and named parts for the progress bar, the training log and the report.
 
-Methods (`METHODS[name]`) = one forget loss + a retain term (none, NLL or KL to theta0):
+Methods (`METHODS[name]`) = one forget loss + its settings model (a `MethodSettings` subclass: its
+keys under `unlearn`, with the published defaults) + a retain term (none, NLL or KL to theta0).
+`register` adds one; the config, `--help` and `config keys` follow from the registry:
 
     tpo       LPL on UW + lambda * PL on GW (docs/methods.md 1b, faithful defaults)   retain: none
     tpo_gd    TPO + retain NLL                                                   retain: nll
@@ -37,10 +39,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 
 TokenMode = Literal["all", "uw", "weighted"]
 
@@ -103,24 +106,81 @@ class LossInputs:
     alt_ref: RefStats | None = None
 
 
-@dataclass
-class LossSettings:
-    """Every number a loss reads; `unlearn.*` settings fill it (method defaults where unset)."""
+class MethodSettings(BaseModel):
+    """The numbers every forget loss shares; a method with numbers of its own subclasses it.
 
-    beta: float = 0.1
-    lam: float = 1.0  # TPO: weight of PL
-    gamma: float = 1.0  # weight of the forget term
-    alpha: float = 1.0  # weight of the retain term
-    tokens: TokenMode = "all"
-    lpl_reduction: Literal["batch", "sample"] = "batch"
-    pl_reduction: Literal["sum", "mean"] = "sum"
-    lpl_space: Literal["logit", "centered", "logprob"] = "logit"
-    delta: float = 0.0  # SimNPO margin
-    delta_inside_beta: bool = False  # SimNPO: the TPO repo's form, log sig(b (-lp/|a| - delta))
-    beta2: float = 1.0  # SatImp: exponent of (1 - p)
-    steering: float = 6.5  # RMU: c, the norm of the control vector
-    atwu_form: Literal["saturated", "correct", "plain"] = "saturated"  # ATWU's forget term
-    control: torch.Tensor | None = None  # RMU: the fixed random unit vector u, (H,)
+    A method's settings model is its part of the `unlearn` config section: `--set unlearn.beta=0.2`
+    reaches the loss as `cfg.beta`, and a key the method does not declare is refused before any work.
+    Field defaults are the published ones."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    gamma: float = Field(1.0, ge=0, description="Weight of the forget term.")
+    alpha: float = Field(1.0, ge=0, description="Weight of the retain term.")
+    tokens: TokenMode = Field(
+        "all",
+        description=(
+            "Which answer tokens the forget loss acts on: all; uw = only unwanted-word tokens (GA/NPO "
+            "on UW only); weighted = soft weights from span scores."
+        ),
+    )
+
+
+class NpoSettings(MethodSettings):
+    beta: float = Field(0.1, gt=0, description="Inverse temperature of the preference loss.")
+
+
+class WgaSettings(MethodSettings):
+    beta: float = Field(1.0, gt=0, description="WGA: exponent of the sg(p^beta) token weight.")
+
+
+class UndialSettings(MethodSettings):
+    beta: float = Field(10.0, gt=0, description="UNDIAL: how far the true token's logit is lowered.")
+
+
+class TpoSettings(MethodSettings):
+    beta: float = Field(0.3, gt=0, description="TPO: inverse temperature of LPL.")
+    lam: float = Field(
+        1.0, ge=0, description="TPO: weight of the preservation loss on GW (published code: 1)."
+    )
+    lpl_reduction: Literal["batch", "sample"] = Field(
+        "batch", description="TPO: batch = one Delta per micro-batch inside the log-sigmoid (faithful)."
+    )
+    pl_reduction: Literal["sum", "mean"] = Field(
+        "sum", description="TPO: PL per sample, sum (faithful) or mean."
+    )
+    lpl_space: Literal["logit", "centered", "logprob"] = Field(
+        "logit",
+        description=(
+            "TPO: LPL on raw gold logits (faithful; a shift of every logit at a position raises Delta "
+            "without changing a probability, logged as delta_shared), on gold logits minus the "
+            "position's mean logit (centered), or on log-probabilities (logprob)."
+        ),
+    )
+
+
+class SimNpoSettings(MethodSettings):
+    beta: float = Field(4.5, gt=0, description="SimNPO: inverse temperature.")
+    gamma: float = Field(0.125, ge=0, description="SimNPO: weight of the forget term.")
+    delta: float = Field(0.0, description="SimNPO: margin.")
+    delta_inside_beta: bool = Field(False, description="SimNPO: the TPO repo's form beta*(-lp/|a| - delta).")
+
+
+class SatImpSettings(MethodSettings):
+    beta: float = Field(5.0, gt=0, description="SatImp: exponent of p.")
+    beta2: float = Field(1.0, ge=0, description="SatImp: exponent of (1 - p).")
+
+
+class AtwuLossSettings(MethodSettings):
+    beta: float = Field(5.0, gt=0, description="ATWU: saturation exponent.")
+    gamma: float = Field(5.0, ge=0, description="ATWU: weight of the forget term.")
+    alpha: float = Field(0.5, ge=0, description="ATWU: weight of the retain term.")
+
+
+class RmuSettings(MethodSettings):
+    alpha: float = Field(100.0, ge=0, description="RMU: weight of the retain anchor.")
+    steering: float = Field(6.5, gt=0, description="RMU: norm of the control vector.")
+    layer: int | None = Field(None, ge=0, description="RMU: hidden layer (default: the middle block).")
 
 
 @dataclass
@@ -183,7 +243,7 @@ def _need(ref: RefStats | None, what: str, method: str) -> torch.Tensor:
     return value
 
 
-def tpo_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
+def tpo_loss(inputs: LossInputs, cfg: TpoSettings) -> LossTerms:
     """Targeted Preference Optimization (docs/methods.md 1b): LPL on UW tokens + lambda * PL on GW tokens.
 
     Faithful defaults: raw gold logits, per-sample UW means averaged over the micro-batch *inside*
@@ -240,14 +300,14 @@ def tpo_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
     return LossTerms(total=lpl + cfg.lam * pl, parts=parts)
 
 
-def ga_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
+def ga_loss(inputs: LossInputs, cfg: MethodSettings) -> LossTerms:
     """Gradient ascent: minimise minus the (selected-token) mean NLL of the forget answers."""
     stats = inputs.forget
     forget = -weighted_token_mean(-stats.logp, token_weights(stats, cfg.tokens), stats)
     return LossTerms(total=forget, parts={"forget": forget})
 
 
-def npo_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
+def npo_loss(inputs: LossInputs, cfg: NpoSettings) -> LossTerms:
     """NPO: -(2/beta) mean_i log sigma(-beta (log p(a_i) - log p0(a_i))), sequence log-probs."""
     stats = inputs.forget
     weights = token_weights(stats, cfg.tokens)
@@ -261,7 +321,7 @@ def npo_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
     return LossTerms(total=forget, parts={"forget": forget, "log_ratio": ratio.mean().detach()})
 
 
-def simnpo_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
+def simnpo_loss(inputs: LossInputs, cfg: SimNpoSettings) -> LossTerms:
     """SimNPO (paper form): -(2/beta) mean_i log sigma(-(beta/|a_i|) log p(a_i) - delta); no theta0."""
     stats = inputs.forget
     now, length, has = sequence_logp(stats.logp, token_weights(stats, cfg.tokens), stats)
@@ -277,7 +337,7 @@ def simnpo_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
     return LossTerms(total=forget, parts={"forget": forget})
 
 
-def idkpo_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
+def idkpo_loss(inputs: LossInputs, cfg: NpoSettings) -> LossTerms:
     """DPO with the "I don't know" answer preferred over the true one (IdkPO):
     -(2/beta) mean_i log sigma(beta [(log p(w) - log p0(w)) - (log p(l) - log p0(l))])."""
     if inputs.alt is None:
@@ -297,25 +357,25 @@ def idkpo_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
     return LossTerms(total=forget, parts={"forget": forget, "margin": margin.mean().detach()})
 
 
-def _weighted_ascent(inputs: LossInputs, cfg: LossSettings, factor: torch.Tensor) -> LossTerms:
+def _weighted_ascent(inputs: LossInputs, cfg: MethodSettings, factor: torch.Tensor) -> LossTerms:
     stats = inputs.forget
     values = factor.detach() * (-stats.logp)
     forget = -weighted_token_mean(values, token_weights(stats, cfg.tokens), stats)
     return LossTerms(total=forget, parts={"forget": forget})
 
 
-def wga_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
+def wga_loss(inputs: LossInputs, cfg: WgaSettings) -> LossTerms:
     """Weighted GA (Wang et al. 2025): -mean_t[sg(p_t^beta) nll_t]; confident tokens weigh more."""
     return _weighted_ascent(inputs, cfg, (cfg.beta * inputs.forget.logp).exp())
 
 
-def satimp_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
+def satimp_loss(inputs: LossInputs, cfg: SatImpSettings) -> LossTerms:
     """SatImp (Yang et al. 2025): -mean_t[sg(p_t^beta1 (1 - p_t)^beta2) nll_t]; beta1 = beta."""
     p = inputs.forget.logp.exp()
     return _weighted_ascent(inputs, cfg, p.pow(cfg.beta) * (1 - p).pow(cfg.beta2))
 
 
-def tnpo_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
+def tnpo_loss(inputs: LossInputs, cfg: NpoSettings) -> LossTerms:
     """TNPO (Wang et al. 2025): -mean_t[sg(w_t) nll_t], w_t = 2 p_t^b / (p_t^b + p0_t^b)."""
     now = cfg.beta * inputs.forget.logp
     before = cfg.beta * _need(inputs.forget_ref, "logp", "tnpo")
@@ -323,7 +383,7 @@ def tnpo_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
     return _weighted_ascent(inputs, cfg, weight)
 
 
-def undial_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
+def undial_loss(inputs: LossInputs, cfg: UndialSettings) -> LossTerms:
     """UNDIAL (Dong et al. 2025): mean_t CE(p_theta, softmax(z0_t - beta onehot(a_t)))."""
     stats = inputs.forget
     ref_logits = _need(inputs.forget_ref, "logits", "undial").float()
@@ -335,29 +395,30 @@ def undial_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
     return LossTerms(total=forget, parts={"forget": forget})
 
 
-def rmu_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
+def rmu_loss(inputs: LossInputs, cfg: RmuSettings, control: torch.Tensor | None = None) -> LossTerms:
     """RMU (Li et al. 2024): push layer-l hidden states of forget tokens towards c*u (a fixed random
-    unit vector u scaled by c = steering); the retain anchor is its own term (see `rmu_retain`)."""
+    unit vector u = `control`, bound by the training session, scaled by c = steering); the retain
+    anchor is its own term (see `rmu_retain`)."""
     stats = inputs.forget
-    if stats.hidden is None or cfg.control is None:
+    if stats.hidden is None or control is None:
         raise ValueError("rmu needs hidden states at its layer and the control vector")
-    goal = cfg.steering * cfg.control.to(stats.hidden)
+    goal = cfg.steering * control.to(stats.hidden)
     distance = (stats.hidden.float() - goal.float()).square().mean(-1)
     forget = weighted_token_mean(distance, token_weights(stats, cfg.tokens), stats)
     return LossTerms(total=forget, parts={"forget": forget})
 
 
-def atwu_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
+def atwu_loss(inputs: LossInputs, cfg: AtwuLossSettings, form: str = "saturated") -> LossTerms:
     """ATWU's model loss (docs/atwu.md): -mean_t[g_t * sg(p_t^(beta g_t)) * nll_t], a saturated gradient
-    ascent weighted by the learned scorer's g_t (in `forget.weights`); `atwu_form=correct` uses
-    sg(p_t^beta), `plain` no saturation. A plain mean over the answer tokens, as the authors' code."""
+    ascent weighted by the learned scorer's g_t (in `forget.weights`); `form=correct` (atwu.base)
+    uses sg(p_t^beta), `plain` no saturation. A plain mean over the answer tokens, as the authors' code."""
     stats = inputs.forget
     if stats.weights is None:
         raise ValueError("atwu needs the scorer's token weights in forget.weights")
     g, nll = stats.weights, -stats.logp
-    if cfg.atwu_form == "saturated":
+    if form == "saturated":
         factor = (cfg.beta * g.detach() * stats.logp).exp().detach()
-    elif cfg.atwu_form == "correct":
+    elif form == "correct":
         factor = (cfg.beta * stats.logp).exp().detach()
     else:
         factor = torch.ones_like(nll)
@@ -368,12 +429,12 @@ def atwu_loss(inputs: LossInputs, cfg: LossSettings) -> LossTerms:
 # ----------------------------------------------------------------------------- retain terms
 
 
-def retain_nll(inputs: LossInputs, cfg: LossSettings) -> torch.Tensor:
+def retain_nll(inputs: LossInputs, cfg: MethodSettings) -> torch.Tensor:
     """Mean NLL over the retain micro-batch's answer tokens."""
     return -_require_retain(inputs).logp.mean()
 
 
-def retain_kl(inputs: LossInputs, cfg: LossSettings) -> torch.Tensor:
+def retain_kl(inputs: LossInputs, cfg: MethodSettings) -> torch.Tensor:
     """Mean over retain tokens of KL(p_theta0 || p_theta) (needs theta0's logits on the retain batch)."""
     stats = _require_retain(inputs)
     ref = _need(inputs.retain_ref, "logits", "the kl retain term").float().log_softmax(-1)
@@ -381,7 +442,7 @@ def retain_kl(inputs: LossInputs, cfg: LossSettings) -> torch.Tensor:
     return (ref.exp() * (ref - now)).sum(-1).mean()
 
 
-def rmu_retain(inputs: LossInputs, cfg: LossSettings) -> torch.Tensor:
+def rmu_retain(inputs: LossInputs, cfg: MethodSettings) -> torch.Tensor:
     """RMU's retain anchor: mean squared distance of layer-l hidden states to theta0's."""
     stats = _require_retain(inputs)
     ref = _need(inputs.retain_ref, "hidden", "the rmu retain term")
@@ -394,7 +455,7 @@ def _require_retain(inputs: LossInputs) -> TokenStats:
     return inputs.retain
 
 
-RETAIN_TERMS: dict[str, Callable[[LossInputs, LossSettings], torch.Tensor]] = {
+RETAIN_TERMS: dict[str, Callable[[LossInputs, MethodSettings], torch.Tensor]] = {
     "nll": retain_nll,
     "kl": retain_kl,
     "rmu": rmu_retain,
@@ -405,26 +466,35 @@ RETAIN_TERMS: dict[str, Callable[[LossInputs, LossSettings], torch.Tensor]] = {
 
 @dataclass(frozen=True)
 class Method:
-    """A registered unlearning method: its forget loss, default retain term and default numbers."""
+    """A registered unlearning method: its forget loss, its settings model, its default retain term."""
 
     name: str
-    forget: Callable[[LossInputs, LossSettings], LossTerms]
+    forget: Callable[..., LossTerms]  # (inputs, settings) -> LossTerms
     retain: Literal["none", "nll", "kl", "rmu"]
     summary: str
-    defaults: dict[str, float] = field(default_factory=dict)
+    settings: type[MethodSettings] = MethodSettings  # its keys under `unlearn`, published defaults
     needs_ref_logp: bool = False  # per-token theta0 log-probs on the forget set (reference cache)
     needs_ref_logit: bool = False  # per-token theta0 gold logits (reference cache)
     needs_ref_model: bool = False  # theta0 loaded during training (full distributions / hidden states)
     needs_alt: bool = False  # "I don't know" answers
     needs_hidden: bool = False  # hidden states at `unlearn.layer`
     needs_scorer: bool = False  # ATWU: token weights from the learned scorer
-    uses_tokens: bool = True  # honours --tokens (TPO splits UW/GW itself)
+    uses_tokens: bool = True  # honours `unlearn.tokens` (TPO splits UW/GW itself)
+    takes_weights: bool = False  # can be ATWU's base loss (`atwu.base`), driven by learned weights
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The method's own numbers and their published defaults (for help texts)."""
+        common = MethodSettings.model_fields
+        own = self.settings.model_fields
+        return {k: f.default for k, f in own.items() if k not in common or f.default != common[k].default}
 
 
 METHODS: dict[str, Method] = {}
 
 
 def register(method: Method) -> Method:
+    """Add a method to the registry: `unlearn.method`, its settings, `--help` and the CLI follow."""
     if method.name in METHODS:
         raise ValueError(f"method {method.name!r} registered twice")
     METHODS[method.name] = method
@@ -433,34 +503,35 @@ def register(method: Method) -> Method:
 
 for _m in (
     Method("tpo", tpo_loss, "none", "Targeted Preference Optimization: LPL on UW + lambda*PL on GW",
-           {"beta": 0.3}, needs_ref_logp=True, needs_ref_logit=True, uses_tokens=False),
-    Method("tpo_gd", tpo_loss, "nll", "TPO + retain NLL", {"beta": 0.3},
+           TpoSettings, needs_ref_logp=True, needs_ref_logit=True, uses_tokens=False, takes_weights=True),
+    Method("tpo_gd", tpo_loss, "nll", "TPO + retain NLL", TpoSettings,
            needs_ref_logp=True, needs_ref_logit=True, uses_tokens=False),
-    Method("ga", ga_loss, "none", "gradient ascent on the forget answers"),
+    Method("ga", ga_loss, "none", "gradient ascent on the forget answers", takes_weights=True),
     Method("graddiff", ga_loss, "nll", "GA + retain NLL (gradient difference)"),
     Method("ga_kl", ga_loss, "kl", "GA + KL(theta0||theta) on retain (TOFU's 'KL')", needs_ref_model=True),
-    Method("npo", npo_loss, "none", "negative preference optimization", {"beta": 0.1}, needs_ref_logp=True),
-    Method("npo_rt", npo_loss, "nll", "NPO + retain NLL", {"beta": 0.1}, needs_ref_logp=True),
-    Method("simnpo", simnpo_loss, "nll", "SimNPO: reference-free, length-normalised NPO",
-           {"beta": 4.5, "gamma": 0.125, "delta": 0.0}),
-    Method("idkpo", idkpo_loss, "nll", "DPO preferring an 'I don't know' answer", {"beta": 0.1},
+    Method("npo", npo_loss, "none", "negative preference optimization", NpoSettings, needs_ref_logp=True,
+           takes_weights=True),
+    Method("npo_rt", npo_loss, "nll", "NPO + retain NLL", NpoSettings, needs_ref_logp=True),
+    Method("simnpo", simnpo_loss, "nll", "SimNPO: reference-free, length-normalised NPO", SimNpoSettings,
+           takes_weights=True),
+    Method("idkpo", idkpo_loss, "nll", "DPO preferring an 'I don't know' answer", NpoSettings,
            needs_ref_logp=True, needs_alt=True),
-    Method("wga", wga_loss, "nll", "weighted gradient ascent, sg(p^beta) token weights", {"beta": 1.0}),
-    Method("satimp", satimp_loss, "nll", "SatImp, sg(p^beta (1-p)^beta2) token weights",
-           {"beta": 5.0, "beta2": 1.0}),
-    Method("tnpo", tnpo_loss, "nll", "token-level NPO weights on gradient ascent", {"beta": 0.1},
+    Method("wga", wga_loss, "nll", "weighted gradient ascent, sg(p^beta) token weights", WgaSettings,
+           takes_weights=True),
+    Method("satimp", satimp_loss, "nll", "SatImp, sg(p^beta (1-p)^beta2) token weights", SatImpSettings),
+    Method("tnpo", tnpo_loss, "nll", "token-level NPO weights on gradient ascent", NpoSettings,
            needs_ref_logp=True),
     Method("undial", undial_loss, "nll", "UNDIAL self-distillation with the true token lowered",
-           {"beta": 10.0}, needs_ref_model=True),
+           UndialSettings, needs_ref_model=True),
     Method("atwu", atwu_loss, "nll", "ATWU: learned token weights, saturated weighted GA (docs/atwu.md)",
-           {"beta": 5.0, "gamma": 5.0, "alpha": 0.5}, needs_scorer=True, uses_tokens=False),
+           AtwuLossSettings, needs_scorer=True, uses_tokens=False),
     Method("rmu", rmu_loss, "rmu", "RMU: scramble layer-l states of forget tokens, anchor retain",
-           {"alpha": 100.0, "steering": 6.5}, needs_ref_model=True, needs_hidden=True),
+           RmuSettings, needs_ref_model=True, needs_hidden=True),
 ):  # fmt: skip
     register(_m)
 
 
-def compute(method: Method, inputs: LossInputs, cfg: LossSettings, retain: str | None = None) -> LossTerms:
+def compute(method: Method, inputs: LossInputs, cfg: MethodSettings, retain: str | None = None) -> LossTerms:
     """gamma * forget loss + alpha * retain term (the method's default term unless `retain` says)."""
     terms = method.forget(inputs, cfg)
     total = cfg.gamma * terms.total

@@ -21,6 +21,7 @@ micro-batch by definition, so TPO depends on the micro-batch size (as in the pub
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import random
@@ -51,9 +52,9 @@ from tokenforget.inputs import check_inputs
 from tokenforget.losses import (
     METHODS,
     LossInputs,
-    LossSettings,
     LossTerms,
     Method,
+    MethodSettings,
     RefStats,
     TokenStats,
     compute,
@@ -94,44 +95,37 @@ def atwu_method(cfg: Config) -> Method:
     """The loss ATWU trains the model with: its own saturated form, or a registered loss on weights g."""
     own = METHODS["atwu"]
     if cfg.atwu.base in OWN_FORMS:
-        return own
+        return dataclasses.replace(own, forget=functools.partial(own.forget, form=cfg.atwu.base))
     base = METHODS[cfg.atwu.base]
     return dataclasses.replace(
         base, name=f"atwu+{base.name}", retain=own.retain, needs_scorer=True, uses_tokens=True
     )
 
 
-def resolve_method(cfg: Config) -> Method:
+def resolve_method(cfg: Config, hidden_size: int | None = None) -> Method:
+    """The registered method with what the session binds: ATWU's base loss, and RMU's control vector
+    once the model's hidden size is known."""
     method = METHODS[cfg.unlearn.method]
-    return atwu_method(cfg) if method.needs_scorer else method
-
-
-def loss_settings(cfg: Config, method: Method, hidden_size: int = 0) -> LossSettings:
-    """The method's published defaults, overridden by every `unlearn.*` number the user set."""
-    u = cfg.unlearn
-    values: dict[str, Any] = {**method.defaults}
-    for name in ("beta", "gamma", "alpha", "delta", "beta2", "steering"):
-        if getattr(u, name) is not None:
-            values[name] = getattr(u, name)
-    control = None
-    if method.needs_hidden:
-        gen = torch.Generator().manual_seed(u.seed)
-        control = torch.rand(hidden_size, generator=gen)
-        control = control / control.norm()
-    tokens = u.tokens if method.uses_tokens else "all"
     if method.needs_scorer:
-        tokens = "weighted"
-    return LossSettings(
-        **values,
-        atwu_form=cfg.atwu.base if cfg.atwu.base in OWN_FORMS else "saturated",
-        lam=u.lam,
-        tokens=tokens,
-        lpl_reduction=u.lpl_reduction,
-        pl_reduction=u.pl_reduction,
-        lpl_space=u.lpl_space,
-        delta_inside_beta=u.delta_inside_beta,
-        control=control,
-    )
+        return atwu_method(cfg)
+    if method.needs_hidden and hidden_size is not None:
+        gen = torch.Generator().manual_seed(cfg.unlearn.seed)
+        control = torch.rand(hidden_size, generator=gen)
+        return dataclasses.replace(
+            method, forget=functools.partial(method.forget, control=control / control.norm())
+        )
+    return method
+
+
+def loss_settings(cfg: Config, method: Method) -> MethodSettings:
+    """The numbers the method's loss reads: its settings model, as the `unlearn` section gives them."""
+    keys = method.settings.model_fields
+    values = cfg.unlearn.model_dump(include=set(keys))
+    if method.needs_scorer:
+        values["tokens"] = "weighted"
+    elif not method.uses_tokens:
+        values["tokens"] = "all"
+    return method.settings.model_validate(values)
 
 
 def idk_answers() -> list[str]:
@@ -240,7 +234,7 @@ class Session:
     """Everything one unlearning run holds in memory, and the loss of one micro-batch."""
 
     method: Method
-    settings: LossSettings
+    settings: MethodSettings
     retain_term: str
     model: torch.nn.Module  # the trainable model (peft-wrapped with LoRA), for checkpoints and saving
     tokenizer: Any
@@ -336,6 +330,7 @@ def start_session(cfg: Config, folder: Path, accelerator: Any) -> Session:
     check_combination(method, cfg, forget, retain, retain_term)
     source = resolve_model(cfg.model.name)
     model, tokenizer, precision = load_model(cfg.model, source)
+    method = resolve_method(cfg, model.config.hidden_size)
     pad = tokenizer.pad_token_id
     max_len = cfg.data.max_length
     forget_enc = [encode(s, tokenizer, cfg.prompt, max_len) for s in forget]
@@ -388,7 +383,7 @@ def start_session(cfg: Config, folder: Path, accelerator: Any) -> Session:
         model = wrap_lora(model, u.lora, u.seed)
     return Session(
         method=method,
-        settings=loss_settings(cfg, method, model.config.hidden_size),
+        settings=loss_settings(cfg, method),
         retain_term=retain_term,
         model=model,
         tokenizer=tokenizer,
@@ -633,7 +628,7 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
         "method": method.name,
         "retain_term": retain_term,
         "tokens": settings.tokens,
-        "settings": {k: v for k, v in vars(settings).items() if k != "control"},
+        "settings": settings.model_dump(mode="json"),
         "forget_samples": len(session.forget),
         "forget_samples_with_uw": sum(1 for e in session.forget if e.uw and any(e.uw)),
         "retain_samples": len(session.retain),
