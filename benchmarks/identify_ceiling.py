@@ -77,7 +77,7 @@ def main() -> None:
     from tokenforget.data import Span, tofu_mini
     from tokenforget.identify import read_identified
     from tokenforget.identify.identifiers import Frequency, Predictability, labelled
-    from tokenforget.identify.run import load_spacy
+    from tokenforget.identify.registry import load_spacy
     from tokenforget.identify.score import answer_words, score_labels
     from tokenforget.models import load_model
 

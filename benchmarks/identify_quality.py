@@ -87,7 +87,7 @@ def main() -> None:
         combine,
         drop_question_words,
     )
-    from tokenforget.identify.run import load_spacy
+    from tokenforget.identify.registry import load_spacy
     from tokenforget.identify.score import score_labels
     from tokenforget.models import load_model
     from tokenforget.prepare import prepare

@@ -84,9 +84,10 @@ def one(variant: str, lora: bool, repeats: int, labels: Path) -> dict:
     from tokenforget.atwu import scorer_optimizer
     from tokenforget.config import load_config
     from tokenforget.data import pad_batch
+    from tokenforget.distributed import make_accelerator
     from tokenforget.losses import at_reference
     from tokenforget.models import load_model
-    from tokenforget.unlearn import make_accelerator, start_session
+    from tokenforget.session import start_session
 
     baseline = rss_kib("VmRSS")
     work = Path(tempfile.mkdtemp())

@@ -8,9 +8,9 @@ import torch
 
 from conftest import DISCRIMINATIVE_LABELS, GENERATIVE_LABELS
 from tokenforget.config import ModelSettings, PromptSettings
+from tokenforget.data.identified import published_spans
 from tokenforget.data.records import Sample, Span
 from tokenforget.identify import read_identified, write_identified
-from tokenforget.identify.formats import published_spans
 from tokenforget.identify.identifiers import (
     Contrast,
     Frequency,
@@ -333,7 +333,7 @@ def test_drop_question_words_keeps_only_words_that_answer():
 def test_ner_marks_entities(tmp_path):
     pytest.importorskip("spacy")
     from tokenforget.identify.identifiers import NamedEntities
-    from tokenforget.identify.run import load_spacy
+    from tokenforget.identify.registry import load_spacy
 
     ident = NamedEntities(load_spacy("en_core_web_sm"), noun_chunks=True)
     sample = Sample(

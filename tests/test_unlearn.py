@@ -100,7 +100,7 @@ def test_tpo_pushes_down_unwanted_tokens_and_keeps_general_ones(tmp_path, tiny_l
 def test_reference_cache_is_reused_across_runs_and_recomputed_when_the_data_change(
     tmp_path, tiny_llama_dir, forget_file, monkeypatch
 ):
-    import tokenforget.unlearn as module
+    import tokenforget.session as module
 
     monkeypatch.setenv("TOKENFORGET_CACHE", str(tmp_path / "cache"))
     unlearn(config(tiny_llama_dir, forget_file, "npo"), tmp_path / "a")
@@ -351,7 +351,7 @@ def test_a_finished_run_is_not_trained_again_and_a_changed_config_is_refused(
 def test_deepspeed_auto_values_come_from_the_run_and_contradictions_are_refused():
     from types import SimpleNamespace
 
-    from tokenforget.unlearn import configure_deepspeed
+    from tokenforget.distributed import configure_deepspeed
 
     def accelerator(config: dict) -> SimpleNamespace:
         plugin = SimpleNamespace(deepspeed_config=config)

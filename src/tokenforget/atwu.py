@@ -22,10 +22,10 @@ states learns per-token forget weights g_t in [0, 1] while the model unlearns; n
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
-
-OWN_FORMS = ("saturated", "correct", "plain")  # atwu.base values that use ATWU's own forget term
 
 
 class TokenScorer(torch.nn.Module):
@@ -112,3 +112,63 @@ def alignment(scores: torch.Tensor, gold: torch.Tensor) -> dict[str, float | Non
         return {"auroc": None, "average_precision": None}
     s = scores.float().cpu().numpy()
     return {"auroc": float(roc_auc_score(y, s)), "average_precision": float(average_precision_score(y, s))}
+
+
+def learned_weights(session: Any, path: Path, batch_size: int) -> dict[str, Any]:
+    """ATWU's final weights over the whole forget set: `token_weights.jsonl` (the identified-set
+    format: spans = tokens with g > 0.5, `token_scores` per answer token, `word_scores` per word) and
+    their AUROC / average precision against the forget data's own spans, when it has them.
+    `session` is the run's `session.Session` (not imported here: the session imports this module)."""
+    from tokenforget.data.encode import pad_batch
+    from tokenforget.data.identified import write_identified
+    from tokenforget.data.records import Sample, Span, answer_words
+    from tokenforget.forward import answer_flags
+    from tokenforget.models import eval_mode
+
+    assert session.scorer is not None
+    samples: list[Sample] = []
+    all_g, all_uw = [], []
+    policy = getattr(session.policy, "module", session.policy)
+    with eval_mode(session.model, dtype=session.precision.compute_dtype):
+        for start in range(0, len(session.forget), batch_size):
+            rows = session.forget[start : start + batch_size]
+            batch = {
+                k: v.to(session.device) for k, v in pad_batch(rows, session.tokenizer.pad_token_id).items()
+            }
+            with session.precision.autocast():
+                # the bare module: a DDP forward would wait for the other processes, which are not here
+                out = policy(batch["input_ids"], batch["attention_mask"], batch["labels"])
+            g = session.scorer(out[3]).float().cpu()
+            uw = answer_flags(batch)[0].cpu()
+            counts = torch.bincount(out[2].cpu(), minlength=len(rows)).tolist()
+            for offset, (enc, gs, us) in enumerate(zip(rows, g.split(counts), uw.split(counts), strict=True)):
+                source = session.sources[start + offset]
+                tokens = list(zip(enc.answer_offsets[:-1], gs[:-1].tolist(), strict=True))  # EOS left out
+                all_g.append(gs[:-1])
+                all_uw.append(us[:-1])
+                chosen = [Span(s, e, round(v, 6)) for (s, e), v in tokens if v > 0.5 and e > s]
+                words = [
+                    {
+                        "start": w.start,
+                        "end": w.end,
+                        "score": round(
+                            max((v for (s, e), v in tokens if s < w.end and e > w.start), default=0.0), 6
+                        ),
+                    }
+                    for w in answer_words(source.answer)
+                ]
+                meta = {
+                    "token_scores": [{"start": s, "end": e, "score": round(v, 6)} for (s, e), v in tokens],
+                    "word_scores": words,
+                }
+                samples.append(
+                    Sample(
+                        answer=source.answer,
+                        question=source.question,
+                        spans=tuple(chosen),
+                        id=source.id,
+                        meta=meta,
+                    )
+                )
+    write_identified(path, samples, "atwu", {"threshold": 0.5})
+    return {"alignment": alignment(torch.cat(all_g), torch.cat(all_uw)), "token_weights": str(path)}

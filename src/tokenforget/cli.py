@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
 
@@ -57,8 +59,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
 app.add_typer(model_app, name="model")
 app.add_typer(eval_app, name="eval")
-identify_app = typer.Typer(
-    help="""Label which words of each forget answer are unwanted (UW); everything else is general (GW).
+IDENTIFY_HELP = """Label which words of each forget answer are unwanted (UW); everything else is general (GW).
 
 \b
   tokenforget identify --method NAME --forget DATA --out identified.jsonl [--model M]
@@ -66,23 +67,33 @@ identify_app = typer.Typer(
 
 \b
 Identifiers (--method):
-  predictability  causal LM (default: the base model before fine-tuning): a word it predicts from
-                  the question and the earlier answer is general; UW score = 1 - p(word)
-  contrast        UW = words the model to unlearn (--model) predicts much better than a reference
-                  (--reference, default the base model); --oracle if the reference is the retain model
-  mlm             the paper's discriminative identifier with any HF masked LM (--model), batched
-  generative      an instruction-following LLM: an OpenAI-compatible endpoint
-                  (--set identify.base_url=URL, identify.api_model, key in $OPENAI_API_KEY) or
-                  --set identify.backend=local; cached per sample, concurrent, --set identify.runs=3
-  ner             spaCy named entities (pip install 'tokenforget[ner]'), --set identify.noun_chunks=true
-  frequency       words frequent in the retain set (--retain) are general
-  spans           the spans already in the data file
-  union, intersection   of two identified files (--first, --second)
+{identifiers}
 
 \b
 identified.jsonl: one line per sample with question, answer, spans [{start, end, text, score}]
 (UW character ranges in the answer), identifier and settings. The paper's published layout
-(target_words / common_words, JSONL or save_to_disk folder) is read everywhere too.""",
+(target_words / common_words, JSONL or save_to_disk folder) is read everywhere too."""
+
+
+def _identifiers_help() -> str:
+    """One entry per registered identifier, for `identify --help`."""
+    from tokenforget.identify.registry import IDENTIFIERS
+
+    return _listing((kind.name, kind.summary) for kind in IDENTIFIERS.values())
+
+
+def _listing(rows: Iterable[tuple[str, str]], width: int = 15) -> str:
+    """`  name  text` rows, the text wrapped under itself (help blocks click leaves as they are)."""
+    lines = []
+    for name, text in rows:
+        wrapped = textwrap.wrap(text, 96 - width - 3) or [""]
+        lines.append(f"  {name:<{width}} {wrapped[0]}")
+        lines.extend(" " * (width + 3) + more for more in wrapped[1:])
+    return "\n".join(lines)
+
+
+identify_app = typer.Typer(
+    help=IDENTIFY_HELP.replace("{identifiers}", _identifiers_help()),
     invoke_without_command=True,
     no_args_is_help=True,
 )
@@ -382,15 +393,17 @@ def identify(
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
+    from tokenforget.data.sets import load_retain
     from tokenforget.identify.run import identify_file
     from tokenforget.inputs import check_inputs
-    from tokenforget.unlearn import load_retain
 
     if forget is None or out_file is None:
         raise TokenforgetError(
             "identify needs --forget DATA and --out FILE (see tokenforget identify --help)"
         )
-    extra = [f"identify.method={method or 'predictability'}", f"identify.oracle={str(oracle).lower()}"]
+    extra = [f"identify.method={method or 'predictability'}"]
+    if oracle:
+        extra.append("identify.oracle=true")
     if model:
         extra.append(f"identify.model={model}")
     if reference:
@@ -418,7 +431,7 @@ def identify_score(
 ) -> None:
     """Word-level precision/recall/F1 of UW (micro over all answer words), token-level F1, and
     AUROC / average precision when the prediction has scores. Prints JSON."""
-    from tokenforget.identify import read_identified
+    from tokenforget.data.identified import read_identified
     from tokenforget.identify.score import score_labels
     from tokenforget.models import load_tokenizer
 
@@ -430,34 +443,37 @@ def identify_score(
 
 
 def _methods_help() -> str:
+    """One entry per registered method, for `unlearn --help`."""
     from tokenforget.losses import METHODS
 
     rows = []
     for m in METHODS.values():
         numbers = ", ".join(f"{k}={v}" for k, v in m.defaults.items())
-        rows.append(f"  {m.name:<9} {m.summary} [retain: {m.retain}{'; ' + numbers if numbers else ''}]")
-    return "\n".join(rows)
+        rows.append((m.name, f"{m.summary} [retain: {m.retain}{'; ' + numbers if numbers else ''}]"))
+    return _listing(rows, width=9)
 
 
-@app.command(
-    help=f"""Make a model forget a forget set; writes OUT/model (save_pretrained, safetensors).
+UNLEARN_HELP = """Make a model forget a forget set; writes OUT/model (save_pretrained, safetensors).
 
 \b
 Methods (--method), with their default retain term and numbers:
-{_methods_help()}
+{methods}
 
 \b
 The forget set is an identified set (`tokenforget identify`, or the paper's published layout with
 target_words/common_words) or any JSONL/CSV with `spans` marking the unwanted words. TPO and
 --tokens uw|weighted need those spans; --tokens all (the default for baselines) does not.
 Numbers: --set unlearn.beta=0.1, unlearn.lam, unlearn.alpha (retain weight), unlearn.gamma
-(forget weight), unlearn.lr, unlearn.epochs, unlearn.lora.r=16 (LoRA), ... (`config keys`).
+(forget weight), unlearn.lr, unlearn.epochs, unlearn.lora.r=16 (LoRA), ... (`config keys` lists
+which method takes which). Add a method: docs/extending.md.
 MUSE recipe of the TPO paper: --method tpo_gd --set unlearn.gamma=0.1 --set unlearn.lam=0.
 
 \b
 Resumable: kill it and run the same command again. OUT/train_log.jsonl has every loss term per
 step. Multi-process: `accelerate launch -m tokenforget.cli unlearn ...` (DDP)."""
-)
+
+
+@app.command(help=UNLEARN_HELP.replace("{methods}", _methods_help()))
 def unlearn(
     forget: Annotated[Path, typer.Option(help="Forget set: identified.jsonl or JSONL/CSV (with spans).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Run folder for the model, log and checkpoints.")],
@@ -790,9 +806,15 @@ def model_path() -> None:
 
 def main() -> None:
     """Console entry point: user errors print a message and exit 2, without a traceback."""
+    from tokenforget.plugins import load_plugins
     from tokenforget.train import Interrupted
 
     try:
+        if load_plugins():  # registered after the help texts were built: build them again
+            identify_app.info.help = IDENTIFY_HELP.replace("{identifiers}", _identifiers_help())
+            for command in app.registered_commands:
+                if command.callback is unlearn:
+                    command.help = UNLEARN_HELP.replace("{methods}", _methods_help())
         app(standalone_mode=False)
     except DataError as exc:
         err.print(f"[red]invalid data[/]: {exc}", highlight=False, soft_wrap=True)

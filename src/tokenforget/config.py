@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from tokenforget.errors import ConfigError
+from tokenforget.registry import IDENTIFIERS, METHODS
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -221,51 +222,12 @@ class EvalSettings(_Section):
 
 
 class IdentifySettings(_Section):
-    """`tokenforget identify`: which words of each forget answer are unwanted (UW)."""
+    """`tokenforget identify`: which words of each forget answer are unwanted (UW). The identifier's
+    own keys (model, threshold, ...) are keys of this section too: each registered identifier brings
+    its settings model (identify/registry.py), and the section is validated as its variant."""
 
-    method: Literal[
-        "predictability",
-        "contrast",
-        "mlm",
-        "generative",
-        "ner",
-        "frequency",
-        "spans",
-        "union",
-        "intersection",
-    ] = Field("predictability", description="The identifier (`tokenforget identify --help` explains each).")
-    model: str | None = Field(
-        None,
-        description=(
-            "predictability: the causal LM (default: model.name, the base model before fine-tuning); "
-            "contrast: the model to unlearn; mlm: a masked LM (required); "
-            "generative+local: an instruct model."
-        ),
-    )
-    reference: str | None = Field(None, description="contrast: the reference model (default: model.name).")
-    oracle: bool = Field(
-        False, description="contrast: the reference is the benchmark's retain model (an oracle; labelled so)."
-    )
-    threshold: float | None = Field(
-        None,
-        description=(
-            "Score cut for UW (predictability 0.5 on 1-p(word); contrast 1.0 nats of gain; mlm: the "
-            "top-k prediction needs p >= threshold to count as general, default 0)."
-        ),
-    )
-    top_k: int = Field(1, ge=1, description="mlm: a word in the top-k predictions is general (published: 1).")
-    context: Literal["question", "none"] = Field(
-        "question", description="mlm: mask over 'question + answer' (TOFU, published) or the answer alone."
-    )
-    batch_size: int = Field(16, ge=1, description="Sequences per forward.")
-    min_df: float = Field(
-        0.02, gt=0, le=1, description="frequency: general when in >= this fraction of retain answers."
-    )
-    spacy_model: str = Field("en_core_web_sm", description="ner: the spaCy pipeline.")
-    noun_chunks: bool = Field(False, description="ner: also mark noun chunks (without determiners).")
-    pos: list[str] = Field(
-        default_factory=list,
-        description="ner: also mark tokens with these part-of-speech tags, e.g. [PROPN, NOUN, NUM, ADJ].",
+    method: str = Field(
+        "predictability", description="The identifier (`tokenforget identify --help` explains each)."
     )
     drop_question_words: bool = Field(
         False,
@@ -274,20 +236,6 @@ class IdentifySettings(_Section):
             "they do not answer it)."
         ),
     )
-    backend: Literal["openai", "local"] = Field(
-        "openai", description="generative: an OpenAI-compatible endpoint, or a local HF instruct model."
-    )
-    base_url: str | None = Field(None, description="generative: endpoint, e.g. http://127.0.0.1:8080/v1.")
-    api_model: str = Field("gpt-4o", description="generative: model name sent to the endpoint.")
-    api_key_env: str | None = Field(
-        "OPENAI_API_KEY", description="generative: environment variable holding the API key (never logged)."
-    )
-    concurrency: int = Field(4, ge=1, description="generative: requests in flight.")
-    timeout: float = Field(60.0, gt=0, description="generative: seconds per request before a retry.")
-    max_retries: int = Field(3, ge=0, description="generative: retries on timeouts, 429 and 5xx (backoff).")
-    temperature: float = Field(0.0, ge=0, description="generative: sampling temperature (>0 for --runs k).")
-    max_tokens: int = Field(512, ge=16, description="generative: longest reply.")
-    runs: int = Field(1, ge=1, description="generative: label the set k times and report Jaccard stability.")
     labels: str | None = Field(
         None,
         description=(
@@ -295,6 +243,17 @@ class IdentifySettings(_Section):
             "or the published layout, e.g. the paper's GPT-4o labels) instead of running an identifier."
         ),
     )
+
+    @field_validator("method")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        IDENTIFIERS.known(value)
+        return value
+
+
+def identify_variant(method: str) -> type[IdentifySettings]:
+    """The `identify` section of one registered identifier: the common keys plus its settings model."""
+    return _variant(IdentifySettings, IDENTIFIERS.known(method).settings)
 
 
 class UnlearnSettings(_Section):
@@ -383,13 +342,7 @@ class UnlearnSettings(_Section):
     @field_validator("method")
     @classmethod
     def _known(cls, value: str) -> str:
-        from tokenforget.losses import METHODS
-        from tokenforget.plugins import load_plugins
-
-        if value not in METHODS:
-            load_plugins()
-        if value not in METHODS:
-            raise ValueError(f"unknown method {value!r}; choose one of {', '.join(METHODS)}")
+        METHODS.known(value)
         return value
 
 
@@ -398,9 +351,7 @@ def unlearn_variant(method: str, atwu_base: str | None = None) -> type[UnlearnSe
 
     ATWU on another method's loss (`atwu.base=tpo`) takes that method's settings, so `unlearn.lam`
     means the same with and without learned weights."""
-    from tokenforget.losses import METHODS
-
-    settings = METHODS[method].settings
+    settings = METHODS.known(method).settings
     if METHODS[method].needs_scorer and atwu_base in METHODS:
         settings = METHODS[atwu_base].settings
     return _variant(UnlearnSettings, settings)
@@ -456,10 +407,9 @@ class AtwuSettings(_Section):
 
 def atwu_bases() -> tuple[str, ...]:
     """What `atwu.base` may name: ATWU's own forms and every registered method that takes weights."""
-    from tokenforget.atwu import OWN_FORMS
-    from tokenforget.losses import METHODS
+    from tokenforget.losses import ATWU_FORMS
 
-    return OWN_FORMS + tuple(name for name, m in METHODS.items() if m.takes_weights)
+    return ATWU_FORMS + tuple(name for name, m in METHODS.load().items() if m.takes_weights)
 
 
 class RunSettings(_Section):
@@ -479,7 +429,9 @@ class Config(_Section):
     data: DataSettings = DataSettings()
     prepare: PrepareSettings = PrepareSettings()
     eval: EvalSettings = EvalSettings()
-    identify: IdentifySettings = IdentifySettings()
+    identify: SerializeAsAny[IdentifySettings] = Field(
+        default_factory=lambda: identify_variant(IdentifySettings.model_fields["method"].default)()
+    )
     atwu: AtwuSettings = AtwuSettings()  # before unlearn: atwu.base picks unlearn's variant
     unlearn: SerializeAsAny[UnlearnSettings] = Field(
         default_factory=lambda: unlearn_variant(UnlearnSettings.model_fields["method"].default)()
@@ -497,6 +449,18 @@ class Config(_Section):
             UnlearnSettings._known(method)  # an unknown method is one clear error, not one per key
             atwu = info.data.get("atwu")
             return unlearn_variant(method, atwu.base if atwu else None).model_validate(value)
+        return handler(value)
+
+    @field_validator("identify", mode="wrap")
+    @classmethod
+    def _identifier_variant(cls, value: Any, handler: Any) -> Any:
+        """Validate `identify` as the named identifier's variant, so its own keys are known and checked."""
+        if isinstance(value, IdentifySettings):
+            value = value.model_dump()
+        if isinstance(value, dict):
+            method = value.get("method", IdentifySettings.model_fields["method"].default)
+            IdentifySettings._known(method)
+            return identify_variant(method).model_validate(value)
         return handler(value)
 
     def to_yaml(self) -> str:
@@ -558,22 +522,21 @@ def _describe_validation(exc: ValidationError, source: str, tree: dict[str, Any]
 
 
 def _owner_hint(loc: tuple[Any, ...], tree: dict[str, Any]) -> str:
-    """For a key of the method's variant of `unlearn`: which method refused it and what it takes."""
-    if len(loc) != 2 or loc[0] != "unlearn":
+    """For a key of a registered component's section: which method or identifier refused it, and
+    the keys it does take."""
+    if len(loc) != 2 or loc[0] not in ("unlearn", "identify"):
         return ""
-    section = tree.get("unlearn") or {}
-    method = section.get("method", UnlearnSettings.model_fields["method"].default)
-    from tokenforget.losses import METHODS
-
-    if method not in METHODS:
+    base = UnlearnSettings if loc[0] == "unlearn" else IdentifySettings
+    section = tree.get(loc[0]) or {}
+    name = section.get("method", base.model_fields["method"].default)
+    if name not in (METHODS if loc[0] == "unlearn" else IDENTIFIERS).load():
         return ""
-    atwu_base = (tree.get("atwu") or {}).get("base")
-    own = [
-        name
-        for name in unlearn_variant(method, atwu_base).model_fields
-        if name not in UnlearnSettings.model_fields
-    ]
-    return f" for method {method} (its own keys: {', '.join(own)})"
+    if loc[0] == "unlearn":
+        variant, what = unlearn_variant(name, (tree.get("atwu") or {}).get("base")), "method"
+    else:
+        variant, what = identify_variant(name), "identifier"
+    own = [key for key in variant.model_fields if key not in base.model_fields]
+    return f" for {what} {name} (its own keys: {', '.join(own) or 'none'})"
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -621,6 +584,8 @@ def config_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple
             continue
         rows.append((key, repr(field.get_default(call_default_factory=True)), field.description or ""))
     if model is Config:
+        identifiers = {name: kind.settings for name, kind in IDENTIFIERS.load().items()}
+        rows.extend(registered_keys("identify", IdentifySettings, identifiers))
         rows.extend(registered_keys("unlearn", UnlearnSettings, unlearn_variants()))
     return rows
 
@@ -628,12 +593,10 @@ def config_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple
 def config_schema() -> dict[str, Any]:
     """Config's JSON schema, with `unlearn` as the union of every method's variant, discriminated by
     `method` (pydantic sees one base class, since methods can be registered at run time)."""
-    from tokenforget.losses import METHODS
-
     schema = Config.model_json_schema()
     defs = schema.setdefault("$defs", {})
     mapping = {}
-    for name in METHODS:
+    for name in METHODS.load():
         variant = unlearn_variant(name)
         sub = variant.model_json_schema(ref_template="#/$defs/{model}")
         defs.update(sub.pop("$defs", {}))
@@ -649,9 +612,7 @@ def config_schema() -> dict[str, Any]:
 
 def unlearn_variants() -> dict[str, type[BaseModel]]:
     """Each registered method's settings model (what it adds to `unlearn`)."""
-    from tokenforget.losses import METHODS
-
-    return {name: method.settings for name, method in METHODS.items()}
+    return {name: method.settings for name, method in METHODS.load().items()}
 
 
 def registered_keys(

@@ -103,3 +103,12 @@ class AnswerModel(torch.nn.Module):
 def token_nll(fwd: AnswerForward) -> torch.Tensor:
     """Per answer token negative log-likelihood, (N,), in fp32."""
     return torch.nn.functional.cross_entropy(fwd.logits.float(), fwd.targets, reduction="none")
+
+
+def answer_flags(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """uw, token weight and EOS flags at answer positions, flattened like answer_forward's output."""
+    where = batch["labels"][:, 1:] != IGNORE_INDEX
+    lengths = batch["attention_mask"].sum(1)
+    cols = torch.arange(where.shape[1], device=where.device)[None, :]
+    eos = (cols == (lengths[:, None] - 2))[where]
+    return batch["uw_mask"][:, 1:][where], batch["token_weights"][:, 1:][where], eos

@@ -15,14 +15,14 @@ from typing import Any
 from tokenforget.config import Config
 from tokenforget.data.benchmarks import TOFU_HUB, tofu_splits
 from tokenforget.data.records import read_samples
+from tokenforget.data.sets import BUNDLED
 from tokenforget.errors import ConfigError, DataError, DataIssue, TokenforgetError
 
-BUNDLED = "tofu-mini"  # the retain setting that means the bundled TOFU-mini retain set
 Named = dict[str, str | Path | None]  # the setting or flag that names a file -> the file (None: not given)
 
 
 def _read_labels(path: str) -> Any:
-    from tokenforget.identify.formats import read_identified
+    from tokenforget.data.identified import read_identified
 
     return read_identified(path)
 

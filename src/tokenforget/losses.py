@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from tokenforget.registry import METHODS
+
 TokenMode = Literal["all", "uw", "weighted"]
 
 
@@ -408,6 +410,9 @@ def rmu_loss(inputs: LossInputs, cfg: RmuSettings, control: torch.Tensor | None 
     return LossTerms(total=forget, parts={"forget": forget})
 
 
+ATWU_FORMS = ("saturated", "correct", "plain")  # atwu.base values that use ATWU's own forget term
+
+
 def atwu_loss(inputs: LossInputs, cfg: AtwuLossSettings, form: str = "saturated") -> LossTerms:
     """ATWU's model loss (docs/atwu.md): -mean_t[g_t * sg(p_t^(beta g_t)) * nll_t], a saturated gradient
     ascent weighted by the learned scorer's g_t (in `forget.weights`); `form=correct` (atwu.base)
@@ -490,15 +495,9 @@ class Method:
         return {k: f.default for k, f in own.items() if k not in common or f.default != common[k].default}
 
 
-METHODS: dict[str, Method] = {}
-
-
 def register(method: Method) -> Method:
     """Add a method to the registry: `unlearn.method`, its settings, `--help` and the CLI follow."""
-    if method.name in METHODS:
-        raise ValueError(f"method {method.name!r} registered twice")
-    METHODS[method.name] = method
-    return method
+    return METHODS.register(method)
 
 
 for _m in (

@@ -22,6 +22,7 @@ from typing import Any
 from tokenforget.config import Config
 from tokenforget.data.benchmarks import QABenchmark
 from tokenforget.data.records import Sample, read_samples
+from tokenforget.data.sets import BUNDLED, load_retain
 from tokenforget.inputs import check_inputs
 from tokenforget.models import resolve_model
 from tokenforget.prepare import Prepared, prepare, rouge_table
@@ -79,7 +80,7 @@ def identify_stage(cfg: Config, bench: QABenchmark, prepared: Prepared, folder: 
     stage_cfg = cfg
     if cfg.identify.method == "contrast" and cfg.identify.model is None:
         stage_cfg = with_settings(cfg, identify={"model": str(prepared.target)})
-    if cfg.identify.oracle and cfg.identify.reference is None:
+    if getattr(cfg.identify, "oracle", False) and cfg.identify.reference is None:
         stage_cfg = with_settings(stage_cfg, identify={"reference": str(prepared.retain)})
     identify_file(stage_cfg, forget_file, identified, retain=bench.retain)
     return identified
@@ -88,7 +89,6 @@ def identify_stage(cfg: Config, bench: QABenchmark, prepared: Prepared, folder: 
 def own_identify_stage(cfg: Config, folder: Path) -> Path:
     """Label the user's forget set (`identify.method spans` keeps the file's own spans)."""
     from tokenforget.identify.run import identify_file
-    from tokenforget.unlearn import load_retain
 
     identified = folder / "identified.jsonl"
     if not identified.is_file():
@@ -101,8 +101,8 @@ def own_identify_stage(cfg: Config, folder: Path) -> Path:
 
 def copy_labels(labels: Path, forget: list[Sample], identified: Path) -> Path:
     """Given labels for the benchmark's forget set, as identified.jsonl (checked to cover it)."""
+    from tokenforget.data.identified import read_identified, write_identified
     from tokenforget.errors import ConfigError
-    from tokenforget.identify.formats import read_identified, write_identified
 
     by_text = {(s.question, s.answer): s for s in read_identified(labels)}
     missing = [s for s in forget if (s.question, s.answer) not in by_text]
@@ -124,7 +124,7 @@ def unlearn_config(cfg: Config, prepared: Prepared | None, identified: Path) -> 
     return with_settings(
         cfg,
         model={"name": str(prepared.target)},
-        data={"forget": str(identified), "retain": cfg.data.retain or "tofu-mini"},
+        data={"forget": str(identified), "retain": cfg.data.retain or BUNDLED},
     )
 
 
@@ -148,8 +148,8 @@ def token_stage(
     generations: dict[str, list[str] | None] | None = None,
 ) -> dict[str, Any]:
     """Token-level forgetting of every model against the target, under one labelling."""
+    from tokenforget.data.identified import read_identified
     from tokenforget.evaluate.tokens import sample_key, scored_model, token_summary
-    from tokenforget.identify import read_identified
     from tokenforget.models import load_tokenizer
 
     labels_path = Path(cfg.eval.token_labels) if cfg.eval.token_labels else identified
@@ -201,7 +201,7 @@ def mia_stage(
     cfg: Config, paths: dict[str, str], dirs: dict[str, Path], forget: list[Sample]
 ) -> dict[str, Any]:
     """Membership attacks, forget set vs `data.holdout`, per model (cached); none without a holdout."""
-    from tokenforget.evaluate.attacks import membership_attack
+    from tokenforget.evaluate.attacks import ATTACKS, membership_attack
     from tokenforget.models import load_model
 
     if cfg.data.holdout is None:
@@ -210,6 +210,8 @@ def mia_stage(
     results = {}
     for name, path in paths.items():
         cache = dirs[name] / "mia_forget_vs_holdout.json"
+        if cache.is_file() and json.loads(cache.read_text())["auc"].keys() != ATTACKS.keys():
+            cache.unlink()  # an attack was registered (or removed) since: score again
         if not cache.is_file():
             model, tokenizer, precision = load_model(cfg.model, path)
             attack = membership_attack(
@@ -249,9 +251,8 @@ def eval_stage(
 def own_eval_stage(cfg: Config, model_dir: Path, identified: Path, folder: Path) -> dict[str, Any]:
     """A user's forget set and model, no retain model: everything that needs no retain model."""
     from tokenforget.data.benchmarks import tofu_mini
+    from tokenforget.data.identified import read_identified
     from tokenforget.evaluate.tofu_run import evaluate_tofu
-    from tokenforget.identify import read_identified
-    from tokenforget.unlearn import load_retain
 
     paths = {"unlearned": str(model_dir), "target": cfg.model.name}
     dirs = {name: folder / "eval" / name for name in paths}

@@ -40,7 +40,7 @@ def model_hash(folder: Path) -> dict[str, Any]:
 
 def data_hash(path: Path) -> dict[str, Any]:
     """SHA-256, byte size and row count of a data file (rows as the data readers count them)."""
-    from tokenforget.identify.formats import read_identified
+    from tokenforget.data.identified import read_identified
 
     return {
         "path": str(path),

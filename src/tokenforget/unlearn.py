@@ -20,58 +20,33 @@ micro-batch by definition, so TPO depends on the micro-batch size (as in the pub
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import math
-import random
 import shutil
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tokenforget.atwu import (
-    OWN_FORMS,
-    ScorerRegularisers,
-    TokenScorer,
-    alignment,
-    scorer_loss,
+    learned_weights,
     scorer_optimizer,
 )
-from tokenforget.config import AtwuSettings, Config
-from tokenforget.data.encode import Encoded, encode, pad_batch
-from tokenforget.data.records import Sample, Span, read_samples
-from tokenforget.errors import ConfigError, DataError, DataIssue
+from tokenforget.config import Config
+from tokenforget.data.encode import encode
+from tokenforget.data.sets import load_retain
+from tokenforget.distributed import configure_deepspeed, full_weights, make_accelerator, tied_names
+from tokenforget.errors import ConfigError
 from tokenforget.evaluate.trajectory import LeakProbe, Probe, Trajectory, theta0_key
-from tokenforget.forward import AnswerModel
 from tokenforget.inputs import check_inputs
-from tokenforget.losses import (
-    METHODS,
-    LossInputs,
-    LossTerms,
-    Method,
-    MethodSettings,
-    RefStats,
-    TokenStats,
-    compute,
-)
-from tokenforget.models import cache_dir, eval_mode, load_model, resolve_model, save_model, wrap_lora
+from tokenforget.models import cache_dir, save_model
 from tokenforget.progress import console
-from tokenforget.reference import (
-    compute_reference,
-    load_reference,
-    reference_key,
-    reference_stats,
-    save_reference,
-)
 from tokenforget.runs import open_folder, trim_step_log, write_json
+from tokenforget.session import Session, start_session
 from tokenforget.stopping import parse_condition, stop_reason
 from tokenforget.train import (
-    DATA_PARALLEL,
     SHARDED,
     FitSettings,
     batch_schedule,
@@ -89,389 +64,6 @@ class UnlearnResult:
     folder: Path
     model_dir: Path
     summary: dict[str, Any]
-
-
-def atwu_method(cfg: Config) -> Method:
-    """The loss ATWU trains the model with: its own saturated form, or a registered loss on weights g."""
-    own = METHODS["atwu"]
-    if cfg.atwu.base in OWN_FORMS:
-        return dataclasses.replace(own, forget=functools.partial(own.forget, form=cfg.atwu.base))
-    base = METHODS[cfg.atwu.base]
-    return dataclasses.replace(
-        base, name=f"atwu+{base.name}", retain=own.retain, needs_scorer=True, uses_tokens=True
-    )
-
-
-def resolve_method(cfg: Config, hidden_size: int | None = None) -> Method:
-    """The registered method with what the session binds: ATWU's base loss, and RMU's control vector
-    once the model's hidden size is known."""
-    method = METHODS[cfg.unlearn.method]
-    if method.needs_scorer:
-        return atwu_method(cfg)
-    if method.needs_hidden and hidden_size is not None:
-        gen = torch.Generator().manual_seed(cfg.unlearn.seed)
-        control = torch.rand(hidden_size, generator=gen)
-        return dataclasses.replace(
-            method, forget=functools.partial(method.forget, control=control / control.norm())
-        )
-    return method
-
-
-def loss_settings(cfg: Config, method: Method) -> MethodSettings:
-    """The numbers the method's loss reads: its settings model, as the `unlearn` section gives them."""
-    keys = method.settings.model_fields
-    values = cfg.unlearn.model_dump(include=set(keys))
-    if method.needs_scorer:
-        values["tokens"] = "weighted"
-    elif not method.uses_tokens:
-        values["tokens"] = "all"
-    return method.settings.model_validate(values)
-
-
-def idk_answers() -> list[str]:
-    """TOFU's refusal answers (99, from the TIF paper's repository; MIT) for IdkPO."""
-    text = (resources.files("tokenforget") / "benchmark_data" / "idontknow.txt").read_text(encoding="utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def load_forget(cfg: Config) -> list[Sample]:
-    from tokenforget.identify import read_identified
-
-    if cfg.data.forget is None:
-        raise ConfigError("no forget set: give --forget FILE (identified.jsonl, or JSONL/CSV with spans)")
-    return read_identified(cfg.data.forget)
-
-
-def load_retain(cfg: Config) -> list[Sample] | None:
-    if cfg.data.retain is None:
-        return None
-    if cfg.data.retain == "tofu-mini":
-        from tokenforget.data.benchmarks import tofu_mini
-
-        return tofu_mini().retain
-    return read_samples(cfg.data.retain)
-
-
-def check_combination(
-    method: Method, cfg: Config, forget: list[Sample], retain: list[Sample] | None, retain_term: str
-) -> None:
-    """Refuse combinations that cannot work, with the fix (trl-style incompatibility errors)."""
-    needs_spans = not method.needs_scorer and (not method.uses_tokens or cfg.unlearn.tokens != "all")
-    if needs_spans and not any(s.spans for s in forget):
-        what = (
-            "TPO splits answers into UW and GW tokens"
-            if not method.uses_tokens
-            else f"--tokens {cfg.unlearn.tokens}"
-        )
-        raise DataError(
-            [
-                DataIssue(
-                    str(cfg.data.forget),
-                    None,
-                    "spans",
-                    f"no sample marks any unwanted word, but {what}",
-                    "run `tokenforget identify` first, add spans to the file, "
-                    "or use --set unlearn.tokens=all",
-                )
-            ]
-        )
-    if retain_term != "none" and retain is None:
-        raise ConfigError(
-            f"method {method.name!r} uses a retain term ({retain_term}) but no retain set was given. "
-            "Fix: --retain FILE (or --retain tofu-mini), or --set unlearn.retain_loss=none"
-        )
-    u = cfg.unlearn
-    if u.batch_size % u.micro_batch_size:
-        raise ConfigError(
-            f"unlearn.batch_size {u.batch_size} is not a multiple of "
-            f"unlearn.micro_batch_size {u.micro_batch_size}"
-        )
-
-
-def _flags(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """uw, token weight and EOS flags at answer positions, flattened like answer_forward's output."""
-    where = batch["labels"][:, 1:] != -100
-    lengths = batch["attention_mask"].sum(1)
-    cols = torch.arange(where.shape[1], device=where.device)[None, :]
-    eos = (cols == (lengths[:, None] - 2))[where]
-    return batch["uw_mask"][:, 1:][where], batch["token_weights"][:, 1:][where], eos
-
-
-def _split(out: tuple, flags: tuple, bounds: list[tuple[int, int]]) -> list[TokenStats | None]:
-    """Slice one forward's flattened outputs into per-group TokenStats (forget, alt, retain)."""
-    logits, targets, rows, hidden = out
-    uw, weights, eos = flags
-    groups: list[TokenStats | None] = []
-    for lo, hi in bounds:
-        if hi == lo:
-            groups.append(None)
-            continue
-        m = (rows >= lo) & (rows < hi)
-        groups.append(
-            TokenStats(
-                logits=logits[m],
-                targets=targets[m],
-                rows=rows[m] - lo,
-                n_rows=hi - lo,
-                uw=uw[m],
-                eos=eos[m],
-                weights=weights[m],
-                hidden=None if hidden is None else hidden[m],
-            )
-        )
-    return groups
-
-
-@dataclass
-class MicroLoss:
-    terms: LossTerms
-    tokens: int
-    scorer_total: torch.Tensor | None = None  # ATWU, alternating: the scorer's objective (own graph)
-
-
-@dataclass
-class Session:
-    """Everything one unlearning run holds in memory, and the loss of one micro-batch."""
-
-    method: Method
-    settings: MethodSettings
-    retain_term: str
-    model: torch.nn.Module  # the trainable model (peft-wrapped with LoRA), for checkpoints and saving
-    tokenizer: Any
-    policy: torch.nn.Module  # AnswerModel around `model`, DDP-wrapped when distributed
-    ref_model: torch.nn.Module | None
-    cache: dict[str, torch.Tensor]
-    precision: Any
-    device: torch.device
-    forget: list[Encoded]
-    alt: list[Encoded]
-    retain: list[Encoded]
-    ids: list[str]
-    model_source: str  # the folder or name theta0 was loaded from (cache keys)
-    sources: list[Sample] = dataclasses.field(default_factory=list)  # the forget samples as read
-    scorer: TokenScorer | None = None  # ATWU
-    atwu: AtwuSettings | None = None
-
-    def micro_loss(
-        self, forget_idx: list[int], retain_idx: list[int], scorer_grad: bool = False
-    ) -> MicroLoss:
-        """One policy forward over forget (+ alt) (+ retain) rows; the method's loss terms, and with
-        ATWU the scorer's objective (when `scorer_grad`, or always under the joint schedule)."""
-        rows = (
-            [self.forget[i] for i in forget_idx]
-            + [self.alt[i] for i in forget_idx if self.alt]
-            + [self.retain[i] for i in retain_idx]
-        )
-        nf, na = len(forget_idx), len(forget_idx) if self.alt else 0
-        bounds = [(0, nf), (nf, nf + na), (nf + na, len(rows))]
-        batch = {k: v.to(self.device) for k, v in pad_batch(rows, self.tokenizer.pad_token_id).items()}
-        flags = _flags(batch)
-        with self.precision.autocast():
-            out = self.policy(batch["input_ids"], batch["attention_mask"], batch["labels"])
-        f_stats, a_stats, r_stats = _split(out, flags, bounds)
-        batch_ids = [self.ids[i] for i in forget_idx]
-        inputs = LossInputs(forget=f_stats, retain=r_stats, alt=a_stats)
-        if self.cache:
-            inputs.forget_ref = reference_stats(self.cache, "forget", batch_ids, self.device)
-            if a_stats is not None:
-                inputs.alt_ref = reference_stats(self.cache, "alt", batch_ids, self.device)
-        if self.ref_model is not None:
-            with torch.no_grad(), self.precision.autocast():
-                ref_out = self.ref_model(batch["input_ids"], batch["attention_mask"], batch["labels"])
-            f_ref, _, r_ref = _split(ref_out, flags, bounds)
-            inputs.forget_ref = RefStats(logits=f_ref.logits, hidden=f_ref.hidden)
-            if r_ref is not None:
-                inputs.retain_ref = RefStats(logits=r_ref.logits, hidden=r_ref.hidden)
-        if self.scorer is None:
-            terms = compute(self.method, inputs, self.settings, self.retain_term)
-            return MicroLoss(terms, int(f_stats.targets.numel()))
-        return self._atwu_loss(inputs, scorer_grad)
-
-    def _atwu_loss(self, inputs: LossInputs, scorer_grad: bool) -> MicroLoss:
-        assert self.scorer is not None and self.atwu is not None
-        stats = inputs.forget
-        g = self.scorer(stats.hidden)  # hidden is detached inside: the scorer never reaches the model
-        joint = self.atwu.schedule == "joint"
-        stats.weights = g if joint else g.detach()
-        terms = compute(self.method, inputs, self.settings, self.retain_term)
-        extra = {"mean_g": g.detach().mean()}
-        if bool(stats.uw.any()) and not bool(stats.uw.all()):
-            extra["g_auroc"] = torch.tensor(alignment(g.detach(), stats.uw)["auroc"])
-        scorer_total = None
-        if scorer_grad or joint:
-            reg = ScorerRegularisers(self.atwu.entropy, self.atwu.population, self.atwu.budget, self.atwu.l2)
-            own = self.atwu.base in OWN_FORMS
-            forget_term = None
-            if joint:
-                forget_term = torch.zeros((), device=g.device)  # the model loss already carries g
-            elif not own:  # matched: the scorer minimises the model's own forget loss in g
-                frozen = dataclasses.replace(stats, logits=stats.logits.detach(), weights=g, _logp=None)
-                forget_term = self.method.forget(
-                    dataclasses.replace(inputs, forget=frozen), self.settings
-                ).total
-            scorer_total, scorer_parts = scorer_loss(
-                g, -stats.logp.detach(), stats.rows, stats.n_rows, self.scorer.linear.weight, reg, forget_term
-            )
-            extra.update(scorer_parts)
-            if joint:
-                terms.total = terms.total + scorer_total
-                scorer_total = None
-        terms.parts.update(extra)
-        return MicroLoss(terms, int(stats.targets.numel()), scorer_total)
-
-
-def start_session(cfg: Config, folder: Path, accelerator: Any) -> Session:
-    """Load data and model, fill or reuse the reference cache, load theta0 where the method needs it."""
-    method = resolve_method(cfg)
-    u = cfg.unlearn
-    retain_term = method.retain if u.retain_loss == "auto" else u.retain_loss
-    forget = load_forget(cfg)
-    retain = load_retain(cfg) if retain_term != "none" else None
-    check_combination(method, cfg, forget, retain, retain_term)
-    source = resolve_model(cfg.model.name)
-    model, tokenizer, precision = load_model(cfg.model, source)
-    method = resolve_method(cfg, model.config.hidden_size)
-    pad = tokenizer.pad_token_id
-    max_len = cfg.data.max_length
-    forget_enc = [encode(s, tokenizer, cfg.prompt, max_len) for s in forget]
-    retain_enc = [encode(s, tokenizer, cfg.prompt, max_len) for s in retain] if retain else []
-    alt_enc: list[Encoded] = []
-    if method.needs_alt:
-        if any(s.question is None for s in forget):
-            raise ConfigError("idkpo needs QA samples (a question to answer 'I don't know' to)")
-        refusals = idk_answers()
-        rng = random.Random(u.seed)
-        alt = [Sample(answer=rng.choice(refusals), question=s.question, id=s.id) for s in forget]
-        alt_enc = [encode(s, tokenizer, cfg.prompt, max_len) for s in alt]
-    ids = [s.id for s in forget]
-
-    cache: dict[str, torch.Tensor] = {}
-    if method.needs_ref_logp or method.needs_ref_logit:
-        groups = {"forget": forget_enc, **({"alt": alt_enc} if alt_enc else {})}
-        key = reference_key(source, groups, ids, precision.label)
-        ref_file = folder / "reference.safetensors"
-        shared = cache_dir() / "reference" / f"{key[:24]}.safetensors"
-        loaded = load_reference(ref_file, key)
-        if loaded is None and accelerator.is_main_process:
-            if load_reference(shared, key) is None:
-                shared.parent.mkdir(parents=True, exist_ok=True)
-                save_reference(shared, compute_reference(model, groups, ids, pad, precision), key)
-            else:
-                console.print(f"[green]unlearn[/]: theta0 reference reused from {shared}")
-            shutil.copyfile(shared, ref_file)
-        accelerator.wait_for_everyone()
-        loaded = loaded or load_reference(ref_file, key)
-        if loaded is None:
-            raise RuntimeError(f"the reference cache {ref_file} could not be written or read back")
-        cache = loaded
-    n_layers = model.config.num_hidden_layers
-    layer = (u.layer if u.layer is not None else n_layers // 2) if method.needs_hidden else None
-    if layer is not None and layer > n_layers:
-        raise ConfigError(f"unlearn.layer {layer} is past the model's {n_layers} blocks")
-    ref_model = None
-    if method.needs_ref_model:
-        console.print(f"[yellow]unlearn[/]: {method.name} needs theta0's full outputs: loading a frozen copy")
-        ref_lm, _, _ = load_model(cfg.model, source)
-        ref_model = AnswerModel(ref_lm.requires_grad_(False).eval(), layer)
-    scorer = None
-    keep_hidden, hidden_at = False, "predicting"
-    if method.needs_scorer:
-        scorer = TokenScorer(model.config.hidden_size).to(precision.device)
-        keep_hidden, hidden_at = cfg.atwu.layer == -1, cfg.atwu.position
-        layer = None if cfg.atwu.layer == -1 else cfg.atwu.layer
-    if u.lora is not None:
-        model = wrap_lora(model, u.lora, u.seed)
-    return Session(
-        method=method,
-        settings=loss_settings(cfg, method),
-        retain_term=retain_term,
-        model=model,
-        tokenizer=tokenizer,
-        # FSDP and DeepSpeed prepare the policy later, together with its optimizer (run_steps)
-        policy=_maybe_prepared(accelerator, AnswerModel(model, layer, keep_hidden, hidden_at)),
-        ref_model=ref_model,
-        cache=cache,
-        precision=precision,
-        device=accelerator.device if accelerator.num_processes > 1 else precision.device,
-        forget=forget_enc,
-        alt=alt_enc,
-        retain=retain_enc,
-        ids=ids,
-        sources=forget,
-        model_source=source,
-        scorer=scorer,
-        atwu=cfg.atwu if scorer is not None else None,
-    )
-
-
-def make_accelerator(cfg: Config) -> Any:
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    # RMU's loss reads a middle layer only: the blocks above it get no gradient
-    unused = METHODS[cfg.unlearn.method].needs_hidden
-    accelerator = Accelerator(
-        cpu=cfg.model.device == "cpu",
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)],
-    )
-    kind = distributed_kind(accelerator)
-    if kind not in (*DATA_PARALLEL, *SHARDED):
-        raise ConfigError(
-            f"accelerate launched with {kind}: not supported by `unlearn`. Use DDP "
-            "(`accelerate launch --multi_gpu --num_processes N -m tokenforget.cli unlearn ...`), FSDP "
-            "(--use_fsdp) or DeepSpeed ZeRO (--use_deepspeed)."
-        )
-    if kind in SHARDED:
-        check_sharded(cfg, kind)
-    return accelerator
-
-
-def check_sharded(cfg: Config, kind: str) -> None:
-    """What FSDP / DeepSpeed runs do not support yet, each with the way out."""
-    fix = "or run it under DDP (`accelerate launch --multi_gpu ...`) or in one process"
-    if cfg.unlearn.lora is not None:
-        raise ConfigError(
-            f"unlearn.lora with {kind}: not supported yet (the adapter would be sharded with the frozen "
-            f"weights it sits on). Drop unlearn.lora for a sharded full fine-tune, {fix}."
-        )
-    if METHODS[cfg.unlearn.method].needs_scorer:
-        raise ConfigError(f"ATWU with {kind}: its token scorer is trained outside the sharded model; {fix}.")
-    if cfg.unlearn.eval_every is not None:
-        raise ConfigError(
-            f"unlearn.eval_every with {kind}: the in-training evaluation reads the unsharded model. Set "
-            "--set unlearn.eval_every=null and evaluate the saved model after."
-        )
-
-
-def _maybe_prepared(accelerator: Any, policy: torch.nn.Module) -> torch.nn.Module:
-    return policy if distributed_kind(accelerator) in SHARDED else accelerator.prepare(policy)
-
-
-def configure_deepspeed(accelerator: Any, micro: int, n_micro: int, max_grad_norm: float) -> None:
-    """Fill the DeepSpeed config's "auto" values from this run's settings (there is no dataloader for
-    accelerate to read them from) and refuse values that contradict them."""
-    config = accelerator.state.deepspeed_plugin.deepspeed_config
-    for key in ("optimizer", "scheduler"):
-        if key in config:
-            raise ConfigError(
-                f"the DeepSpeed config has an {key!r} section: remove it. `unlearn` passes its own AdamW "
-                "and linear warm-up (unlearn.lr, unlearn.warmup_ratio, unlearn.weight_decay)."
-            )
-    wanted = {
-        "train_micro_batch_size_per_gpu": (micro, "unlearn.micro_batch_size"),
-        "gradient_accumulation_steps": (n_micro, "unlearn.batch_size / processes / micro_batch_size"),
-        "gradient_clipping": (max_grad_norm, "unlearn.max_grad_norm"),
-    }
-    for key, (value, source) in wanted.items():
-        # accelerate launch writes gradient_accumulation_steps=1 when no flag sets it
-        if config.get(key, "auto") == "auto" or (key == "gradient_accumulation_steps" and config[key] == 1):
-            config[key] = value
-        elif config[key] != value:
-            raise ConfigError(
-                f"the DeepSpeed config sets {key}={config[key]}, this run needs {value} ({source}): "
-                f'set it to "auto" or change {source}'
-            )
-    accelerator.gradient_accumulation_steps = n_micro
 
 
 def unlearn(cfg: Config, out: Path) -> UnlearnResult:
@@ -660,80 +252,6 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
     return UnlearnResult(folder=folder, model_dir=model_dir, summary=summary)
 
 
-def full_weights(accelerator: Any, policy: torch.nn.Module, tied: set[str]) -> dict[str, torch.Tensor] | None:
-    """The whole model's weights gathered from the FSDP / DeepSpeed shards, named as the bare
-    CausalLM names them, without the `tied` names (the gathered copies no longer share memory, so
-    save_pretrained would write a tied weight twice). None on processes other than the main one."""
-    state = accelerator.get_state_dict(policy)
-    prefix = "lm."  # AnswerModel's attribute
-    if not accelerator.is_main_process:
-        return None
-    named = {k.removeprefix(prefix): v for k, v in state.items()}
-    return {k: v for k, v in named.items() if k not in tied}
-
-
-def tied_names(model: torch.nn.Module) -> set[str]:
-    """Parameter names that repeat an earlier parameter (tied embeddings: `lm_head.weight`)."""
-    every = {name for name, _ in model.named_parameters(remove_duplicate=False)}
-    return every - {name for name, _ in model.named_parameters()}
-
-
-def learned_weights(session: Session, path: Path, batch_size: int) -> dict[str, Any]:
-    """ATWU's final weights over the whole forget set: `token_weights.jsonl` (the identified-set
-    format: spans = tokens with g > 0.5, `token_scores` per answer token, `word_scores` per word) and
-    their AUROC / average precision against the forget data's own spans, when it has them."""
-    from tokenforget.identify import write_identified
-    from tokenforget.identify.score import answer_words
-
-    assert session.scorer is not None
-    samples: list[Sample] = []
-    all_g, all_uw = [], []
-    policy = getattr(session.policy, "module", session.policy)
-    with eval_mode(session.model, dtype=session.precision.compute_dtype):
-        for start in range(0, len(session.forget), batch_size):
-            rows = session.forget[start : start + batch_size]
-            batch = {
-                k: v.to(session.device) for k, v in pad_batch(rows, session.tokenizer.pad_token_id).items()
-            }
-            with session.precision.autocast():
-                # the bare module: a DDP forward would wait for the other processes, which are not here
-                out = policy(batch["input_ids"], batch["attention_mask"], batch["labels"])
-            g = session.scorer(out[3]).float().cpu()
-            uw = _flags(batch)[0].cpu()
-            counts = torch.bincount(out[2].cpu(), minlength=len(rows)).tolist()
-            for offset, (enc, gs, us) in enumerate(zip(rows, g.split(counts), uw.split(counts), strict=True)):
-                source = session.sources[start + offset]
-                tokens = list(zip(enc.answer_offsets[:-1], gs[:-1].tolist(), strict=True))  # EOS left out
-                all_g.append(gs[:-1])
-                all_uw.append(us[:-1])
-                chosen = [Span(s, e, round(v, 6)) for (s, e), v in tokens if v > 0.5 and e > s]
-                words = [
-                    {
-                        "start": w.start,
-                        "end": w.end,
-                        "score": round(
-                            max((v for (s, e), v in tokens if s < w.end and e > w.start), default=0.0), 6
-                        ),
-                    }
-                    for w in answer_words(source.answer)
-                ]
-                meta = {
-                    "token_scores": [{"start": s, "end": e, "score": round(v, 6)} for (s, e), v in tokens],
-                    "word_scores": words,
-                }
-                samples.append(
-                    Sample(
-                        answer=source.answer,
-                        question=source.question,
-                        spans=tuple(chosen),
-                        id=source.id,
-                        meta=meta,
-                    )
-                )
-    write_identified(path, samples, "atwu", {"threshold": 0.5})
-    return {"alignment": alignment(torch.cat(all_g), torch.cat(all_uw)), "token_weights": str(path)}
-
-
 def planned_steps(cfg: Config, forget_samples: int) -> int:
     """Optimizer steps the run plans: `epochs` over the forget set but at least `min_steps`, so a small
     deletion request still gets a real budget; with `stop_when`, `max_steps` (it may stop earlier)."""
@@ -759,7 +277,7 @@ def start_trajectory(
 
     forget, labelled = session.forget, session.sources
     if cfg.eval.token_labels:
-        from tokenforget.identify import read_identified
+        from tokenforget.data.identified import read_identified
 
         labels = {sample_key(s): s for s in read_identified(cfg.eval.token_labels)}
         if all(sample_key(s) in labels for s in session.sources):  # else: the run's own labels

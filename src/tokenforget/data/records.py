@@ -64,6 +64,11 @@ class Sample:
         return row
 
 
+def answer_words(answer: str) -> list[Span]:
+    """The answer's words: its `\\w+` runs (the unit identifiers label and metrics score)."""
+    return [Span(m.start(), m.end()) for m in re.finditer(r"\w+", answer)]
+
+
 def word_spans(text: str, words: Iterable[str], ignore_case: bool = False) -> list[Span]:
     """Spans of *every* whole-word occurrence of each word in text (not only the first)."""
     flags = re.IGNORECASE if ignore_case else 0

@@ -6,7 +6,8 @@ distinct text serves every attack. The EOS token is not part of a text, so it is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -25,11 +26,35 @@ from tokenforget.evaluate.metrics import (
 from tokenforget.evaluate.scoring import answer_losses
 from tokenforget.forward import answer_forward
 from tokenforget.models import Precision, eval_mode
+from tokenforget.registry import ATTACKS
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus")
+
+@dataclass(frozen=True)
+class Attack:
+    """A membership score: higher = more likely a training member. `score(stats, sample, k)` reads
+    one answer's teacher-forced statistics (`AnswerLoss`: token_nll, and token_z when the attack
+    declares `needs_distribution`, which makes the shared pass keep the full distribution)."""
+
+    name: str
+    score: Callable[[Any, Sample, float], float]
+    needs_distribution: bool = False
+
+
+def register_attack(attack: Attack) -> Attack:
+    """Add a membership score: `eval mia`, the main job's MIA table and the report pick it up."""
+    return ATTACKS.register(attack)
+
+
+for _attack in (
+    Attack("loss", lambda a, sample, k: loss_score(a.token_nll)),
+    Attack("zlib", lambda a, sample, k: zlib_score(a.token_nll, sample.answer)),
+    Attack("min_k", lambda a, sample, k: min_k_score(-a.token_nll, k)),
+    Attack("min_k_plus_plus", lambda a, sample, k: min_k_plus_plus_score(a.token_z, k), True),
+):
+    register_attack(_attack)
 
 
 def membership_scores(
@@ -51,20 +76,12 @@ def membership_scores(
         precision,
         include_eos=False,
         batch_size=batch_size,
-        with_distribution=True,
+        with_distribution=any(attack.needs_distribution for attack in ATTACKS.values()),
     )
     scores = []
     for sample, pair in zip(samples, pairs, strict=True):
         a = stats[pair]
-        scores.append(
-            {
-                "id": sample.id,
-                "loss": loss_score(a.token_nll),
-                "zlib": zlib_score(a.token_nll, sample.answer),
-                "min_k": min_k_score(-a.token_nll, k),
-                "min_k_plus_plus": min_k_plus_plus_score(a.token_z, k),
-            }
-        )
+        scores.append({"id": sample.id, **{n: at.score(a, sample, k) for n, at in ATTACKS.items()}})
     return scores
 
 

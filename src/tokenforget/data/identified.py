@@ -18,9 +18,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tokenforget.data.records import Sample, Span, read_samples, samples_from_rows, word_spans
+from tokenforget.data.records import Sample, Span, answer_words, read_samples, samples_from_rows, word_spans
 from tokenforget.errors import DataError, DataIssue
-from tokenforget.identify.score import answer_words
 
 
 def is_published_row(row: dict[str, Any]) -> bool:
