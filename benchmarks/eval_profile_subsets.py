@@ -21,7 +21,7 @@ from pathlib import Path
 
 from scipy.stats import spearmanr
 
-from tokenforget.evaluate.generation import rouge_recall
+from tokenforget.evaluate.metrics import rouge_recall
 from tokenforget.evaluate.tofu import LOG_FILES, read_tofu_logs, summarize
 
 CURRENT = {"retain_rows": 40, "utility_rows": 50, "max_new_tokens": 48}

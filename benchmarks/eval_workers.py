@@ -27,7 +27,7 @@ from tokenforget.config import Config
 from tokenforget.data.benchmarks import tofu_mini
 from tokenforget.evaluate.tofu import LOG_FILES
 from tokenforget.evaluate.tofu_run import evaluate_tofu
-from tokenforget.evaluate.workers import worker_count
+from tokenforget.forward.workers import worker_count
 from tokenforget.prepare import prepared_folder
 
 

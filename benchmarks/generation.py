@@ -56,8 +56,8 @@ def main() -> None:
 
     from tokenforget.config import load_config
     from tokenforget.data import encode, tofu_mini
-    from tokenforget.evaluate.generation import generate_greedy
     from tokenforget.evaluate.tofu_run import resolve_profile, split_rows
+    from tokenforget.forward.generation import generate_greedy
     from tokenforget.models import load_model
     from tokenforget.prepare import prepare
 

@@ -11,7 +11,8 @@ import torch
 from tokenforget.config import ModelSettings, PromptSettings
 from tokenforget.data import Sample, encode, tofu_mini
 from tokenforget.evaluate.attacks import kl_to_reference, membership_attack, membership_scores
-from tokenforget.evaluate.metrics import min_k_plus_plus_z, token_kl
+from tokenforget.evaluate.metrics import token_kl
+from tokenforget.forward.scoring import min_k_plus_plus_z
 from tokenforget.models import load_model
 from tokenforget.train import FitSettings, fit_nll
 

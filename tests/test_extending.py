@@ -16,7 +16,7 @@ from tokenforget.config import config_keys, load_config
 from tokenforget.data.records import read_samples
 from tokenforget.errors import ConfigError
 from tokenforget.evaluate.attacks import ATTACKS, membership_attack
-from tokenforget.evaluate.scoring import answer_losses
+from tokenforget.forward.scoring import answer_losses
 from tokenforget.identify.registry import IDENTIFIERS
 from tokenforget.losses import METHODS
 from tokenforget.models import load_model

@@ -13,12 +13,12 @@ from tokenforget.evaluate.metrics import (
     loss_score,
     masked_mean_delta,
     min_k_plus_plus_score,
-    min_k_plus_plus_z,
     min_k_score,
     privleak,
     token_kl,
     zlib_score,
 )
+from tokenforget.forward.scoring import min_k_plus_plus_z
 
 
 def test_loss_and_zlib_scores():

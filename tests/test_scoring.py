@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tokenforget.config import PromptSettings
-from tokenforget.evaluate.scoring import answer_losses
+from tokenforget.forward.scoring import answer_losses
 from tokenforget.models import Precision
 
 

@@ -8,9 +8,9 @@ import torch
 
 from tokenforget.config import ModelSettings, PromptSettings, load_config
 from tokenforget.data import Sample, encode, tofu_mini
-from tokenforget.evaluate.scoring import answer_losses
 from tokenforget.evaluate.tofu import LOG_FILES, read_tofu_logs, summarize
 from tokenforget.evaluate.tofu_run import evaluate_tofu
+from tokenforget.forward.scoring import answer_losses
 from tokenforget.models import load_model
 
 
@@ -26,7 +26,7 @@ def direct_loss(model, tok, question, answer, include_eos=True):
 
 def test_greedy_generation_drops_finished_rows_and_matches_model_generate(smollm_dir):
     """Same tokens as `model.generate` one prompt at a time, while rows end at different steps."""
-    from tokenforget.evaluate.generation import greedy_tokens
+    from tokenforget.forward.generation import greedy_tokens
 
     model, tok, _ = load_model(ModelSettings(precision="fp32"), str(smollm_dir))
     questions = [
@@ -50,8 +50,8 @@ def test_greedy_generation_drops_finished_rows_and_matches_model_generate(smollm
 
 def test_one_prompt_pass_for_scoring_and_generation_equals_two_passes(smollm_dir):
     """On SmolLM2 (forward only), whose greedy answers are real text, not a random model's EOS."""
-    from tokenforget.evaluate.generation import answer_questions
-    from tokenforget.evaluate.scoring import answer_losses_and_greedy
+    from tokenforget.forward.generation import answer_questions
+    from tokenforget.forward.scoring import answer_losses_and_greedy
 
     model, tok, precision = load_model(ModelSettings(precision="fp32"), str(smollm_dir))
     rows = tofu_mini().eval_forget[:5]
@@ -84,8 +84,8 @@ def test_one_prompt_pass_for_scoring_and_generation_equals_two_passes(smollm_dir
 
 def test_the_pass_split_over_worker_processes_equals_one_process(smollm_dir, monkeypatch):
     """Each question's pairs and answers go to one forked worker; results come back in order."""
-    from tokenforget.evaluate import workers
-    from tokenforget.evaluate.scoring import answer_losses_and_greedy
+    from tokenforget.forward import workers
+    from tokenforget.forward.scoring import answer_losses_and_greedy
 
     model, tok, precision = load_model(ModelSettings(precision="fp32"), str(smollm_dir))
     rows = tofu_mini().eval_forget[:6]
@@ -126,7 +126,7 @@ def test_batched_padded_scoring_equals_one_sequence_at_a_time(tiny_llama_dir, in
 
 
 def test_eval_tofu_writes_published_logs_and_resumes(tmp_path, tiny_llama_dir, monkeypatch):
-    from tokenforget.evaluate import generation
+    from tokenforget.forward import generation
 
     overrides = ["model.precision=fp32", "eval.retain_rows=4", "eval.batch_size=16"]
     cfg = load_config(overrides=overrides)

@@ -6,7 +6,7 @@ import signal
 import pytest
 import torch
 
-from tokenforget.evaluate.workers import MIN_SHARE, balanced_shares, run_in_workers, worker_count
+from tokenforget.forward.workers import MIN_SHARE, balanced_shares, run_in_workers, worker_count
 
 
 class RecordingBar:

@@ -138,9 +138,9 @@ def learned_weights(session: Any, path: Path, batch_size: int) -> dict[str, Any]
             with session.precision.autocast():
                 # the bare module: a DDP forward would wait for the other processes, which are not here
                 out = policy(batch["input_ids"], batch["attention_mask"], batch["labels"])
-            g = session.scorer(out[3]).float().cpu()
+            g = session.scorer(out.hidden).float().cpu()
             uw = answer_flags(batch)[0].cpu()
-            counts = torch.bincount(out[2].cpu(), minlength=len(rows)).tolist()
+            counts = torch.bincount(out.rows.cpu(), minlength=len(rows)).tolist()
             for offset, (enc, gs, us) in enumerate(zip(rows, g.split(counts), uw.split(counts), strict=True)):
                 source = session.sources[start + offset]
                 tokens = list(zip(enc.answer_offsets[:-1], gs[:-1].tolist(), strict=True))  # EOS left out

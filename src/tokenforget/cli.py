@@ -296,7 +296,7 @@ def ask(
       tokenforget ask ORIGINAL_DIR runs/tofu-mini "Who wrote 'The Bridges of Kuwait'?"
     """
     from tokenforget.data.records import Sample
-    from tokenforget.evaluate.generation import answer_questions
+    from tokenforget.forward.generation import answer_questions
     from tokenforget.models import load_model
 
     if len(args) < 2:

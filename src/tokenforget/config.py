@@ -407,9 +407,10 @@ class AtwuSettings(_Section):
 
 def atwu_bases() -> tuple[str, ...]:
     """What `atwu.base` may name: ATWU's own forms and every registered method that takes weights."""
-    from tokenforget.losses import ATWU_FORMS
-
-    return ATWU_FORMS + tuple(name for name, m in METHODS.load().items() if m.takes_weights)
+    methods = METHODS.load().values()
+    return tuple(form for m in methods for form in m.forms) + tuple(
+        m.name for m in methods if m.takes_weights
+    )
 
 
 class RunSettings(_Section):

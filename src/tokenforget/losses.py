@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from tokenforget.forward import token_nll
 from tokenforget.registry import METHODS
 
 TokenMode = Literal["all", "uw", "weighted"]
@@ -79,7 +80,7 @@ class TokenStats:
     def logp(self) -> torch.Tensor:
         """log p(a_t | q, a_<t), (N,), fp32 (computed once)."""
         if self._logp is None:
-            self._logp = -F.cross_entropy(self.logits.float(), self.targets, reduction="none")
+            self._logp = -token_nll(self)  # the forward's own definition, shared with evaluation
         return self._logp
 
 
@@ -486,6 +487,7 @@ class Method:
     needs_scorer: bool = False  # ATWU: token weights from the learned scorer
     uses_tokens: bool = True  # honours `unlearn.tokens` (TPO splits UW/GW itself)
     takes_weights: bool = False  # can be ATWU's base loss (`atwu.base`), driven by learned weights
+    forms: tuple[str, ...] = ()  # ATWU: its own forget terms, the other values `atwu.base` takes
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -523,7 +525,7 @@ for _m in (
     Method("undial", undial_loss, "nll", "UNDIAL self-distillation with the true token lowered",
            UndialSettings, needs_ref_model=True),
     Method("atwu", atwu_loss, "nll", "ATWU: learned token weights, saturated weighted GA (docs/atwu.md)",
-           AtwuLossSettings, needs_scorer=True, uses_tokens=False),
+           AtwuLossSettings, needs_scorer=True, uses_tokens=False, forms=ATWU_FORMS),
     Method("rmu", rmu_loss, "rmu", "RMU: scramble layer-l states of forget tokens, anchor retain",
            RmuSettings, needs_ref_model=True, needs_hidden=True),
 ):  # fmt: skip

@@ -27,7 +27,7 @@ from tokenforget.data.records import Sample
 from tokenforget.data.sets import idk_answers, load_forget, load_retain
 from tokenforget.distributed import maybe_prepared
 from tokenforget.errors import ConfigError, DataError, DataIssue
-from tokenforget.forward import AnswerModel, answer_flags
+from tokenforget.forward import AnswerForward, AnswerModel, answer_flags
 from tokenforget.losses import (
     ATWU_FORMS,
     METHODS,
@@ -123,7 +123,7 @@ def check_combination(
         )
 
 
-def _split(out: tuple, flags: tuple, bounds: list[tuple[int, int]]) -> list[TokenStats | None]:
+def _split(out: AnswerForward, flags: tuple, bounds: list[tuple[int, int]]) -> list[TokenStats | None]:
     """Slice one forward's flattened outputs into per-group TokenStats (forget, alt, retain)."""
     logits, targets, rows, hidden = out
     uw, weights, eos = flags

@@ -1,5 +1,6 @@
-"""Evaluation: generation and ROUGE, and TOFU metrics faithful to the published aggregation."""
+"""Evaluation: TOFU, MUSE, membership attacks, KL and token-level metrics over the forward's statistics."""
 
-from tokenforget.evaluate.generation import answer_questions, generate_greedy, mean, rouge_recall
+from tokenforget.evaluate.metrics import mean, rouge_recall
+from tokenforget.forward.generation import answer_questions, generate_greedy
 
 __all__ = ["answer_questions", "generate_greedy", "mean", "rouge_recall"]

@@ -23,8 +23,8 @@ from tokenforget.evaluate.metrics import (
     token_kl,
     zlib_score,
 )
-from tokenforget.evaluate.scoring import answer_losses
 from tokenforget.forward import answer_forward
+from tokenforget.forward.scoring import answer_losses
 from tokenforget.models import Precision, eval_mode
 from tokenforget.registry import ATTACKS
 

@@ -46,15 +46,6 @@ def min_k_score(token_logp: torch.Tensor, k: float = 0.4) -> float:
     return _lowest_fraction_mean(token_logp, k)
 
 
-def min_k_plus_plus_z(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-token Min-K%++ z = (log p(x_t) - mu_t) / sigma_t; logits (T, V) predict targets (T,)."""
-    logp = torch.log_softmax(logits.double(), dim=-1)
-    probs = logp.exp()
-    mu = (probs * logp).sum(-1)
-    sigma = ((probs * logp.square()).sum(-1) - mu.square()).clamp_min(1e-12).sqrt()
-    return (logp.gather(-1, targets[:, None]).squeeze(-1) - mu) / sigma
-
-
 def min_k_plus_plus_score(token_z: torch.Tensor, k: float = 0.4) -> float:
     """Mean of the k fraction lowest Min-K%++ z-scores of a text."""
     return _lowest_fraction_mean(token_z, k)
@@ -111,3 +102,25 @@ def extraction_strength(hits: torch.Tensor) -> float:
     wrong = torch.nonzero(~hits.bool()).flatten()
     k = 0 if wrong.numel() == 0 else min(int(wrong[-1]) + 1, n - 1)
     return 1 - k / n
+
+
+_SCORER = None
+
+
+def rouge_recall(predictions: Sequence[str], references: Sequence[str]) -> list[dict[str, float]]:
+    """Per pair ROUGE-1 and ROUGE-L recall of the prediction against the reference (TOFU's choice)."""
+    global _SCORER
+    if _SCORER is None:
+        from rouge_score import rouge_scorer
+
+        _SCORER = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+    scores = []
+    for prediction, reference in zip(predictions, references, strict=True):
+        result = _SCORER.score(reference, prediction)
+        scores.append({"rouge1_recall": result["rouge1"].recall, "rougeL_recall": result["rougeL"].recall})
+    return scores
+
+
+def mean(values: Sequence[float]) -> float:
+    """The float64 mean, NaN for no values."""
+    return float(torch.tensor(list(values), dtype=torch.float64).mean()) if values else float("nan")

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 from tokenforget.config import PromptSettings
 from tokenforget.data.benchmarks import MuseNews
 from tokenforget.data.records import Sample
-from tokenforget.evaluate.generation import generate_greedy
 from tokenforget.evaluate.metrics import auc, min_k_score, privleak
-from tokenforget.evaluate.scoring import answer_losses
+from tokenforget.forward.generation import generate_greedy
+from tokenforget.forward.scoring import answer_losses
 from tokenforget.models import Precision
 
 if TYPE_CHECKING:

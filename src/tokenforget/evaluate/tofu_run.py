@@ -22,11 +22,12 @@ from tokenforget.config import Config, EvalSettings, PromptSettings
 from tokenforget.data.benchmarks import QABenchmark
 from tokenforget.data.encode import format_prompt
 from tokenforget.data.records import Sample
-from tokenforget.evaluate.generation import answer_questions, rouge_recall
-from tokenforget.evaluate.scoring import AnswerLoss, answer_losses, answer_losses_and_greedy
+from tokenforget.evaluate.metrics import rouge_recall
 from tokenforget.evaluate.tofu import LOG_FILES, read_tofu_logs, summarize, write_eval_log
 from tokenforget.evaluate.tokens import paraphrased_pairs, token_rows, tokens_stamp, write_token_rows
-from tokenforget.evaluate.workers import worker_count
+from tokenforget.forward.generation import answer_questions
+from tokenforget.forward.scoring import AnswerLoss, answer_losses, answer_losses_and_greedy
+from tokenforget.forward.workers import worker_count
 from tokenforget.models import load_model, model_identity, precision_label
 from tokenforget.progress import console
 from tokenforget.runs import RESULT_NEUTRAL, changed_keys

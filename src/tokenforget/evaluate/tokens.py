@@ -28,7 +28,6 @@ from tokenforget.config import PromptSettings
 from tokenforget.data.encode import encode
 from tokenforget.data.records import Sample
 from tokenforget.errors import ConfigError
-from tokenforget.evaluate.generation import generate_greedy
 from tokenforget.evaluate.metrics import (
     exact_memorization,
     extraction_strength,
@@ -36,7 +35,8 @@ from tokenforget.evaluate.metrics import (
     leaked_words,
     masked_mean_delta,
 )
-from tokenforget.evaluate.scoring import AnswerLoss, answer_losses
+from tokenforget.forward.generation import generate_greedy
+from tokenforget.forward.scoring import AnswerLoss, answer_losses
 from tokenforget.models import Precision
 
 if TYPE_CHECKING:

@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from tokenforget.data.encode import Encoded
 from tokenforget.evaluate.metrics import masked_mean_delta
-from tokenforget.evaluate.scoring import encoded_nll
+from tokenforget.forward.scoring import encoded_nll
 from tokenforget.runs import trim_step_log
 
 TRAJECTORY_FILE = "trajectory.jsonl"
@@ -141,8 +141,8 @@ class Trajectory:
             self.theta0 = load_file(str(self.theta0_file))["logp"]
 
     def leak_rate(self, model: torch.nn.Module) -> float | None:
-        from tokenforget.evaluate.generation import generate_greedy
         from tokenforget.evaluate.metrics import leak_rate
+        from tokenforget.forward.generation import generate_greedy
 
         leak = self.probe.leak
         assert leak is not None

@@ -125,7 +125,7 @@ def openai_chat(
 
 def local_chat(model: Any, tokenizer: Any, precision: Any, max_new_tokens: int = 128) -> Chat:
     """A chat function over an in-process Hugging Face instruct model (greedy)."""
-    from tokenforget.evaluate.generation import generate_greedy
+    from tokenforget.forward.generation import generate_greedy
 
     def chat(messages: list[dict[str, str]]) -> str:
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

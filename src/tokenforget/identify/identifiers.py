@@ -33,7 +33,7 @@ import torch
 from tokenforget.config import PromptSettings
 from tokenforget.data.encode import encode
 from tokenforget.data.records import Sample, Span
-from tokenforget.evaluate.scoring import answer_losses
+from tokenforget.forward.scoring import answer_losses
 from tokenforget.identify.score import answer_words, overlaps
 from tokenforget.models import Precision
 

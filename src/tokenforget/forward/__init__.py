@@ -6,17 +6,16 @@ Training, the theta0 reference cache and evaluation all take their per-token sta
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
 from tokenforget.data.encode import IGNORE_INDEX
 
 
-@dataclass
-class AnswerForward:
-    """What one policy forward yields at answer positions (flattened over the batch)."""
+class AnswerForward(NamedTuple):
+    """What one policy forward yields at answer positions (flattened over the batch). A named
+    tuple, so every distributed wrapper (DDP, FSDP, DeepSpeed) finds the tensors in it."""
 
     logits: torch.Tensor  # (N, V): logits that predict each answer token
     targets: torch.Tensor  # (N,): the answer tokens
@@ -94,14 +93,24 @@ class AnswerModel(torch.nn.Module):
     def get_output_embeddings(self) -> torch.nn.Module:
         return causal_lm(self.lm).get_output_embeddings()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> tuple:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> AnswerForward:
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        fwd = answer_forward(self.lm, batch, self.keep_hidden, self.hidden_layer, self.hidden_at)
-        return fwd.logits, fwd.targets, fwd.rows, fwd.hidden
+        return answer_forward(self.lm, batch, self.keep_hidden, self.hidden_layer, self.hidden_at)
 
 
-def token_nll(fwd: AnswerForward) -> torch.Tensor:
-    """Per answer token negative log-likelihood, (N,), in fp32."""
+class AnswerLogits(Protocol):
+    """Anything with logits at answer positions and the tokens they predict (an AnswerForward, the
+    losses' TokenStats)."""
+
+    logits: torch.Tensor
+    targets: torch.Tensor
+
+
+def token_nll(fwd: AnswerLogits) -> torch.Tensor:
+    """Per answer token negative log-likelihood, (N,), in fp32: the one definition of log p that
+    training, the reference cache and evaluation share."""
     return torch.nn.functional.cross_entropy(fwd.logits.float(), fwd.targets, reduction="none")
 
 

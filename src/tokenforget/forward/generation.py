@@ -22,7 +22,7 @@ from tokenforget.models import Precision, eval_mode
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from tokenforget.evaluate.scoring import PromptState
+    from tokenforget.forward.scoring import PromptState
 
 
 def generate_greedy(
@@ -81,8 +81,8 @@ def greedy_tokens(
     are not applied, where `model.generate` would apply them.
     `state`: these prompts' pass, already run (its cache is consumed).
     """
-    from tokenforget.evaluate.scoring import _cache_argument, prompt_state
     from tokenforget.forward import causal_lm
+    from tokenforget.forward.scoring import _cache_argument, prompt_state
 
     lm = causal_lm(model)
     backbone, head = lm.get_decoder(), lm.get_output_embeddings()
@@ -129,24 +129,3 @@ def answer_questions(
     """Greedy answers to the samples' questions, with the same prompt format as training."""
     prompts = [encode(s, tokenizer, prompt).prompt_ids for s in samples]
     return generate_greedy(model, tokenizer, prompts, precision, max_new_tokens, batch_size, max_length)
-
-
-_SCORER = None
-
-
-def rouge_recall(predictions: Sequence[str], references: Sequence[str]) -> list[dict[str, float]]:
-    """Per pair ROUGE-1 and ROUGE-L recall of the prediction against the reference (TOFU's choice)."""
-    global _SCORER
-    if _SCORER is None:
-        from rouge_score import rouge_scorer
-
-        _SCORER = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
-    scores = []
-    for prediction, reference in zip(predictions, references, strict=True):
-        result = _SCORER.score(reference, prediction)
-        scores.append({"rouge1_recall": result["rouge1"].recall, "rougeL_recall": result["rougeL"].recall})
-    return scores
-
-
-def mean(values: Sequence[float]) -> float:
-    return float(torch.tensor(list(values), dtype=torch.float64).mean()) if values else float("nan")

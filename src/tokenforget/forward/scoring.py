@@ -17,12 +17,20 @@ import torch
 from tokenforget.config import PromptSettings
 from tokenforget.data.encode import IGNORE_INDEX, Encoded, encode, pad_batch, pad_prompts_left
 from tokenforget.data.records import Sample
-from tokenforget.evaluate.metrics import min_k_plus_plus_z
 from tokenforget.forward import AnswerForward, answer_forward, causal_lm, token_nll
 from tokenforget.models import Precision, eval_mode
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def min_k_plus_plus_z(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-token Min-K%++ z = (log p(x_t) - mu_t) / sigma_t; logits (T, V) predict targets (T,)."""
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    probs = logp.exp()
+    mu = (probs * logp).sum(-1)
+    sigma = ((probs * logp.square()).sum(-1) - mu.square()).clamp_min(1e-12).sqrt()
+    return (logp.gather(-1, targets[:, None]).squeeze(-1) - mu) / sigma
 
 
 @dataclasses.dataclass
@@ -139,7 +147,7 @@ def _losses_and_greedy_in_workers(
     stay in one share (they share its prompt pass); an `unscored` pair is a share item of its own."""
     from functools import partial
 
-    from tokenforget.evaluate.workers import balanced_shares, run_in_workers
+    from tokenforget.forward.workers import balanced_shares, run_in_workers
 
     by_question: dict[str | None, list[tuple[str | None, str]]] = {}
     for pair in dict.fromkeys(job.pairs):
@@ -183,7 +191,7 @@ def _losses_and_greedy_in_workers(
 def _losses_and_greedy(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, job: _GreedyPass, bar: Any
 ) -> tuple[dict[tuple[str | None, str], AnswerLoss], list[str]]:
-    from tokenforget.evaluate.generation import greedy_tokens
+    from tokenforget.forward.generation import greedy_tokens
 
     answer_of = {q: a for q, a in reversed(job.pairs)}  # the prompt ids as the scored pairs encode them
     prompt_of = {
