@@ -29,7 +29,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tokenforget"
 LAYERS = [
     {"errors", "version", "config", "registry", "plugins", "progress", "stopping"},
     {"data"},
-    {"models", "cpu", "runs"},
+    {"models", "cpu", "runs", "artifacts"},
     {"forward"},
     {"losses", "reference", "identify"},
     {"train", "atwu", "session", "distributed", "inputs"},

@@ -23,13 +23,13 @@ from typing import Any
 
 import torch
 
+from tokenforget.artifacts import Stamp
 from tokenforget.config import Config
 from tokenforget.data.benchmarks import QABenchmark, load_benchmark
 from tokenforget.data.encode import encode
 from tokenforget.data.records import Sample
 from tokenforget.models import (
     cache_dir,
-    json_digest,
     load_model,
     model_identity,
     precision_label,
@@ -64,7 +64,7 @@ def _fingerprint(cfg: Config, bench: QABenchmark, base: str) -> str:
         "precision": precision_label(cfg.model),
         "data": [[s.question, s.answer] for s in bench.world],
     }
-    return json_digest(payload)[:12]
+    return Stamp("prepared", payload).key[:12]  # names the world's folder, which resumes itself
 
 
 def prepared_folder(cfg: Config, bench: QABenchmark | None = None) -> Path:

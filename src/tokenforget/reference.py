@@ -7,12 +7,12 @@ and theta0 is never held in memory during training (trl's precomputed reference 
 
 The cache is reused only when everything that shapes the numbers matches: the model's identity,
 the exact token ids of every text (which covers data, prompt template and tokenizer) and the
-resolved precision. The key is stored in the file's metadata; a file with another key is recomputed.
+resolved precision (`reference_stamp`). The stamp's key is stored in the file's metadata; a file
+with another key is recomputed (`artifacts.cached` with the `SAFETENSORS` codec).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,17 +20,23 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from tokenforget.artifacts import Codec, Stamp
 from tokenforget.data.encode import Encoded, pad_batch
-from tokenforget.forward import answer_forward
+from tokenforget.forward import answer_forward, token_nll
 from tokenforget.losses import RefStats
-from tokenforget.models import Precision, eval_mode, json_digest, model_identity
+from tokenforget.models import Precision, eval_mode, model_identity
 
 FORMAT = "tokenforget-reference-2"  # 2: the mean logit over the vocabulary too
 
 
-def reference_key(
-    model_source: str, groups: dict[str, Sequence[Encoded]], ids: Sequence[str], precision: str
-) -> str:
+def reference_stamp(
+    model_source: str,
+    groups: dict[str, Sequence[Encoded]],
+    ids: Sequence[str],
+    precision: str,
+    kind: str = "reference",
+) -> Stamp:
+    """What theta0's numbers on these texts depend on."""
     payload = {
         "format": FORMAT,
         "model": model_identity(model_source),
@@ -38,7 +44,7 @@ def reference_key(
         "ids": list(ids),
         "texts": {name: [[e.input_ids, e.prompt_len] for e in items] for name, items in groups.items()},
     }
-    return json_digest(payload)
+    return Stamp(kind, payload)
 
 
 def compute_reference(
@@ -65,7 +71,7 @@ def compute_reference(
                     fwd = answer_forward(model, batch)
                 logits = fwd.logits.float()
                 gold = logits.gather(-1, fwd.targets[:, None]).squeeze(-1)
-                logp = gold - torch.logsumexp(logits, -1)
+                logp = -token_nll(fwd)
                 counts = torch.bincount(fwd.rows, minlength=len(chunk)).tolist()
                 values = {"gold_logit": gold, "logp": logp, "mean_logit": logits.mean(-1)}
                 for field, per_token in values.items():
@@ -75,14 +81,13 @@ def compute_reference(
     return tensors
 
 
-def save_reference(path: Path, tensors: dict[str, torch.Tensor], key: str) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"key": key, "format": FORMAT})
-    tmp.replace(path)
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], key: str) -> None:
+    """Tensors sealed with a stamp's key (in the safetensors metadata)."""
+    save_file(tensors, str(path), metadata={"key": key, "format": FORMAT})
 
 
-def load_reference(path: Path, key: str) -> dict[str, torch.Tensor] | None:
-    """The cached tensors when `path` holds the cache for `key`; None otherwise."""
+def load_tensors(path: Path, key: str) -> dict[str, torch.Tensor] | None:
+    """The tensors when `path` holds them for `key`; None otherwise."""
     if not path.is_file():
         return None
     try:
@@ -92,6 +97,12 @@ def load_reference(path: Path, key: str) -> dict[str, torch.Tensor] | None:
             return {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
     except Exception:  # a torn or foreign file is recomputed, never trusted
         return None
+
+
+SAFETENSORS: Codec[dict[str, torch.Tensor]] = Codec(
+    lambda path, tensors, stamp: save_tensors(path, tensors, stamp.key),
+    lambda path, stamp: load_tensors(path, stamp.key),
+)
 
 
 def reference_stats(

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from tokenforget.artifacts import cached
 from tokenforget.atwu import (
     ScorerRegularisers,
     TokenScorer,
@@ -39,15 +40,9 @@ from tokenforget.losses import (
     TokenStats,
     compute,
 )
-from tokenforget.models import cache_dir, load_model, resolve_model, wrap_lora
+from tokenforget.models import load_model, resolve_model, wrap_lora
 from tokenforget.progress import console
-from tokenforget.reference import (
-    compute_reference,
-    load_reference,
-    reference_key,
-    reference_stats,
-    save_reference,
-)
+from tokenforget.reference import SAFETENSORS, compute_reference, reference_stamp, reference_stats
 
 
 def atwu_method(cfg: Config) -> Method:
@@ -274,19 +269,20 @@ def start_session(cfg: Config, folder: Path, accelerator: Any) -> Session:
     cache: dict[str, torch.Tensor] = {}
     if method.needs_ref_logp or method.needs_ref_logit:
         groups = {"forget": forget_enc, **({"alt": alt_enc} if alt_enc else {})}
-        key = reference_key(source, groups, ids, precision.label)
+        stamp = reference_stamp(source, groups, ids, precision.label)
         ref_file = folder / "reference.safetensors"
-        shared = cache_dir() / "reference" / f"{key[:24]}.safetensors"
-        loaded = load_reference(ref_file, key)
-        if loaded is None and accelerator.is_main_process:
-            if load_reference(shared, key) is None:
-                shared.parent.mkdir(parents=True, exist_ok=True)
-                save_reference(shared, compute_reference(model, groups, ids, pad, precision), key)
-            else:
-                console.print(f"[green]unlearn[/]: theta0 reference reused from {shared}")
+        if accelerator.is_main_process and SAFETENSORS.read(ref_file, stamp) is None:
+            shared = stamp.shared_path(".safetensors")
+            cached(
+                shared,
+                stamp,
+                lambda: compute_reference(model, groups, ids, pad, precision),
+                SAFETENSORS,
+                on_hit=lambda path: console.print(f"[green]unlearn[/]: theta0 reference reused from {path}"),
+            )
             shutil.copyfile(shared, ref_file)
         accelerator.wait_for_everyone()
-        loaded = loaded or load_reference(ref_file, key)
+        loaded = SAFETENSORS.read(ref_file, stamp)
         if loaded is None:
             raise RuntimeError(f"the reference cache {ref_file} could not be written or read back")
         cache = loaded

@@ -39,9 +39,9 @@ from tokenforget.data.encode import encode
 from tokenforget.data.sets import load_retain
 from tokenforget.distributed import configure_deepspeed, full_weights, make_accelerator, tied_names
 from tokenforget.errors import ConfigError
-from tokenforget.evaluate.trajectory import LeakProbe, Probe, Trajectory, theta0_key
+from tokenforget.evaluate.trajectory import LeakProbe, Probe, Trajectory, theta0_stamp
 from tokenforget.inputs import check_inputs
-from tokenforget.models import cache_dir, save_model
+from tokenforget.models import save_model
 from tokenforget.progress import console
 from tokenforget.runs import open_folder, trim_step_log, write_json
 from tokenforget.session import Session, start_session
@@ -300,8 +300,7 @@ def start_trajectory(
         batch_size=cfg.eval.batch_size,
         leak=leak,
     )
-    key = theta0_key(session.model_source, probe)
-    trajectory = Trajectory(folder, probe, cache_dir() / "trajectory" / f"{key[:24]}.safetensors", key)
+    trajectory = Trajectory(folder, probe, theta0_stamp(session.model_source, probe))
     trajectory.resume(done)
     if done == 0:
         trajectory.measure(session.model, 0)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from tokenforget.artifacts import Stamp, cached, json_codec, store
 from tokenforget.config import PromptSettings
 from tokenforget.data.encode import encode
 from tokenforget.data.records import Sample
@@ -132,9 +133,11 @@ def tokens_stamp(cfg: Any, model_name: str, samples: Sequence[Sample]) -> dict[s
     }
 
 
+TOKEN_ROWS = json_codec("rows")  # {"stamp": what the rows depend on, "rows": [...]}
+
+
 def write_token_rows(out: Path, stamp: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / TOKENS_FILE).write_text(json.dumps({"stamp": stamp, "rows": rows}))
+    store(out / TOKENS_FILE, rows, Stamp("tokens", stamp), TOKEN_ROWS)
 
 
 def _uw_mask(
@@ -249,26 +252,23 @@ def scored_model(
     from tokenforget.evaluate.tofu_run import resolve_profile
     from tokenforget.models import load_model
 
-    stamp = tokens_stamp(cfg, model_name, samples)
-    path = out / TOKENS_FILE
-    if path.is_file():
-        cached = json.loads(path.read_text())
-        if cached.get("stamp") == stamp:
-            return cached["rows"]
-    model, tokenizer, precision = load_model(cfg.model, model_name)
-    rows = score_model(
-        model,
-        tokenizer,
-        samples,
-        cfg.prompt,
-        precision,
-        resolve_profile(cfg.eval).max_new_tokens,
-        cfg.eval.batch_size,
-        generated,
-        cfg.eval.generation_batch_size,
-    )
-    write_token_rows(out, stamp, rows)
-    return rows
+    stamp = Stamp("tokens", tokens_stamp(cfg, model_name, samples))
+
+    def score() -> list[dict[str, Any]]:
+        model, tokenizer, precision = load_model(cfg.model, model_name)
+        return score_model(
+            model,
+            tokenizer,
+            samples,
+            cfg.prompt,
+            precision,
+            resolve_profile(cfg.eval).max_new_tokens,
+            cfg.eval.batch_size,
+            generated,
+            cfg.eval.generation_batch_size,
+        )
+
+    return cached(out / TOKENS_FILE, stamp, score, TOKEN_ROWS)
 
 
 def forget_samples(forget: str) -> list[Sample]:

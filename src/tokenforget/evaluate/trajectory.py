@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from tokenforget.artifacts import Codec, Stamp, cached
 from tokenforget.data.encode import Encoded
 from tokenforget.evaluate.metrics import masked_mean_delta
 from tokenforget.forward.scoring import encoded_nll
@@ -97,41 +98,47 @@ def point_from_nll(
     }
 
 
-def theta0_key(model_source: str, probe: Probe) -> str:
+def theta0_stamp(model_source: str, probe: Probe) -> Stamp:
     """What the step-0 scores depend on: theta0's weights, the probe's texts and the precision (the
-    reference cache's key, over the probe's two groups)."""
-    from tokenforget.reference import reference_key
+    reference cache's stamp, over the probe's two groups)."""
+    from tokenforget.reference import reference_stamp
 
     groups = {"trajectory-forget": probe.forget, "trajectory-retain": probe.retain}
-    return reference_key(model_source, groups, [], probe.precision.label)
+    stamp = reference_stamp(model_source, groups, [], probe.precision.label, kind="trajectory")
+    return Stamp(stamp.kind, {**stamp.payload, "answers": len(probe.forget) + len(probe.retain)})
 
 
 def save_theta0_nll(path: Path, nll: Sequence[torch.Tensor], key: str) -> None:
-    from tokenforget.reference import save_reference
+    from tokenforget.reference import save_tensors
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {"nll": torch.cat(list(nll)).contiguous(), "lengths": torch.tensor([x.numel() for x in nll])}
-    save_reference(path, tensors, key)
+    save_tensors(path, tensors, key)
 
 
 def load_theta0_nll(path: Path, key: str, answers: int) -> list[torch.Tensor] | None:
     """The cached step-0 NLLs when `path` holds them for `key` (and `answers` of them); else None."""
-    from tokenforget.reference import load_reference
+    from tokenforget.reference import load_tensors
 
-    tensors = load_reference(path, key)
+    tensors = load_tensors(path, key)
     if tensors is None or {"nll", "lengths"} - tensors.keys() or len(tensors["lengths"]) != answers:
         return None
     return list(torch.split(tensors["nll"], tensors["lengths"].tolist()))
 
 
+THETA0_NLL: Codec[list[torch.Tensor]] = Codec(
+    lambda path, nll, stamp: save_theta0_nll(path, nll, stamp.key),
+    lambda path, stamp: load_theta0_nll(path, stamp.key, stamp.payload["answers"]),
+)
+
+
 class Trajectory:
     """Writes `trajectory.jsonl` in a run folder; resumes from the rows and theta0 file it finds.
-    `shared`: the user-cache file of the step-0 scores (read when it matches, else written)."""
+    `shared`: the stamp of the step-0 scores in the user cache (read when they match, else written)."""
 
-    def __init__(self, folder: Path, probe: Probe, shared: Path | None = None, shared_key: str = "") -> None:
+    def __init__(self, folder: Path, probe: Probe, shared: Stamp | None = None) -> None:
         self.log = folder / TRAJECTORY_FILE
         self.theta0_file = folder / THETA0_FILE
-        self.shared, self.shared_key = shared, shared_key
+        self.shared = shared
         self.probe = probe
         self.masks = token_masks(probe.forget)
         self.theta0: torch.Tensor | None = None
@@ -179,13 +186,14 @@ class Trajectory:
         started = time.perf_counter()
         n = len(self.probe.forget)
         texts = [*self.probe.forget, *self.probe.retain]
-        shared = self.shared if step == 0 else None
-        cached = load_theta0_nll(shared, self.shared_key, len(texts)) if shared is not None else None
-        nll = cached or encoded_nll(
-            model, texts, self.probe.pad_id, self.probe.precision, self.probe.batch_size
-        )
-        if shared is not None and cached is None:
-            save_theta0_nll(shared, nll, self.shared_key)
+
+        def score() -> list[torch.Tensor]:
+            return encoded_nll(model, texts, self.probe.pad_id, self.probe.precision, self.probe.batch_size)
+
+        if step == 0 and self.shared is not None:  # theta0: the same for every run on these texts
+            nll = cached(self.shared.shared_path(".safetensors"), self.shared, score, THETA0_NLL)
+        else:
+            nll = score()
         if self.theta0 is None:
             if step != 0:
                 raise RuntimeError(f"{self.theta0_file} is missing: the trajectory cannot resume at {step}")

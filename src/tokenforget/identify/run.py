@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tokenforget.artifacts import Codec, Stamp, cached
 from tokenforget.config import Config
 from tokenforget.data.identified import read_identified, write_identified
 from tokenforget.data.records import Sample
@@ -24,12 +25,11 @@ def build(cfg: Config, retain: list[Sample] | None = None, out: Path | None = No
     return kind.build(cfg.identify, BuildContext(cfg, retain, out))
 
 
-def identify_cache_path(cfg: Config, samples: list[Sample]) -> Path | None:
-    """Where a model-based identifier's labels for these samples are cached, or None (not cached).
-
-    The key covers everything that shapes the labels: the identify and prompt settings, the
-    precision, the identity of every model the identifier reads, the samples and the tool version."""
-    from tokenforget.models import cache_dir, json_digest, model_identity, resolve_model
+def identify_stamp(cfg: Config, samples: list[Sample]) -> Stamp | None:
+    """What a model-based identifier's labels depend on, or None (not cached): the identify and
+    prompt settings, the precision, the identity of every model the identifier reads, the samples
+    and the tool version."""
+    from tokenforget.models import model_identity, resolve_model
     from tokenforget.version import __version__
 
     i = cfg.identify
@@ -47,7 +47,19 @@ def identify_cache_path(cfg: Config, samples: list[Sample]) -> Path | None:
         "models": {role: model_identity(resolve_model(name)) for role, name in used.items()},
         "samples": [s.to_dict() for s in samples],
     }
-    return cache_dir() / "identified" / f"{i.method}-{json_digest(payload)[:24]}.jsonl"
+    return Stamp("identified", payload)
+
+
+def _write_labels(path: Path, value: tuple[list[Sample], dict[str, Any]], stamp: Stamp) -> None:
+    write_identified(path, value[0], stamp.payload["identify"]["method"], value[1])
+
+
+def _read_labels(path: Path, stamp: Stamp) -> tuple[list[Sample], dict[str, Any]] | None:
+    labelled = read_identified(path)  # the file is named by the stamp's key
+    return (labelled, labelled[0].meta["settings"]) if labelled else None  # settings: on every row
+
+
+LABELS: Codec[tuple[list[Sample], dict[str, Any]]] = Codec(_write_labels, _read_labels)
 
 
 def identify_file(
@@ -63,19 +75,8 @@ def identify_file(
     samples = read_identified(forget)
     settings: dict[str, Any] = {}
     report: dict[str, Any] = {"identifier": i.method, "samples": len(samples)}
-    cached: Path | None = None
-    if i.method == "spans":
-        labelled = from_spans(samples)
-    elif i.method in ("union", "intersection"):
-        if inputs is None:
-            raise ConfigError(f"{i.method} combines two identified files: --first A.jsonl --second B.jsonl")
-        labelled = combine(read_identified(inputs[0]), read_identified(inputs[1]), i.method)
-        settings = {"first": str(inputs[0]), "second": str(inputs[1])}
-    elif (cached := identify_cache_path(cfg, samples)) is not None and cached.is_file():
-        labelled = read_identified(cached)
-        settings = labelled[0].meta["settings"]  # written with every row; never empty (see the key)
-        report["cached"] = str(cached)
-    else:
+
+    def label() -> tuple[list[Sample], dict[str, Any]]:
         identifier = build(cfg, retain, out)
         settings = identifier.settings()
         runs = getattr(i, "runs", 1)
@@ -90,9 +91,20 @@ def identify_file(
             report["failed_samples"] = identifier.failures
         if getattr(identifier, "oracle", False):
             report["oracle"] = "the reference is the retain model, which defines forget quality"
-    if cached is not None and not cached.is_file():
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        write_identified(cached, labelled, i.method, settings)
+        return labelled, settings
+
+    if i.method == "spans":
+        labelled = from_spans(samples)
+    elif i.method in ("union", "intersection"):
+        if inputs is None:
+            raise ConfigError(f"{i.method} combines two identified files: --first A.jsonl --second B.jsonl")
+        labelled = combine(read_identified(inputs[0]), read_identified(inputs[1]), i.method)
+        settings = {"first": str(inputs[0]), "second": str(inputs[1])}
+    elif (stamp := identify_stamp(cfg, samples)) is not None:
+        path = stamp.shared_path(".jsonl", prefix=f"{i.method}-")
+        labelled, settings = cached(path, stamp, label, LABELS, on_hit=lambda p: report.update(cached=str(p)))
+    else:
+        labelled, settings = label()
     if i.drop_question_words:
         labelled = drop_question_words(labelled)
         settings = {**settings, "drop_question_words": True}
