@@ -77,6 +77,27 @@ def test_run_does_every_stage_and_prints_where_the_report_is(finished_run):
     assert summary["verdict"][0] in first.stdout.replace("\n", " ")  # the run says it in words
 
 
+def test_the_worlds_vital_signs_are_the_runs_own_evaluations(finished_run, monkeypatch):
+    from tokenforget.config import load_config
+    from tokenforget.data.benchmarks import load_benchmark
+    from tokenforget.pipeline import world_vital_signs
+    from tokenforget.prepare import prepare
+
+    monkeypatch.setenv("TOKENFORGET_CACHE", finished_run["env"]["TOKENFORGET_CACHE"])
+    args = finished_run["args"]
+    overrides = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    labels = Path(__file__).parent / "data" / "labels" / "forget01_generative_layout.jsonl"
+    cfg = load_config(overrides=[*overrides, f"eval.token_labels={labels}"])
+    signs = world_vital_signs(cfg, load_benchmark(cfg), prepare(cfg, rouge_check=False))
+    head = json.loads((finished_run["folder"] / "summary.json").read_text())["headline"]
+    for name in ("target", "retain"):  # the same evaluations, read from the world's folder
+        assert signs[name]["forget_quality"] == head[name]["forget_quality"]
+        assert signs[name]["model_utility"] == pytest.approx(head[name]["model_utility"])
+    gap = signs["retain_minus_target"]
+    assert isinstance(gap["uw_dlogp"], float) and isinstance(gap["gw_dlogp"], float)
+    assert gap["labels"] == str(labels)
+
+
 def test_report_is_self_contained(finished_run):
     page = (finished_run["folder"] / "report.html").read_text()
     assert not re.search(r"""(?:src|href|action)\s*=|url\(|@import|<script""", page, re.IGNORECASE)

@@ -217,6 +217,13 @@ def test_prepare_survives_kill_9_and_resumes_to_the_same_weights(tmp_path, tiny_
         for key in wa:
             assert torch.equal(wa[key], wb[key]), (stage, key)
     assert "ROUGE-L" in clean.stdout and "retain model:" in clean.stdout
+    # the world's vital signs: the retain model is, by definition, indistinguishable from itself
+    assert "world vital signs" in clean.stdout
+    (report,) = (tmp_path / "clean").glob("prepared/*/report.json")
+    signs = json.loads(report.read_text())["vital_signs"]
+    assert signs["retain"]["forget_quality"] == pytest.approx(1.0)
+    assert 0 <= signs["target"]["forget_quality"] <= 1 and signs["target"]["model_utility"] >= 0
+    assert "eval.token_labels" in signs["retain_minus_target"]  # no gold labels given: said, not guessed
 
 
 def test_independent_recipe_trains_both_models_from_the_base(tmp_path, tiny_llama_dir, monkeypatch):

@@ -143,6 +143,9 @@ def prepare(
     recipe: Annotated[
         str | None, typer.Option(help="nested (default) or independent; see `config keys`.")
     ] = None,
+    vital_signs: Annotated[
+        bool, typer.Option(help="Evaluate the world's target and retain models after preparing them.")
+    ] = True,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -151,7 +154,18 @@ def prepare(
     Kill it at any time and run it again: it continues from the last checkpoint. The models land in
     $TOKENFORGET_CACHE/prepared/ (default ~/.cache/tokenforget) with the recipe next to them, and a
     greedy ROUGE-L table shows that the target knows the forget set and the retain model does not.
+
+    \b
+    Then the world's vital signs: forget quality and model utility of both models (TOFU's
+    evaluation, kept for every run in this world), and how far the retain model sits below the
+    target on the forget answers' unwanted (UW) and general (GW) tokens, when gold labels are given
+    (--set eval.token_labels=FILE). A world whose retain model sits far below the target on GW
+    rewards methods that push every token down; say which world a verdict comes from.
     """
+    import yaml
+
+    from tokenforget.data.benchmarks import load_benchmark
+    from tokenforget.pipeline import world_vital_signs
     from tokenforget.prepare import prepare as run_prepare
 
     if benchmark not in {"tofu-mini", "tofu"}:
@@ -161,7 +175,16 @@ def prepare(
         extra.append(f"model.name={model}")
     if recipe:
         extra.append(f"prepare.recipe={recipe}")
-    _print_prepared(run_prepare(_config(config, set_, extra)))
+    cfg = _config(config, set_, extra)
+    prepared = run_prepare(cfg)
+    _print_prepared(prepared)
+    if not vital_signs:
+        return
+    signs = world_vital_signs(cfg, load_benchmark(cfg), prepared)
+    prepared.report["vital_signs"] = signs
+    (prepared.folder / "report.json").write_text(json.dumps(prepared.report, indent=2))
+    out.print("[bold]world vital signs[/]")
+    out.print(yaml.safe_dump(signs, sort_keys=False).rstrip(), highlight=False)
 
 
 @app.command()

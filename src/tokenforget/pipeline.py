@@ -248,6 +248,37 @@ def eval_stage(
     }
 
 
+def world_vital_signs(cfg: Config, bench: QABenchmark, prepared: Prepared) -> dict[str, Any]:
+    """What a world is: forget quality and model utility of its target and retain models, and how far
+    the retain model sits from the target on the forget answers' UW and GW tokens (mean change of log
+    p, under `eval.token_labels`, else `identify.labels`). The evaluations are the ones every run in
+    this world reuses (the prepared folder's eval/)."""
+    from tokenforget.evaluate.tofu_run import evaluate_tofu
+
+    eval_root = prepared.folder / "eval" / cfg.eval.profile
+    paths = {"target": str(prepared.target), "retain": str(prepared.retain)}
+    dirs = {name: eval_root / name for name in paths}
+    signs: dict[str, Any] = {}
+    for name in ("retain", "target"):  # retain first: forget quality compares with it
+        summary = evaluate_tofu(cfg, paths[name], bench, dirs[name], dirs["retain"])
+        signs[name] = {key: summary[key] for key in ("forget_quality", "model_utility")}
+    labels = cfg.eval.token_labels or cfg.identify.labels
+    if labels is None:
+        signs["retain_minus_target"] = (
+            "not measured: give the forget answers' gold UW labels (--set eval.token_labels=FILE)"
+        )
+        return signs
+    identified = prepared.folder / "vital_signs_labels.jsonl"
+    copy_labels(Path(labels), bench.forget, identified)
+    tokens = token_stage(cfg, paths, dirs, bench.eval_forget, identified)["tokens"]["retain"]
+    signs["retain_minus_target"] = {
+        "uw_dlogp": tokens["uw_dlogp"],
+        "gw_dlogp": tokens["gw_dlogp"],
+        "labels": str(labels),
+    }
+    return signs
+
+
 def own_eval_stage(cfg: Config, model_dir: Path, identified: Path, folder: Path) -> dict[str, Any]:
     """A user's forget set and model, no retain model: everything that needs no retain model."""
     from tokenforget.data.benchmarks import tofu_mini
