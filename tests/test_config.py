@@ -1,3 +1,6 @@
+import shutil
+from pathlib import Path
+
 import pytest
 
 from tokenforget.config import Config, config_keys, load_config
@@ -117,3 +120,19 @@ def test_a_run_folder_continues_only_where_its_precision_means_the_same(tmp_path
     with pytest.raises(ConfigError, match="different config"):
         runs.open_folder(folder, load_config(overrides=["model.precision=fp32"]))
     assert runs.open_folder(folder, made) == folder
+
+
+def test_a_config_written_before_methods_had_their_own_settings_still_reads(tmp_path):
+    """The flat layout (every method's and identifier's key, null = the default) maps to the new one."""
+    from tokenforget.runs import open_folder
+
+    old = Path(__file__).parent / "data" / "legacy" / "run_config_before_registries.yaml"
+    cfg = load_config(old)
+    assert cfg.unlearn.method == "tpo" and cfg.unlearn.beta == 0.3 and cfg.unlearn.lam == 1.0
+    assert cfg.identify.method == "spans" and not hasattr(cfg.identify, "threshold")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    shutil.copy(old, folder / "config.yaml")
+    assert open_folder(folder, cfg) == folder  # the same settings: the old folder is reopened
+    with pytest.raises(ConfigError, match=r"unlearn\.lr"):
+        open_folder(folder, load_config(old, ["unlearn.lr=1e-3"]))

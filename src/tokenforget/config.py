@@ -422,6 +422,40 @@ class RunSettings(_Section):
     )
 
 
+# Before methods and identifiers brought their own settings, `unlearn` and `identify` listed every
+# key of every one of them, with these values for "not set" (null: the method's default). A config
+# written then (a run folder's config.yaml) still reads: such a key is dropped where the chosen
+# method or identifier does not take it, or where it is null.
+LEGACY_UNLEARN = {
+    "tokens": "all", "beta": None, "lam": 1.0, "gamma": None, "alpha": None, "lpl_reduction": "batch",
+    "pl_reduction": "sum", "lpl_space": "logit", "delta": None, "delta_inside_beta": False,
+    "beta2": None, "steering": None, "layer": None,
+}  # fmt: skip
+LEGACY_IDENTIFY = {
+    "model": None, "reference": None, "oracle": False, "threshold": None, "top_k": 1,
+    "context": "question", "batch_size": 16, "min_df": 0.02, "spacy_model": "en_core_web_sm",
+    "noun_chunks": False, "pos": [], "backend": "openai", "base_url": None, "api_model": "gpt-4o",
+    "api_key_env": "OPENAI_API_KEY", "concurrency": 4, "timeout": 60.0, "max_retries": 3,
+    "temperature": 0.0, "max_tokens": 512, "runs": 1,
+}  # fmt: skip
+
+
+def _without_legacy(
+    section: dict[str, Any], variant: type[BaseModel], legacy: dict[str, Any]
+) -> dict[str, Any]:
+    """`section` without the old flat layout's unset keys (see LEGACY_UNLEARN)."""
+    fields = variant.model_fields
+
+    def unset(key: str, value: Any) -> bool:
+        if key not in legacy:
+            return False
+        if value is None:
+            return fields.get(key) is None or fields[key].default is not None
+        return key not in fields and value == legacy[key]
+
+    return {key: value for key, value in section.items() if not unset(key, value)}
+
+
 class Config(_Section):
     """Everything a tokenforget command can be told. `config.yaml` in a run folder is one of these."""
 
@@ -449,7 +483,8 @@ class Config(_Section):
             method = value.get("method", UnlearnSettings.model_fields["method"].default)
             UnlearnSettings._known(method)  # an unknown method is one clear error, not one per key
             atwu = info.data.get("atwu")
-            return unlearn_variant(method, atwu.base if atwu else None).model_validate(value)
+            variant = unlearn_variant(method, atwu.base if atwu else None)
+            return variant.model_validate(_without_legacy(value, variant, LEGACY_UNLEARN))
         return handler(value)
 
     @field_validator("identify", mode="wrap")
@@ -461,7 +496,8 @@ class Config(_Section):
         if isinstance(value, dict):
             method = value.get("method", IdentifySettings.model_fields["method"].default)
             IdentifySettings._known(method)
-            return identify_variant(method).model_validate(value)
+            variant = identify_variant(method)
+            return variant.model_validate(_without_legacy(value, variant, LEGACY_IDENTIFY))
         return handler(value)
 
     def to_yaml(self) -> str:

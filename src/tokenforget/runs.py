@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from tokenforget.config import Config
 from tokenforget.errors import ConfigError
@@ -44,6 +45,15 @@ PRECISION_FILE = "precision.json"
 _PRECISION_SETTING = "model.precision"
 
 
+def normalised(written: dict[str, Any]) -> dict[str, Any]:
+    """A config.yaml as this version reads it (keys of older layouts mapped), or as written when it
+    no longer validates (the comparison then names what differs)."""
+    try:
+        return Config.model_validate(written).model_dump(mode="json")
+    except (ValidationError, ConfigError):
+        return written
+
+
 def open_folder(folder: Path, cfg: Config) -> Path:
     """Create (or reopen, when the config matches up to RESULT_NEUTRAL keys and the resolved
     precision is the same) a run folder and write config.yaml and precision.json."""
@@ -52,7 +62,7 @@ def open_folder(folder: Path, cfg: Config) -> Path:
     precision = precision_label(cfg.model)
     precision_file = folder / PRECISION_FILE
     if config_file.is_file():
-        previous = yaml.safe_load(config_file.read_text()) or {}
+        previous = normalised(yaml.safe_load(config_file.read_text()) or {})
         made_with = json.loads(precision_file.read_text())["precision"] if precision_file.is_file() else None
         neutral = RESULT_NEUTRAL | ({_PRECISION_SETTING} if made_with is not None else frozenset())
         changed = changed_keys(previous, resolved, Config().model_dump(mode="json"), neutral)
