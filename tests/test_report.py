@@ -130,3 +130,35 @@ def test_compare_ranks_each_group_on_its_own_frontier(tmp_path):
     html = (tmp_path / "c.html").read_text()
     assert html.count("stroke-dasharray") == 1  # GA's two-point frontier; tpo's has one point
     assert ">GA<" in html and ">tpo<" in html  # the legend
+
+
+def test_each_methods_frontier_is_its_best_forget_quality_at_each_share_of_the_targets_utility():
+    from tokenforget.report import utility_frontier
+
+    def run(name, group, fq, mu, kl):
+        return {"run": name, "group": group, "forget_quality": fq, "model_utility": mu, "kl_on_retain": kl}
+
+    rows = [
+        run("a1", "A", 0.9, 0.25, 0.1),  # 0.83x of 0.3
+        run("a2", "A", 0.4, 0.29, 0.1),  # 0.97x
+        run("b1", "B", 0.6, 0.28, 0.5),  # 0.93x
+        run("b2", "B", 0.6, 0.30, 0.2),  # 1.0x, same forget quality, lower KL: the rule's pick
+        run("c1", "C", None, 0.3, 0.0),  # not evaluated: left out
+    ]
+    table = {e["group"]: e for e in utility_frontier(rows, 0.3)}
+    assert set(table) == {"A", "B"}
+    assert (table["A"]["fq_at_0.8x"], table["A"]["fq_at_0.9x"], table["A"]["fq_at_0.95x"]) == (0.9, 0.4, 0.4)
+    assert table["A"]["best_run"] == "a2"  # a1 keeps only 0.83x of the target's utility
+    assert table["B"]["best_run"] == "b2" and table["B"]["fq_at_0.95x"] == 0.6
+
+
+def test_a_runs_group_names_its_method_and_the_settings_it_changed():
+    from tokenforget.report import method_label
+
+    def summary(method, settings):
+        return {"unlearn": {"method": method, "settings": settings}}
+
+    assert method_label(summary("tpo", {"beta": 0.3, "lam": 1.0, "lpl_space": "logit"})) == "tpo"
+    assert method_label(summary("tpo", {"beta": 0.3, "lpl_space": "centered"})) == "tpo lpl_space=centered"
+    assert method_label(summary("npo", {"beta": 0.1, "lam": 1.0, "tokens": "uw"})) == "npo tokens=uw"
+    assert method_label(summary("atwu+tpo", {"beta": 0.3, "tokens": "weighted"})) == "atwu+tpo"

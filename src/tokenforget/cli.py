@@ -235,9 +235,12 @@ def compare(
     """Put finished runs on one forget-quality vs model-utility plane, with the Pareto frontier.
 
     compare.html (self-contained) shows every run as a point, the frontier (no other run better in
-    both), the target and retain models as references, and the table sorted frontier first.
+    both), the target and retain models as references, each method's frontier (the highest forget
+    quality it reaches at model utility >= 0.8, 0.9 and 0.95x the target's, and its best run by
+    that rule at 0.9x, ties to the lower KL on retain), and the table sorted frontier first. A
+    method's group is its name with the settings it changed (`tpo lpl_space=centered`).
     """
-    from tokenforget.report import write_compare
+    from tokenforget.report import utility_frontier, write_compare
 
     found = _finished_runs(runs)
     if not found:
@@ -250,6 +253,18 @@ def compare(
     for row in rows:
         table.add_row(*(_fmt(row.get(c)) for c in columns))
     out.print(table)
+    target_utility = found[0][1]["headline"].get("target", {}).get("model_utility")
+    if target_utility:
+        frontier = Table(
+            title="Each method's frontier: highest forget quality at utility >= share x target's"
+        )
+        for column in ("method", "runs", "at 0.8x", "at 0.9x", "at 0.95x", "best run (0.9x rule)"):
+            left = column in ("method", "best run (0.9x rule)")
+            frontier.add_column(column, justify="left" if left else "right")
+        for entry in utility_frontier(rows, target_utility):
+            shares = (_fmt(entry[f"fq_at_{share:g}x"]) for share in (0.8, 0.9, 0.95))
+            frontier.add_row(entry["group"], str(entry["runs"]), *shares, entry["best_run"] or "none")
+        out.print(frontier)
     out.print(f"written: {out_file.resolve()}")
 
 

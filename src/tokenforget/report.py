@@ -513,6 +513,78 @@ KEY_METRICS = (  # the numbers every run is compared on
 )
 
 
+UTILITY_SHARES = (0.8, 0.9, 0.95)  # of the target's model utility: the frontier's columns
+RULE_SHARE = 0.9  # the stated rule: highest forget quality at >= 0.9x the target's utility
+
+
+def method_label(summary: dict[str, Any]) -> str:
+    """The run's method, with those of its own settings that differ from the published defaults
+    (`tpo lpl_space=centered`): the group a run's point belongs to."""
+    from tokenforget.losses import METHODS
+
+    unlearn = summary.get("unlearn", {})
+    name = str(unlearn.get("method") or summary.get("method"))
+    method = METHODS.get(name.split("+")[-1])
+    if method is None:
+        return name
+    defaults = method.settings().model_dump(mode="json")
+    if method.needs_scorer or not method.uses_tokens:
+        defaults.pop("tokens", None)  # forced by the method, not chosen
+    changed = [
+        f"{key}={value}"
+        for key, value in (unlearn.get("settings") or {}).items()
+        if key in defaults and value != defaults[key]
+    ]
+    return " ".join([name, *changed])
+
+
+def utility_frontier(
+    rows: Sequence[dict[str, Any]], target_utility: float, shares: Sequence[float] = UTILITY_SHARES
+) -> list[dict[str, Any]]:
+    """Per group, the highest forget quality among its runs with model utility >= share x the
+    target's, for each share, and its best point by the stated rule (the highest forget quality at
+    >= RULE_SHARE x, ties to the lower KL on retain). Runs without both numbers are left out."""
+
+    def best(members: list[dict[str, Any]], share: float) -> dict[str, Any] | None:
+        kept = [r for r in members if r["model_utility"] >= share * target_utility]
+        return max(kept, key=lambda r: (r["forget_quality"], -(r.get("kl_on_retain") or 0.0)), default=None)
+
+    scored = [r for r in rows if r.get("forget_quality") is not None and r.get("model_utility") is not None]
+    table = []
+    for group in sorted({r["group"] for r in scored}):
+        members = [r for r in scored if r["group"] == group]
+        entry: dict[str, Any] = {"group": group, "runs": len(members)}
+        for share in shares:
+            point = best(members, share)
+            entry[f"fq_at_{share:g}x"] = point["forget_quality"] if point else None
+        point = best(members, RULE_SHARE)
+        entry["best_run"] = point["run"] if point else None
+        entry["best"] = {k: point.get(k) for k in KEY_METRICS} if point else None
+        table.append(entry)
+    return table
+
+
+def frontier_table(frontier: Sequence[dict[str, Any]], target_utility: float) -> str:
+    """The frontier as an HTML table."""
+    shares = [k for k in (frontier[0] if frontier else {}) if k.startswith("fq_at_")]
+    head = "".join(
+        f"<th>{esc(c)}</th>" for c in ["method", *(f"FQ at MU {k[6:]}" for k in shares), "best run"]
+    )
+    body = ""
+    for entry in frontier:
+        best = entry["best"]
+        point = (
+            f"{entry['best_run']}: FQ {fmt(best['forget_quality'])}, MU "
+            f"{best['model_utility'] / target_utility:.2f}x, KL {fmt(best['kl_on_retain'])}"
+            if best
+            else "none"
+        )
+        cells = [*(fmt(entry[k]) if entry[k] is not None else "none" for k in shares), point]
+        numbers = "".join(f'<td class="num">{esc(c)}</td>' for c in cells)
+        body += f"<tr><td>{esc(entry['group'])}</td>{numbers}</tr>"
+    return f'<table id="frontier"><tr>{head}</tr>{body}</table>'
+
+
 def write_compare(
     path: Path, runs: Sequence[tuple[str, dict[str, Any]]], groups: dict[str, str] | None = None
 ) -> list[dict[str, Any]]:
@@ -523,7 +595,7 @@ def write_compare(
     for name, summary in runs:
         head = summary["headline"]["unlearned"]
         seconds = summary.get("unlearn", {}).get("seconds")
-        group = (groups or {}).get(name) or summary.get("method")
+        group = (groups or {}).get(name) or method_label(summary)
         rows.append({"run": name, "group": group, **{k: head.get(k) for k in KEY_METRICS}})
         rows[-1]["unlearn_seconds"] = seconds
     scored = [r for r in rows if r["forget_quality"] is not None and r["model_utility"] is not None]
@@ -563,6 +635,15 @@ def write_compare(
         for r in rows
     )
     chart = scatter_chart(points, references) if points else '<p class="hint">No run has both numbers.</p>'
+    target_utility = dict((name, mu) for name, mu, _ in references).get("target")
+    frontier = ""
+    if target_utility:
+        frontier = (
+            '<h2>Each method\'s frontier</h2><p class="sub">The highest forget quality a method reaches '
+            "while keeping model utility at or above a share of the target's; best run: the highest "
+            f"forget quality at {RULE_SHARE:g}x or more, ties to the lower KL on retain.</p>"
+            + frontier_table(utility_frontier(rows, target_utility), target_utility)
+        )
     page = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>tokenforget compare</title>'
         f"<style>{CSS}</style></head><body><main><h1>tokenforget: {len(rows)} runs compared</h1>"
@@ -570,7 +651,7 @@ def write_compare(
         "Pareto frontier of all runs (no other run is better in both); dashed in a group's colour: "
         "that group's own frontier. Squares: the target (before unlearning) and the retain model "
         "(the goal).</p>"
-        f'<div class="card">{chart}</div><h2>Runs, frontier first</h2>'
+        f'<div class="card">{chart}</div>{frontier}<h2>Runs, frontier first</h2>'
         f'<table id="runs"><tr>{head}</tr>{body}</table></main></body></html>'
     )
     tmp = path.with_name(path.name + ".tmp")
