@@ -34,7 +34,7 @@ LAYERS = [
     {"losses", "reference", "identify"},
     {"train", "atwu", "session", "distributed", "inputs"},
     {"evaluate"},
-    {"unlearn", "prepare"},  # stages: training with the evaluation it reports
+    {"unlearn", "prepare", "relearn"},  # stages: training with the evaluation it reports
     {"pipeline", "receipt", "report", "cli", "__init__"},
 ]
 

@@ -314,3 +314,25 @@ def test_published_labels_replace_the_identifier(tmp_path):
     assert labelled[0].spans and labelled[0].answer[labelled[0].spans[-1].start :].startswith("Basil")
     with pytest.raises(ConfigError, match="does not label 360 of the 360"):
         copy_labels(gold, tofu_mini().retain, tmp_path / "other.jsonl")
+
+
+def test_a_relearning_attack_brings_forget_probability_back_and_leaves_the_run_untouched(finished_run):
+    folder, env = finished_run["folder"], finished_run["env"]
+    model_file = folder / "unlearn" / "model" / "model.safetensors"
+    before = model_file.read_bytes()
+    args = [sys.executable, "-m", "tokenforget.cli", "attack", "relearn", str(folder)]
+    result = subprocess.run(
+        [*args, "--steps", "0,4", "--lr", "1e-3"], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    numbers = json.loads((folder / "attacks" / "relearn" / "relearn.json").read_text())
+    assert numbers["attack_answers"] == 20 and numbers["scored_answers"] == 20  # half of each author
+    unlearned, retain = numbers["models"]["unlearned"], numbers["models"]["retain"]
+    # four steps on the attack half raise the probability of the other half's answers
+    assert unlearned["4"]["forget_Q_A_Prob"] > unlearned["0"]["forget_Q_A_Prob"]
+    assert retain["0"]["forget_quality"] == 1.0  # the unattacked retain model against itself
+    gap = numbers["recovery"]["unlearned"]["4"]["forget_Q_A_Prob"]
+    assert gap == unlearned["4"]["forget_Q_A_Prob"] - retain["4"]["forget_Q_A_Prob"]
+    assert model_file.read_bytes() == before  # the attack works on copies
+    assert (folder / "attacks" / "relearn" / "unlearned" / "step-4" / "model" / "model.safetensors").is_file()
+    assert "Relearning attack" in result.stdout

@@ -59,6 +59,12 @@ app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
 app.add_typer(model_app, name="model")
 app.add_typer(eval_app, name="eval")
+attack_app = typer.Typer(
+    help="Does the forgetting hold? Attacks on an unlearned model, each against the retain model as "
+    "the yardstick (what a model that never saw the forget set does under the same attack).",
+    no_args_is_help=True,
+)
+app.add_typer(attack_app, name="attack")
 IDENTIFY_HELP = """Label which words of each forget answer are unwanted (UW); everything else is general (GW).
 
 \b
@@ -780,6 +786,70 @@ def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if value < 1e-3 else f"{value:.4f}"
     return str(value)
+
+
+@attack_app.command("relearn")
+def attack_relearn(
+    run_folder: Annotated[Path, typer.Argument(help="A finished `tokenforget run` folder on TOFU-mini.")],
+    steps: Annotated[str, typer.Option(help="Step budgets of the attack, comma-separated.")] = "0,5,10,20",
+    lr: Annotated[float, typer.Option(help="The attacker's learning rate (AdamW, no warm-up).")] = 1e-4,
+    batch_size: Annotated[int, typer.Option(help="Attack answers per optimizer step.")] = 4,
+    with_target: Annotated[bool, typer.Option(help="Attack the target model too (a ceiling).")] = False,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Where the attacked copies and numbers go.")
+    ] = None,
+) -> None:
+    """Fine-tune copies of the unlearned and retain models on half of each forget author's answers
+    and score the other half after each budget.
+
+    \b
+    A model that only hid what it was asked to forget gets the scored answers back in a few steps;
+    one that forgot answers them like the retain model, which learns from the attack data alone.
+    Recovery = the unlearned model's forget Q_A_Prob, truth ratio and UW leak rate minus the attacked
+    retain model's; forget quality compares with the retain model under the same attack. The given
+    models are never changed: each budget is a copy under OUT (default RUN/attacks/relearn),
+    resumable, evaluated like `tokenforget eval tofu` would on it. relearn.json has every number.
+    """
+    from tokenforget.data.benchmarks import load_benchmark
+    from tokenforget.data.identified import read_identified
+    from tokenforget.prepare import prepare
+    from tokenforget.relearn import SCORED, relearn_attack
+
+    config_file, model_dir = run_folder / "config.yaml", run_folder / "unlearn" / "model"
+    if not config_file.is_file() or not model_dir.is_dir():
+        raise TokenforgetError(
+            f"{run_folder} is not a finished run folder (config.yaml and unlearn/model/ needed): "
+            "give the folder `tokenforget run` made"
+        )
+    try:
+        budgets = tuple(sorted({int(x) for x in steps.split(",")}))
+    except ValueError as exc:
+        raise TokenforgetError(
+            f"--steps {steps!r}: expected comma-separated integers, e.g. 0,5,10,20"
+        ) from exc
+    cfg = load_config(config_file)
+    if cfg.data.forget is not None:
+        raise TokenforgetError(
+            "attack relearn needs a benchmark run (TOFU-mini): its world has a retain model"
+        )
+    prepared = prepare(cfg, rouge_check=False)
+    models = {"unlearned": str(model_dir), "retain": str(prepared.retain)}
+    if with_target:
+        models["target"] = str(prepared.target)
+    labels = read_identified(cfg.eval.token_labels or run_folder / "identified.jsonl")
+    out_path = out_dir or run_folder / "attacks" / "relearn"
+    result = relearn_attack(cfg, models, load_benchmark(cfg), out_path, labels, budgets, lr, batch_size)
+    table = Table(
+        title=f"Relearning attack: {result['attack_answers']} answers attacked, "
+        f"{result['scored_answers']} scored"
+    )
+    for column in ("model", "steps", *SCORED):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for name, by_steps in result["models"].items():
+        for k, point in by_steps.items():
+            table.add_row(name, str(k), *(_fmt(point[key]) for key in SCORED))
+    out.print(table)
+    out.print(f"written: {(out_path / 'relearn.json').resolve()}")
 
 
 @data_app.command("check")

@@ -82,7 +82,7 @@ def replay_samples(retain: list[Sample], count: int, seed: int) -> list[Sample]:
     return picked
 
 
-def _train_stage(
+def train_stage(
     cfg: Config, start_from: str, samples: list[Sample], epochs: float, out: Path, work: Path, label: str
 ) -> dict[str, Any]:
     """Fine-tune start_from on samples; write a merged save_pretrained folder with a manifest."""
@@ -196,7 +196,7 @@ def prepare(cfg: Config, rouge_check: bool = True) -> Prepared:
             continue
         console.print(f"[bold]prepare[/] {name} model: {len(samples)} samples x {epochs} epochs -> {out}")
         started = time.perf_counter()
-        _train_stage(cfg, start_from, samples, epochs, out, folder / f"work-{name}", f"{name}")
+        train_stage(cfg, start_from, samples, epochs, out, folder / f"work-{name}", f"{name}")
         report["seconds"][f"train_{name}"] = report["seconds"].get(f"train_{name}", 0) + round(
             time.perf_counter() - started, 1
         )

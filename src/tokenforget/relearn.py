@@ -1,0 +1,147 @@
+"""`tokenforget attack relearn`: does the forgetting hold when the model is fine-tuned a little?
+
+A targeted relearning attack fine-tunes a copy of the unlearned model for a few steps on text
+related to what was forgotten, then asks the forgotten questions again. On TOFU-mini the attack
+data is one half of each forget author's answers (`attack_halves`) and the other half is scored,
+so a model can only get the scored answers back if the forgotten knowledge is still inside it. The
+same attack on the retain model, which never saw the forget set, is the yardstick: what anyone
+learns from the attack data alone. Recovery is the gap between the two.
+
+Every budget is a fine-tune from the given model (never changed) into the run folder, resumable
+like every other stage, and is evaluated with `evaluate_tofu` on the scored half, so its numbers
+are the ones `tokenforget eval tofu` gives on the saved model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from tokenforget.config import Config
+from tokenforget.data.benchmarks import QABenchmark
+from tokenforget.data.records import Sample
+from tokenforget.evaluate.metrics import leak_rate
+from tokenforget.evaluate.tofu import generated_texts
+from tokenforget.evaluate.tofu_run import evaluate_tofu
+from tokenforget.evaluate.tokens import not_given, sample_key, unwanted_words
+from tokenforget.models import verify_manifest
+from tokenforget.prepare import train_stage
+from tokenforget.progress import console
+
+ATTACK_STEPS = (0, 5, 10, 20)
+SCORED = ("forget_Q_A_Prob", "forget_truth_ratio", "forget_quality", "uw_leak_rate")
+
+
+def attack_halves(bench: QABenchmark) -> tuple[list[Sample], QABenchmark]:
+    """(attack samples, the benchmark with only the scored half as its forget split): forget rows
+    alternate between the halves, so each forget author gives half of its answers to each."""
+    attack = bench.forget[0::2]
+    scored = {sample_key(s) for s in bench.forget[1::2]}
+    return attack, replace(
+        bench,
+        name=f"{bench.name}-scored-half",
+        forget=bench.forget[1::2],
+        eval_forget=[s for s in bench.eval_forget if sample_key(s) in scored],
+    )
+
+
+def attack_config(cfg: Config, lr: float, batch_size: int) -> Config:
+    """The fine-tune an attacker runs: full weights, answer-only NLL, constant budget per step."""
+    prepare = cfg.prepare.model_copy(
+        update={
+            "lr": lr,
+            "batch_size": batch_size,
+            "micro_batch_size": batch_size,
+            "lora": None,
+            "warmup_ratio": 0.0,
+            "seed": cfg.prepare.seed,
+        }
+    )
+    return cfg.model_copy(update={"prepare": prepare})
+
+
+def relearned(
+    cfg: Config, model: str, attack: list[Sample], steps: int, folder: Path, batch_size: int
+) -> str:
+    """The model after `steps` optimizer steps on the attack samples (a copy in `folder`; resumable)."""
+    if steps == 0:
+        return model
+    out = folder / "model"
+    if not verify_manifest(out):
+        epochs = steps * batch_size / len(attack)
+        train_stage(cfg, model, attack, epochs, out, folder / "work", f"relearn {steps} steps")
+    return str(out)
+
+
+def scored_leak_rate(eval_dir: Path, labelled: dict[str, Sample], scored: list[Sample]) -> float | None:
+    """The share of the scored answers' unwanted words that come out of the greedy answers."""
+    texts = generated_texts(eval_dir, "forget")
+    if texts is None or not labelled:
+        return None
+    words, answers = [], []
+    for index, sample in enumerate(scored):
+        labels = labelled.get(sample_key(sample))
+        row = texts.get(str(index))
+        if labels is None or row is None:
+            return None
+        words.append(not_given(unwanted_words(labels), sample.question))
+        answers.append(row[1])
+    return leak_rate(words, answers)
+
+
+def relearn_attack(
+    cfg: Config,
+    models: dict[str, str],
+    bench: QABenchmark,
+    out: Path,
+    labels: list[Sample],
+    steps: tuple[int, ...] = ATTACK_STEPS,
+    lr: float = 1e-4,
+    batch_size: int = 4,
+) -> dict[str, Any]:
+    """Attack each model (name -> folder; `retain` is the yardstick) at each step budget; the forget
+    numbers on the scored half, per model and budget, and the recovery over the retain model."""
+    attack, scored_bench = attack_halves(bench)
+    attack_cfg = attack_config(cfg, lr, batch_size)
+    labelled = {sample_key(s): s for s in labels}
+    rows: dict[str, dict[int, dict[str, Any]]] = {}
+    order = ["retain", *(name for name in models if name != "retain")]  # retain first: FQ needs it
+    for name in order:
+        rows[name] = {}
+        for k in steps:
+            folder = out / name / f"step-{k}"
+            console.print(f"[bold]relearn[/] {name}: {k} steps on {len(attack)} attack answers")
+            model = relearned(attack_cfg, models[name], attack, k, folder, batch_size)
+            # forget quality against the retain model under the same attack (what a model that never
+            # saw the forget set looks like after it); the retain model against itself unattacked
+            yardstick = out / "retain" / f"step-{0 if name == 'retain' else k}" / "eval"
+            summary = evaluate_tofu(cfg, model, scored_bench, folder / "eval", yardstick, ("forget",))
+            point = {key: summary.get(key) for key in SCORED}
+            point["uw_leak_rate"] = scored_leak_rate(folder / "eval", labelled, scored_bench.eval_forget)
+            rows[name][k] = point
+    result = {
+        "steps": list(steps),
+        "lr": lr,
+        "batch_size": batch_size,
+        "attack_answers": len(attack),
+        "scored_answers": len(scored_bench.eval_forget),
+        "models": rows,
+        "recovery": {
+            name: {k: _gap(rows[name][k], rows["retain"][k]) for k in steps}
+            for name in rows
+            if name != "retain"
+        },
+    }
+    (out / "relearn.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _gap(model: dict[str, Any], yardstick: dict[str, Any]) -> dict[str, float | None]:
+    """How far above the attacked retain model the attacked model answers (forget Q_A_Prob, truth
+    ratio and UW leak: positive = knowledge the attack data alone does not explain)."""
+    return {
+        key: model[key] - yardstick[key] if model[key] is not None and yardstick[key] is not None else None
+        for key in ("forget_Q_A_Prob", "forget_truth_ratio", "uw_leak_rate")
+    }
