@@ -36,7 +36,8 @@ The workflow, each step a command and a Python call:
   eval      TOFU logs + summary, MUSE, membership attacks, KL, token-level forgetting (UW vs GW)
   config    list every setting, show the resolved config, print its JSON schema
   model     convert the embedded default model (SmolLM2-135M-Instruct) once, show where it is
-  compare   put finished runs on the forget-quality / utility plane with the Pareto frontier
+  attack    does the forgetting hold? a relearning attack against the retain model's yardstick
+  compare   put finished runs on the forget-quality / utility plane, each method's frontier
   sweep     the main job over a grid of settings (one resumable run folder per point)
   ask       ask one question to several models side by side (before / after unlearning)
   receipt   verify a run's receipt.json (hashes of the models, forget data and config)
