@@ -424,8 +424,9 @@ class RunSettings(_Section):
 
 # Before methods and identifiers brought their own settings, `unlearn` and `identify` listed every
 # key of every one of them, with these values for "not set" (null: the method's default). A config
-# written then (a run folder's config.yaml) still reads: such a key is dropped where the chosen
-# method or identifier does not take it, or where it is null.
+# file written then (a run folder's config.yaml) still reads (`legacy_layout`): such a key is
+# dropped where the chosen method or identifier does not take it, or where it is null. `--set`
+# values are never dropped: a key set by hand that the method does not take is an error.
 LEGACY_UNLEARN = {
     "tokens": "all", "beta": None, "lam": 1.0, "gamma": None, "alpha": None, "lpl_reduction": "batch",
     "pl_reduction": "sum", "lpl_space": "logit", "delta": None, "delta_inside_beta": False,
@@ -438,6 +439,24 @@ LEGACY_IDENTIFY = {
     "api_key_env": "OPENAI_API_KEY", "concurrency": 4, "timeout": 60.0, "max_retries": 3,
     "temperature": 0.0, "max_tokens": 512, "runs": 1,
 }  # fmt: skip
+
+
+def legacy_layout(tree: dict[str, Any]) -> dict[str, Any]:
+    """A config file's tree with the old flat layout's unset keys dropped (see LEGACY_UNLEARN)."""
+    tree = dict(tree)
+    atwu_base = (tree.get("atwu") or {}).get("base")
+    for section, legacy in (("unlearn", LEGACY_UNLEARN), ("identify", LEGACY_IDENTIFY)):
+        values = tree.get(section)
+        if not isinstance(values, dict):
+            continue
+        registry = METHODS if section == "unlearn" else IDENTIFIERS
+        base = UnlearnSettings if section == "unlearn" else IdentifySettings
+        name = values.get("method", base.model_fields["method"].default)
+        if not isinstance(name, str) or name not in registry.load():
+            continue  # validation names the unknown method
+        variant = unlearn_variant(name, atwu_base) if section == "unlearn" else identify_variant(name)
+        tree[section] = _without_legacy(values, variant, legacy)
+    return tree
 
 
 def _without_legacy(
@@ -483,8 +502,7 @@ class Config(_Section):
             method = value.get("method", UnlearnSettings.model_fields["method"].default)
             UnlearnSettings._known(method)  # an unknown method is one clear error, not one per key
             atwu = info.data.get("atwu")
-            variant = unlearn_variant(method, atwu.base if atwu else None)
-            return variant.model_validate(_without_legacy(value, variant, LEGACY_UNLEARN))
+            return unlearn_variant(method, atwu.base if atwu else None).model_validate(value)
         return handler(value)
 
     @field_validator("identify", mode="wrap")
@@ -496,8 +514,7 @@ class Config(_Section):
         if isinstance(value, dict):
             method = value.get("method", IdentifySettings.model_fields["method"].default)
             IdentifySettings._known(method)
-            variant = identify_variant(method)
-            return variant.model_validate(_without_legacy(value, variant, LEGACY_IDENTIFY))
+            return identify_variant(method).model_validate(value)
         return handler(value)
 
     def to_yaml(self) -> str:
@@ -592,7 +609,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(
                 f"config file {path} must hold a mapping of sections, not {type(loaded).__name__}"
             )
-        tree = loaded or {}
+        tree = legacy_layout(loaded or {})
         source = str(path)
     for item in overrides or []:
         key, value = _parse_override(item)

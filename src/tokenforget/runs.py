@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from tokenforget.config import Config
+from tokenforget.config import Config, legacy_layout
 from tokenforget.errors import ConfigError
 from tokenforget.models import precision_label, precision_setting, resolve_device
 
@@ -49,7 +49,7 @@ def normalised(written: dict[str, Any]) -> dict[str, Any]:
     """A config.yaml as this version reads it (keys of older layouts mapped), or as written when it
     no longer validates (the comparison then names what differs)."""
     try:
-        return Config.model_validate(written).model_dump(mode="json")
+        return Config.model_validate(legacy_layout(written)).model_dump(mode="json")
     except (ValidationError, ConfigError):
         return written
 
