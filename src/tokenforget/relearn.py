@@ -48,7 +48,7 @@ def attack_halves(bench: QABenchmark) -> tuple[list[Sample], QABenchmark]:
 
 
 def attack_config(cfg: Config, lr: float, batch_size: int) -> Config:
-    """The fine-tune an attacker runs: full weights, answer-only NLL, constant budget per step."""
+    """The fine-tune an attacker runs: full weights, answer-only NLL, no warm-up, linear decay."""
     prepare = cfg.prepare.model_copy(
         update={
             "lr": lr,
