@@ -336,3 +336,6 @@ def test_a_relearning_attack_brings_forget_probability_back_and_leaves_the_run_u
     assert model_file.read_bytes() == before  # the attack works on copies
     assert (folder / "attacks" / "relearn" / "unlearned" / "step-4" / "model" / "model.safetensors").is_file()
     assert "Relearning attack" in result.stdout
+    # the retain model's attacked copies live in the world's folder, for every run in the world
+    assert numbers["yardstick"].startswith(env["TOKENFORGET_CACHE"])
+    assert (Path(numbers["yardstick"]) / "step-4" / "model" / "model.safetensors").is_file()

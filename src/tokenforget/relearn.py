@@ -9,7 +9,8 @@ learns from the attack data alone. Recovery is the gap between the two.
 
 Every budget is a fine-tune from the given model (never changed) into the run folder, resumable
 like every other stage, and is evaluated with `evaluate_tofu` on the scored half, so its numbers
-are the ones `tokenforget eval tofu` gives on the saved model.
+are the ones `tokenforget eval tofu` gives on the saved model. The retain model's attacked copies
+live in the world's folder, one set per attack recipe (`yardstick_folder`), shared by every run.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from tokenforget.artifacts import Stamp
 from tokenforget.config import Config
 from tokenforget.data.benchmarks import QABenchmark
 from tokenforget.data.records import Sample
@@ -91,6 +93,20 @@ def scored_leak_rate(eval_dir: Path, labelled: dict[str, Sample], scored: list[S
     return leak_rate(words, answers)
 
 
+def yardstick_folder(cfg: Config, world: Path, lr: float, batch_size: int) -> Path:
+    """Where the retain model's attacked copies live: in its world's folder, one per attack recipe,
+    so every run in the world shares them."""
+    payload = {
+        "split": "forget rows alternate: even attacked, odd scored",
+        "lr": lr,
+        "batch_size": batch_size,
+        "seed": cfg.prepare.seed,
+        "prompt": cfg.prompt.model_dump(mode="json"),
+        "precision": cfg.model.precision,
+    }
+    return world / "attacks" / f"relearn-{Stamp('relearn', payload).key[:12]}"
+
+
 def relearn_attack(
     cfg: Config,
     models: dict[str, str],
@@ -100,28 +116,32 @@ def relearn_attack(
     steps: tuple[int, ...] = ATTACK_STEPS,
     lr: float = 1e-4,
     batch_size: int = 4,
+    yardstick: Path | None = None,
 ) -> dict[str, Any]:
     """Attack each model (name -> folder; `retain` is the yardstick) at each step budget; the forget
-    numbers on the scored half, per model and budget, and the recovery over the retain model."""
+    numbers on the scored half, per model and budget, and the recovery over the retain model.
+    `yardstick`: where the retain model's attacked copies go (default: under `out`)."""
     attack, scored_bench = attack_halves(bench)
     attack_cfg = attack_config(cfg, lr, batch_size)
     labelled = {sample_key(s): s for s in labels}
     rows: dict[str, dict[int, dict[str, Any]]] = {}
     order = ["retain", *(name for name in models if name != "retain")]  # retain first: FQ needs it
+    retain_root = yardstick or out / "retain"
     for name in order:
         rows[name] = {}
         for k in steps:
-            folder = out / name / f"step-{k}"
+            folder = (retain_root if name == "retain" else out / name) / f"step-{k}"
             console.print(f"[bold]relearn[/] {name}: {k} steps on {len(attack)} attack answers")
             model = relearned(attack_cfg, models[name], attack, k, folder, batch_size)
             # forget quality against the retain model under the same attack (what a model that never
             # saw the forget set looks like after it); the retain model against itself unattacked
-            yardstick = out / "retain" / f"step-{0 if name == 'retain' else k}" / "eval"
-            summary = evaluate_tofu(cfg, model, scored_bench, folder / "eval", yardstick, ("forget",))
+            retain_logs = retain_root / f"step-{0 if name == 'retain' else k}" / "eval"
+            summary = evaluate_tofu(cfg, model, scored_bench, folder / "eval", retain_logs, ("forget",))
             point = {key: summary.get(key) for key in SCORED}
             point["uw_leak_rate"] = scored_leak_rate(folder / "eval", labelled, scored_bench.eval_forget)
             rows[name][k] = point
     result = {
+        "yardstick": str(retain_root),
         "steps": list(steps),
         "lr": lr,
         "batch_size": batch_size,
