@@ -441,20 +441,30 @@ LEGACY_IDENTIFY = {
 }  # fmt: skip
 
 
+REGISTERED_SECTIONS = ("unlearn", "identify")  # sections validated as their component's variant
+
+
+def section_variant(section: str, values: dict[str, Any], atwu_base: str | None = None) -> type[Any]:
+    """The variant of a registered section for the method or identifier its values name (a
+    ValueError naming the choices when none is registered under that name)."""
+    base = UnlearnSettings if section == "unlearn" else IdentifySettings
+    name = values.get("method", base.model_fields["method"].default)
+    base._known(name)  # type: ignore[operator]  # an unknown name is one clear error, not one per key
+    return unlearn_variant(name, atwu_base) if section == "unlearn" else identify_variant(name)
+
+
 def legacy_layout(tree: dict[str, Any]) -> dict[str, Any]:
     """A config file's tree with the old flat layout's unset keys dropped (see LEGACY_UNLEARN)."""
     tree = dict(tree)
     atwu_base = (tree.get("atwu") or {}).get("base")
-    for section, legacy in (("unlearn", LEGACY_UNLEARN), ("identify", LEGACY_IDENTIFY)):
+    for section, legacy in zip(REGISTERED_SECTIONS, (LEGACY_UNLEARN, LEGACY_IDENTIFY), strict=True):
         values = tree.get(section)
         if not isinstance(values, dict):
             continue
-        registry = METHODS if section == "unlearn" else IDENTIFIERS
-        base = UnlearnSettings if section == "unlearn" else IdentifySettings
-        name = values.get("method", base.model_fields["method"].default)
-        if not isinstance(name, str) or name not in registry.load():
+        try:
+            variant = section_variant(section, values, atwu_base)
+        except (ValueError, TypeError):
             continue  # validation names the unknown method
-        variant = unlearn_variant(name, atwu_base) if section == "unlearn" else identify_variant(name)
         tree[section] = _without_legacy(values, variant, legacy)
     return tree
 
@@ -492,29 +502,16 @@ class Config(_Section):
     )
     run: RunSettings = RunSettings()
 
-    @field_validator("unlearn", mode="wrap")
+    @field_validator(*REGISTERED_SECTIONS, mode="wrap")
     @classmethod
-    def _method_variant(cls, value: Any, handler: Any, info: ValidationInfo) -> Any:
-        """Validate `unlearn` as the named method's variant, so its own keys are known and checked."""
-        if isinstance(value, UnlearnSettings):
+    def _registered_variant(cls, value: Any, handler: Any, info: ValidationInfo) -> Any:
+        """Validate `unlearn` / `identify` as the variant of the method / identifier they name, so
+        its own keys are known and checked."""
+        if isinstance(value, BaseModel):
             value = value.model_dump()
         if isinstance(value, dict):
-            method = value.get("method", UnlearnSettings.model_fields["method"].default)
-            UnlearnSettings._known(method)  # an unknown method is one clear error, not one per key
             atwu = info.data.get("atwu")
-            return unlearn_variant(method, atwu.base if atwu else None).model_validate(value)
-        return handler(value)
-
-    @field_validator("identify", mode="wrap")
-    @classmethod
-    def _identifier_variant(cls, value: Any, handler: Any) -> Any:
-        """Validate `identify` as the named identifier's variant, so its own keys are known and checked."""
-        if isinstance(value, IdentifySettings):
-            value = value.model_dump()
-        if isinstance(value, dict):
-            method = value.get("method", IdentifySettings.model_fields["method"].default)
-            IdentifySettings._known(method)
-            return identify_variant(method).model_validate(value)
+            return section_variant(info.field_name, value, atwu.base if atwu else None).model_validate(value)
         return handler(value)
 
     def to_yaml(self) -> str:
@@ -578,17 +575,16 @@ def _describe_validation(exc: ValidationError, source: str, tree: dict[str, Any]
 def _owner_hint(loc: tuple[Any, ...], tree: dict[str, Any]) -> str:
     """For a key of a registered component's section: which method or identifier refused it, and
     the keys it does take."""
-    if len(loc) != 2 or loc[0] not in ("unlearn", "identify"):
+    if len(loc) != 2 or loc[0] not in REGISTERED_SECTIONS:
+        return ""
+    values = tree.get(loc[0]) or {}
+    try:
+        variant = section_variant(loc[0], values, (tree.get("atwu") or {}).get("base"))
+    except (ValueError, TypeError):
         return ""
     base = UnlearnSettings if loc[0] == "unlearn" else IdentifySettings
-    section = tree.get(loc[0]) or {}
-    name = section.get("method", base.model_fields["method"].default)
-    if name not in (METHODS if loc[0] == "unlearn" else IDENTIFIERS).load():
-        return ""
-    if loc[0] == "unlearn":
-        variant, what = unlearn_variant(name, (tree.get("atwu") or {}).get("base")), "method"
-    else:
-        variant, what = identify_variant(name), "identifier"
+    name = values.get("method", base.model_fields["method"].default)
+    what = "method" if loc[0] == "unlearn" else "identifier"
     own = [key for key in variant.model_fields if key not in base.model_fields]
     return f" for {what} {name} (its own keys: {', '.join(own) or 'none'})"
 
