@@ -325,7 +325,8 @@ def test_a_relearning_attack_brings_forget_probability_back_and_leaves_the_run_u
         [*args, "--steps", "0,4", "--lr", "1e-3"], env=env, capture_output=True, text=True, timeout=900
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    numbers = json.loads((folder / "attacks" / "relearn" / "relearn.json").read_text())
+    (attack,) = (folder / "attacks").glob("relearn-*")  # one folder per attack recipe
+    numbers = json.loads((attack / "relearn.json").read_text())
     assert numbers["attack_answers"] == 20 and numbers["scored_answers"] == 20  # half of each author
     unlearned, retain = numbers["models"]["unlearned"], numbers["models"]["retain"]
     # four steps on the attack half raise the probability of the other half's answers
@@ -334,8 +335,13 @@ def test_a_relearning_attack_brings_forget_probability_back_and_leaves_the_run_u
     gap = numbers["recovery"]["unlearned"]["4"]["forget_Q_A_Prob"]
     assert gap == unlearned["4"]["forget_Q_A_Prob"] - retain["4"]["forget_Q_A_Prob"]
     assert model_file.read_bytes() == before  # the attack works on copies
-    assert (folder / "attacks" / "relearn" / "unlearned" / "step-4" / "model" / "model.safetensors").is_file()
+    assert (attack / "unlearned" / "step-4" / "model" / "model.safetensors").is_file()
     assert "Relearning attack" in result.stdout
     # the retain model's attacked copies live in the world's folder, for every run in the world
     assert numbers["yardstick"].startswith(env["TOKENFORGET_CACHE"])
     assert (Path(numbers["yardstick"]) / "step-4" / "model" / "model.safetensors").is_file()
+    again = subprocess.run(
+        [*args, "--steps", "0,4", "--lr", "5e-4"], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(list((folder / "attacks").glob("relearn-*"))) == 2  # another recipe: other copies

@@ -808,14 +808,14 @@ def attack_relearn(
     one that forgot answers them like the retain model, which learns from the attack data alone.
     Recovery = the unlearned model's forget Q_A_Prob, truth ratio and UW leak rate minus the attacked
     retain model's; forget quality compares with the retain model under the same attack. The given
-    models are never changed: each budget is a copy under OUT (default RUN/attacks/relearn; the
-    retain model's in its world's folder, shared by every run there), resumable, evaluated like
+    models are never changed: each budget is a copy under OUT (default RUN/attacks/relearn-<recipe>;
+    the retain model's in its world's folder, shared by every run there), resumable, evaluated like
     `tokenforget eval tofu` would on it. relearn.json has every number.
     """
     from tokenforget.data.benchmarks import load_benchmark
     from tokenforget.data.identified import read_identified
     from tokenforget.prepare import prepare
-    from tokenforget.relearn import SCORED, relearn_attack, yardstick_folder
+    from tokenforget.relearn import SCORED, attack_folder, relearn_attack
 
     config_file, model_dir = run_folder / "config.yaml", run_folder / "unlearn" / "model"
     if not config_file.is_file() or not model_dir.is_dir():
@@ -839,8 +839,8 @@ def attack_relearn(
     if with_target:
         models["target"] = str(prepared.target)
     labels = read_identified(cfg.eval.token_labels or run_folder / "identified.jsonl")
-    out_path = out_dir or run_folder / "attacks" / "relearn"
-    yardstick = yardstick_folder(cfg, prepared.folder, lr, batch_size)
+    out_path = out_dir or attack_folder(cfg, run_folder, lr, batch_size)
+    yardstick = attack_folder(cfg, prepared.folder, lr, batch_size) / "retain"
     result = relearn_attack(
         cfg, models, load_benchmark(cfg), out_path, labels, budgets, lr, batch_size, yardstick
     )

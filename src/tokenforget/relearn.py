@@ -10,7 +10,7 @@ learns from the attack data alone. Recovery is the gap between the two.
 Every budget is a fine-tune from the given model (never changed) into the run folder, resumable
 like every other stage, and is evaluated with `evaluate_tofu` on the scored half, so its numbers
 are the ones `tokenforget eval tofu` gives on the saved model. The retain model's attacked copies
-live in the world's folder, one set per attack recipe (`yardstick_folder`), shared by every run.
+live in the world's folder, one set per attack recipe (`attack_folder`), shared by every run.
 """
 
 from __future__ import annotations
@@ -93,9 +93,10 @@ def scored_leak_rate(eval_dir: Path, labelled: dict[str, Sample], scored: list[S
     return leak_rate(words, answers)
 
 
-def yardstick_folder(cfg: Config, world: Path, lr: float, batch_size: int) -> Path:
-    """Where the retain model's attacked copies live: in its world's folder, one per attack recipe,
-    so every run in the world shares them."""
+def attack_folder(cfg: Config, root: Path, lr: float, batch_size: int) -> Path:
+    """Where a relearning attack's copies live under `root` (a run folder, or the world's folder for
+    the retain model's, which every run in the world shares): one folder per attack recipe, so a
+    copy made under other settings is never taken for this attack's."""
     payload = {
         "split": "forget rows alternate: even attacked, odd scored",
         "lr": lr,
@@ -104,7 +105,7 @@ def yardstick_folder(cfg: Config, world: Path, lr: float, batch_size: int) -> Pa
         "prompt": cfg.prompt.model_dump(mode="json"),
         "precision": cfg.model.precision,
     }
-    return world / "attacks" / f"relearn-{Stamp('relearn', payload).key[:12]}"
+    return root / "attacks" / f"relearn-{Stamp('relearn', payload).key[:12]}"
 
 
 def relearn_attack(
