@@ -161,3 +161,8 @@ def test_ask_answers_with_every_model_side_by_side(tiny_llama_dir, tmp_path):
     assert str(tiny_llama_dir)[-20:] in result.output and str(run_folder)[-20:] in result.output
     missing = cli("ask", "only-a-question")
     assert missing.returncode == 2 and "at least one model" in missing.stderr
+
+
+def test_config_keys_name_the_methods_that_take_each_key():
+    text = CliRunner().invoke(app, ["config", "keys"]).output
+    assert "[tpo, tpo_gd]" in text and "[simnpo] SimNPO" in text  # printed, not read as markup

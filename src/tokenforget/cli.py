@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from tokenforget.config import Config, config_keys, load_config
 from tokenforget.errors import DataError, TokenforgetError
@@ -881,7 +882,8 @@ def config_keys_cmd() -> None:
     table.add_column("default")
     table.add_column("meaning")
     for key, default, description in config_keys():
-        table.add_row(key, default, description)
+        # Text, not markup: "[tpo, tpo_gd] ..." names the methods that take a key
+        table.add_row(key, Text(default), Text(description))
     out.print(table)
 
 
