@@ -228,10 +228,9 @@ def eval_stage(
     """TOFU summaries, token-level forgetting and KL on retain for the unlearned, target, retain models."""
     from tokenforget.evaluate.tofu_run import evaluate_tofu, resolve_profile, split_rows
 
-    eval_root = prepared.folder / "eval" / cfg.eval.profile
-    paths = {"unlearned": str(model_dir), "target": str(prepared.target), "retain": str(prepared.retain)}
-    dirs = {"unlearned": folder / "eval" / "unlearned", "target": eval_root / "target"}
-    dirs["retain"] = eval_root / "retain"
+    world_paths, world_dirs = world_models(cfg, prepared)
+    paths = {"unlearned": str(model_dir), **world_paths}
+    dirs = {"unlearned": folder / "eval" / "unlearned", **world_dirs}
     tofu = {}
     for name in ("retain", "target", "unlearned"):  # retain first: the others' forget quality needs it
         tofu[name] = evaluate_tofu(cfg, paths[name], bench, dirs[name], dirs["retain"])
@@ -248,6 +247,14 @@ def eval_stage(
     }
 
 
+def world_models(cfg: Config, prepared: Prepared) -> tuple[dict[str, str], dict[str, Path]]:
+    """The world's target and retain models, and their evaluation folders in the world's folder
+    (shared by every run in it)."""
+    eval_root = prepared.folder / "eval" / cfg.eval.profile
+    paths = {"target": str(prepared.target), "retain": str(prepared.retain)}
+    return paths, {name: eval_root / name for name in paths}
+
+
 def world_vital_signs(cfg: Config, bench: QABenchmark, prepared: Prepared) -> dict[str, Any]:
     """What a world is: forget quality and model utility of its target and retain models, and how far
     the retain model sits from the target on the forget answers' UW and GW tokens (mean change of log
@@ -255,9 +262,7 @@ def world_vital_signs(cfg: Config, bench: QABenchmark, prepared: Prepared) -> di
     this world reuses (the prepared folder's eval/)."""
     from tokenforget.evaluate.tofu_run import evaluate_tofu
 
-    eval_root = prepared.folder / "eval" / cfg.eval.profile
-    paths = {"target": str(prepared.target), "retain": str(prepared.retain)}
-    dirs = {name: eval_root / name for name in paths}
+    paths, dirs = world_models(cfg, prepared)
     signs: dict[str, Any] = {}
     for name in ("retain", "target"):  # retain first: forget quality compares with it
         summary = evaluate_tofu(cfg, paths[name], bench, dirs[name], dirs["retain"])
