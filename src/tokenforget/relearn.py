@@ -58,7 +58,6 @@ def attack_config(cfg: Config, lr: float, batch_size: int) -> Config:
             "micro_batch_size": batch_size,
             "lora": None,
             "warmup_ratio": 0.0,
-            "seed": cfg.prepare.seed,
         }
     )
     return cfg.model_copy(update={"prepare": prepare})
