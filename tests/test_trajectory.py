@@ -45,16 +45,34 @@ def test_no_uw_token_and_no_retain_give_none_not_nan():
     assert qa_prob([]) is None
 
 
-def test_theta0_scores_are_shared_only_under_their_key(tmp_path):
-    from tokenforget.evaluate.trajectory import load_theta0_nll, save_theta0_nll
+def test_theta0_file_keeps_one_section_per_kind_each_under_its_own_key(tmp_path, monkeypatch):
+    from tokenforget.artifacts import Stamp
+    from tokenforget.evaluate.trajectory import pack_nll, unpack_nll
+    from tokenforget.reference import THETA0_FILE, read_section, theta0_numbers
 
+    monkeypatch.setenv("TOKENFORGET_CACHE", str(tmp_path / "cache"))
     nll = [torch.tensor([0.5, 1.0]), torch.tensor([2.0]), torch.tensor([0.25, 0.5, 0.75])]
-    path = tmp_path / "t.safetensors"
-    save_theta0_nll(path, nll, "k1")
-    got = load_theta0_nll(path, "k1", 3)
-    assert got is not None and all(torch.equal(a, b) for a, b in zip(got, nll, strict=True))
-    assert load_theta0_nll(path, "k2", 3) is None  # another model, probe or precision
-    assert load_theta0_nll(path, "k1", 4) is None  # another number of answers
-    assert load_theta0_nll(tmp_path / "missing.safetensors", "k1", 3) is None
-    path.write_bytes(path.read_bytes()[:40])  # torn: recomputed, never trusted
-    assert load_theta0_nll(path, "k1", 3) is None
+    reference = {"forget/a/logp": torch.tensor([-1.0, -2.0])}
+    ref_stamp, traj_stamp = Stamp("reference", {"m": 1}), Stamp("trajectory", {"m": 1})
+    built: list[str] = []
+
+    def build(kind, value):
+        return lambda: built.append(kind) or value
+
+    run = tmp_path / "run"
+    theta0_numbers(run, ref_stamp, build("reference", reference))
+    got = theta0_numbers(run, traj_stamp, build("trajectory", pack_nll(nll)))
+    assert all(torch.equal(a, b) for a, b in zip(unpack_nll(got), nll, strict=True))
+    path = run / THETA0_FILE
+    assert torch.equal(read_section(path, ref_stamp)["forget/a/logp"], reference["forget/a/logp"])
+    assert read_section(path, Stamp("reference", {"m": 2})) is None  # another model, texts or precision
+    # a second run of the sweep reads the user cache; the first run's file answers without building
+    theta0_numbers(tmp_path / "run2", traj_stamp, build("again", {}))
+    theta0_numbers(run, ref_stamp, build("again", {}))
+    assert built == ["reference", "trajectory"]
+    # a new stamp rebuilds its own section and keeps the other one
+    theta0_numbers(run, Stamp("trajectory", {"m": 2}), build("trajectory2", pack_nll(nll[:1])))
+    assert read_section(path, ref_stamp) is not None and read_section(path, traj_stamp) is None
+    assert [p.name for p in run.iterdir()] == [THETA0_FILE]  # atomic: no temporary file left
+    path.write_bytes(path.read_bytes()[:40])  # torn: rebuilt, never trusted
+    assert read_section(path, ref_stamp) is None

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from tokenforget.config import load_config
@@ -54,7 +55,13 @@ def test_every_method_trains_and_saves_a_model(tmp_path, tiny_llama_dir, forget_
     assert any(not torch.equal(before[k], after[k]) for k in before), "training changed nothing"
     m = METHODS[method]
     assert result.summary["theta0_in_memory"] == m.needs_ref_model
-    assert (result.folder / "reference.safetensors").is_file() == (m.needs_ref_logp or m.needs_ref_logit)
+    theta0_file = result.folder / "theta0.safetensors"
+    sections = set()
+    if theta0_file.is_file():
+        with safe_open(str(theta0_file), framework="pt") as handle:
+            sections = set((handle.metadata() or {}).keys()) - {"format"}
+    # one file holds every theta0 number the run uses (here the loss's reference, when it has one)
+    assert sections == ({"reference"} if m.needs_ref_logp or m.needs_ref_logit else set())
     retain_part = f"retain_{m.retain}"
     assert (retain_part in rows[0]) == (m.retain != "none")
     beta = m.defaults.get("beta")
@@ -257,6 +264,8 @@ def test_unlearn_survives_kill_9_and_resumes_to_the_same_weights(
         assert len(shared_theta0) == 1
         assert shared_theta0 == {p: p.stat().st_mtime_ns for p in shared_theta0}
         assert not any((tmp_path / "cache" / "trajectory").glob("*.tmp*"))
+        with safe_open(str(tmp_path / "killed" / "theta0.safetensors"), framework="pt") as handle:
+            assert set(handle.metadata()) == {"format", "reference", "trajectory"}  # one theta0 file
         assert clean_t[-1]["uw_dlogp"] < 0  # NPO pushed the forget answers down
         unlearn_json = json.loads((tmp_path / "clean" / "unlearn.json").read_text())
         assert 0 < unlearn_json["eval_every_seconds"] < unlearn_json["seconds"]

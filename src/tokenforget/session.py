@@ -8,14 +8,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tokenforget.artifacts import cached
 from tokenforget.atwu import (
     ScorerRegularisers,
     TokenScorer,
@@ -42,7 +40,14 @@ from tokenforget.losses import (
 )
 from tokenforget.models import load_model, resolve_model, wrap_lora
 from tokenforget.progress import console
-from tokenforget.reference import SAFETENSORS, compute_reference, reference_stamp, reference_stats
+from tokenforget.reference import (
+    THETA0_FILE,
+    compute_reference,
+    read_section,
+    reference_stamp,
+    reference_stats,
+    theta0_numbers,
+)
 
 
 def atwu_method(cfg: Config) -> Method:
@@ -270,21 +275,17 @@ def start_session(cfg: Config, folder: Path, accelerator: Any) -> Session:
     if method.needs_ref_logp or method.needs_ref_logit:
         groups = {"forget": forget_enc, **({"alt": alt_enc} if alt_enc else {})}
         stamp = reference_stamp(source, groups, ids, precision.label)
-        ref_file = folder / "reference.safetensors"
-        if accelerator.is_main_process and SAFETENSORS.read(ref_file, stamp) is None:
-            shared = stamp.shared_path(".safetensors")
-            cached(
-                shared,
+        if accelerator.is_main_process:
+            theta0_numbers(
+                folder,
                 stamp,
                 lambda: compute_reference(model, groups, ids, pad, precision),
-                SAFETENSORS,
                 on_hit=lambda path: console.print(f"[green]unlearn[/]: theta0 reference reused from {path}"),
             )
-            shutil.copyfile(shared, ref_file)
         accelerator.wait_for_everyone()
-        loaded = SAFETENSORS.read(ref_file, stamp)
+        loaded = read_section(folder / THETA0_FILE, stamp)
         if loaded is None:
-            raise RuntimeError(f"the reference cache {ref_file} could not be written or read back")
+            raise RuntimeError(f"{folder / THETA0_FILE}: theta0's numbers could not be written or read back")
         cache = loaded
     n_layers = model.config.num_hidden_layers
     layer = (u.layer if u.layer is not None else n_layers // 2) if method.needs_hidden else None

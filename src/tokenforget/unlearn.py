@@ -4,10 +4,10 @@ One optimizer step = `unlearn.batch_size` forget samples (split over processes a
 each micro-batch with as many retain samples (when the method has a retain term) and, for IdkPO, the
 forget questions with their "I don't know" answers. All rows of a micro-batch go through **one**
 policy forward; the LM head runs at answer positions only. theta0 enters through the reference cache
-(`reference.safetensors`) unless the method needs its whole distribution (ga_kl, undial) or its
+(`theta0.safetensors`) unless the method needs its whole distribution (ga_kl, undial) or its
 hidden states (rmu): then it is loaded, frozen, and said so in the log.
 
-The output folder is a run folder (docs/design.md): `config.yaml`, `reference.safetensors`,
+The output folder is a run folder (docs/design.md): `config.yaml`, `theta0.safetensors`,
 `checkpoints/`, `train_log.jsonl` (one line per step, every loss term), `model/` (save_pretrained,
 safetensors; merged weights or the LoRA adapter) and `unlearn.json`. Kill it at any moment and run
 the same command again: it resumes from the last checkpoint and ends with the same weights.

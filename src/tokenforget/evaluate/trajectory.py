@@ -10,12 +10,12 @@ a slice of retain answers in one pass; `trajectory.jsonl` gets one row per point
 - `uw_leak_rate` (only when a stop condition asks for it: it generates): the share of unwanted words
   in the greedy answers to the forget questions, as the final evaluation counts it.
 
-theta0's per-token log-probabilities come from the step-0 point itself and are kept next to the
-log (`trajectory_theta0.safetensors`), so a resumed run continues the same curves. About two forward
-passes over ~80 answers per point: seconds on a GPU, 20-25 s for SmolLM2-135M on 2 CPU cores
-(measured in the showdown). The step-0 scores depend only on theta0, the probe's texts and the
-precision, so the runs that share them (a sweep's) share one file in the user cache
-(`$TOKENFORGET_CACHE/trajectory/`) and skip that pass.
+theta0's per-token log-probabilities come from the step-0 point itself and are kept in the run's
+theta0 file (`theta0.safetensors`, section `trajectory`), so a resumed run continues the same
+curves. About two forward passes over ~80 answers per point: seconds on a GPU, 20-25 s for
+SmolLM2-135M on 2 CPU cores (measured in the showdown). The step-0 scores depend only on theta0,
+the probe's texts and the precision, so the runs that share them (a sweep's) share one file in the
+user cache (`$TOKENFORGET_CACHE/trajectory/`) and skip that pass.
 """
 
 from __future__ import annotations
@@ -29,16 +29,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from tokenforget.artifacts import Codec, Stamp, cached
+from tokenforget.artifacts import Stamp
 from tokenforget.data.encode import Encoded
 from tokenforget.evaluate.metrics import masked_mean_delta
 from tokenforget.forward.scoring import encoded_nll
+from tokenforget.reference import THETA0_FILE, read_section, reference_stamp, theta0_numbers
 from tokenforget.runs import trim_step_log
 
 TRAJECTORY_FILE = "trajectory.jsonl"
-THETA0_FILE = "trajectory_theta0.safetensors"
+LEGACY_THETA0_FILE = "trajectory_theta0.safetensors"  # run folders made before theta0.safetensors
 
 
 @dataclass
@@ -101,51 +102,38 @@ def point_from_nll(
 def theta0_stamp(model_source: str, probe: Probe) -> Stamp:
     """What the step-0 scores depend on: theta0's weights, the probe's texts and the precision (the
     reference cache's stamp, over the probe's two groups)."""
-    from tokenforget.reference import reference_stamp
-
     groups = {"trajectory-forget": probe.forget, "trajectory-retain": probe.retain}
     stamp = reference_stamp(model_source, groups, [], probe.precision.label, kind="trajectory")
     return Stamp(stamp.kind, {**stamp.payload, "answers": len(probe.forget) + len(probe.retain)})
 
 
-def save_theta0_nll(path: Path, nll: Sequence[torch.Tensor], key: str) -> None:
-    from tokenforget.reference import save_tensors
-
-    tensors = {"nll": torch.cat(list(nll)).contiguous(), "lengths": torch.tensor([x.numel() for x in nll])}
-    save_tensors(path, tensors, key)
+def pack_nll(nll: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-answer NLLs as two tensors (all tokens, and each answer's length) for a safetensors file."""
+    return {"nll": torch.cat(list(nll)).contiguous(), "lengths": torch.tensor([x.numel() for x in nll])}
 
 
-def load_theta0_nll(path: Path, key: str, answers: int) -> list[torch.Tensor] | None:
-    """The cached step-0 NLLs when `path` holds them for `key` (and `answers` of them); else None."""
-    from tokenforget.reference import load_tensors
-
-    tensors = load_tensors(path, key)
-    if tensors is None or {"nll", "lengths"} - tensors.keys() or len(tensors["lengths"]) != answers:
-        return None
+def unpack_nll(tensors: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     return list(torch.split(tensors["nll"], tensors["lengths"].tolist()))
 
 
-THETA0_NLL: Codec[list[torch.Tensor]] = Codec(
-    lambda path, nll, stamp: save_theta0_nll(path, nll, stamp.key),
-    lambda path, stamp: load_theta0_nll(path, stamp.key, stamp.payload["answers"]),
-)
-
-
 class Trajectory:
-    """Writes `trajectory.jsonl` in a run folder; resumes from the rows and theta0 file it finds.
-    `shared`: the stamp of the step-0 scores in the user cache (read when they match, else written)."""
+    """Writes `trajectory.jsonl` in a run folder; resumes from the rows and the theta0 numbers it finds.
+    `stamp`: what the step-0 scores depend on (they are shared through the user cache)."""
 
-    def __init__(self, folder: Path, probe: Probe, shared: Stamp | None = None) -> None:
+    def __init__(self, folder: Path, probe: Probe, stamp: Stamp) -> None:
+        self.folder = folder
         self.log = folder / TRAJECTORY_FILE
-        self.theta0_file = folder / THETA0_FILE
-        self.shared = shared
+        self.stamp = stamp
         self.probe = probe
         self.masks = token_masks(probe.forget)
         self.theta0: torch.Tensor | None = None
         self.seconds = 0.0  # spent measuring in this process (kept apart from training time)
         self._first: dict[str, Any] | None = None
-        if self.theta0_file.is_file():
-            self.theta0 = load_file(str(self.theta0_file))["logp"]
+        found = read_section(folder / THETA0_FILE, stamp)
+        if found is not None:
+            self.theta0 = -torch.cat(unpack_nll(found)[: len(probe.forget)])
+        elif (folder / LEGACY_THETA0_FILE).is_file():
+            self.theta0 = load_file(str(folder / LEGACY_THETA0_FILE))["logp"]
 
     def leak_rate(self, model: torch.nn.Module) -> float | None:
         from tokenforget.evaluate.metrics import leak_rate
@@ -190,17 +178,16 @@ class Trajectory:
         def score() -> list[torch.Tensor]:
             return encoded_nll(model, texts, self.probe.pad_id, self.probe.precision, self.probe.batch_size)
 
-        if step == 0 and self.shared is not None:  # theta0: the same for every run on these texts
-            nll = cached(self.shared.shared_path(".safetensors"), self.shared, score, THETA0_NLL)
+        if step == 0:  # theta0: the same for every run on these texts
+            nll = unpack_nll(theta0_numbers(self.folder, self.stamp, lambda: pack_nll(score())))
+            self.theta0 = -torch.cat(nll[:n])
+        elif self.theta0 is None:
+            raise RuntimeError(
+                f"theta0's scores are missing from {self.folder / THETA0_FILE}: "
+                f"the trajectory cannot resume at {step}"
+            )
         else:
             nll = score()
-        if self.theta0 is None:
-            if step != 0:
-                raise RuntimeError(f"{self.theta0_file} is missing: the trajectory cannot resume at {step}")
-            self.theta0 = -torch.cat(nll[:n])
-            tmp = self.theta0_file.with_suffix(".tmp")
-            save_file({"logp": self.theta0.contiguous()}, str(tmp))
-            tmp.replace(self.theta0_file)
         row = {"step": step, **point_from_nll(nll[:n], nll[n:], self.theta0, self.masks)}
         if self.probe.leak is not None:
             row["uw_leak_rate"] = self.leak_rate(model)
