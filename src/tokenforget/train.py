@@ -29,10 +29,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from tokenforget.artifacts import Stamp
 from tokenforget.cpu import fits_in_free_memory, packed_linears
 from tokenforget.data.encode import Encoded, pad_batch
 from tokenforget.forward import answer_forward, token_nll
-from tokenforget.models import Precision, file_sha256, json_digest
+from tokenforget.models import Precision, file_sha256
 
 # ----------------------------------------------------------------------------- data order
 
@@ -492,9 +493,8 @@ def run_steps(
     sharded = kind in SHARDED
     # what makes a sharded checkpoint this run's (how often it is written does not)
     shape = {k: v for k, v in vars(settings).items() if k != "checkpoint_every"}
-    run_stamp = json_digest(
-        {"label": label, "total": total, "world": getattr(accelerator, "num_processes", 1), **shape}
-    )
+    world = getattr(accelerator, "num_processes", 1)
+    run_stamp = Stamp("checkpoint", {"label": label, "total": total, "world": world, **shape}).key
     if sharded:
         if prepare is None or extra_params or extra_state:
             raise ValueError(f"a {kind} run needs `prepare`, and cannot train extra parameters or state")
