@@ -34,7 +34,7 @@ LAYERS = [
     {"losses", "reference", "identify"},
     {"train", "atwu", "session", "distributed", "inputs"},
     {"evaluate"},
-    {"unlearn", "prepare", "relearn"},  # stages: training with the evaluation it reports
+    {"unlearn", "prepare", "relearn", "quantize"},  # stages: a model made, with the evaluation it reports
     {"pipeline", "receipt", "report", "cli", "__init__"},
 ]
 

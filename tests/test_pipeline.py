@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 EVAL_PASS = re.compile(r"eval (retain|forget|real_authors|world_facts): \d+ questions")
@@ -345,3 +346,39 @@ def test_a_relearning_attack_brings_forget_probability_back_and_leaves_the_run_u
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(list((folder / "attacks").glob("relearn-*"))) == 2  # another recipe: other copies
+
+
+def test_a_quantization_attack_saves_a_loadable_rounded_copy_and_leaves_the_run_untouched(finished_run):
+    from tokenforget.config import ModelSettings
+    from tokenforget.models import load_model
+
+    folder, env = finished_run["folder"], finished_run["env"]
+    model_file = folder / "unlearn" / "model" / "model.safetensors"
+    before = model_file.read_bytes()
+    args = [sys.executable, "-m", "tokenforget.cli", "attack", "quantize", str(folder)]
+    wrong = subprocess.run([*args, "--bits", "3"], env=env, capture_output=True, text=True, timeout=300)
+    assert wrong.returncode == 2 and "--bits 3: expected one of 4, 8" in wrong.stderr
+    assert not list((folder / "attacks").glob("quantize-*"))  # refused before any work
+    result = subprocess.run([*args, "--bits", "4"], env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (attack,) = (folder / "attacks").glob("quantize-*")
+    numbers = json.loads((attack / "quantize.json").read_text())
+    assert set(numbers["models"]) == {"retain", "target", "unlearned"}
+    unlearned = numbers["models"]["unlearned"]
+    assert unlearned["before"]["forget_Q_A_Prob"] != unlearned["after"]["forget_Q_A_Prob"]
+    change = numbers["change"]["unlearned"]["forget_Q_A_Prob"]
+    assert change == unlearned["after"]["forget_Q_A_Prob"] - unlearned["before"]["forget_Q_A_Prob"]
+    assert numbers["models"]["retain"]["before"]["forget_quality"] == 1.0  # the original retain model
+    assert model_file.read_bytes() == before  # the attack works on a copy
+    # the copy is the library's own format: it loads as a quantized model and gives other logits
+    settings = ModelSettings(precision="fp32", device="cpu")
+    copy, tokenizer, _ = load_model(settings, str(attack / "unlearned" / "model"))
+    original, _, _ = load_model(settings, str(folder / "unlearn" / "model"))
+    assert "torchao" in type(copy.model.layers[0].mlp.down_proj.weight.data).__module__
+    ids = tokenizer("Who wrote it?", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert not torch.allclose(copy(ids).logits, original(ids).logits, atol=1e-4)
+    assert "Quantization attack: int4" in result.stdout
+    # the target's and retain's copies live in the world's folder, for every run in the world
+    assert numbers["yardstick"].startswith(env["TOKENFORGET_CACHE"])
+    assert (Path(numbers["yardstick"]) / "retain" / "model" / "model.safetensors").is_file()

@@ -37,7 +37,7 @@ The workflow, each step a command and a Python call:
   eval      TOFU logs + summary, MUSE, membership attacks, KL, token-level forgetting (UW vs GW)
   config    list every setting, show the resolved config, print its JSON schema
   model     convert the embedded default model (SmolLM2-135M-Instruct) once, show where it is
-  attack    does the forgetting hold? a relearning attack against the retain model's yardstick
+  attack    does the forgetting hold? relearning and quantization attacks against the retain model's yardstick
   compare   put finished runs on the forget-quality / utility plane, each method's frontier
   sweep     the main job over a grid of settings (one resumable run folder per point)
   ask       ask one question to several models side by side (before / after unlearning)
@@ -818,23 +818,13 @@ def attack_relearn(
     from tokenforget.prepare import prepare
     from tokenforget.relearn import SCORED, attack_folder, relearn_attack
 
-    config_file, model_dir = run_folder / "config.yaml", run_folder / "unlearn" / "model"
-    if not config_file.is_file() or not model_dir.is_dir():
-        raise TokenforgetError(
-            f"{run_folder} is not a finished run folder (config.yaml and unlearn/model/ needed): "
-            "give the folder `tokenforget run` made"
-        )
     try:
         budgets = tuple(sorted({int(x) for x in steps.split(",")}))
     except ValueError as exc:
         raise TokenforgetError(
             f"--steps {steps!r}: expected comma-separated integers, e.g. 0,5,10,20"
         ) from exc
-    cfg = load_config(config_file)
-    if cfg.data.forget is not None:
-        raise TokenforgetError(
-            "attack relearn needs a benchmark run (TOFU-mini): its world has a retain model"
-        )
+    cfg, model_dir = _attacked_run(run_folder, "relearn")
     prepared = prepare(cfg, rouge_check=False)
     models = {"unlearned": str(model_dir), "retain": str(prepared.retain)}
     if with_target:
@@ -856,6 +846,82 @@ def attack_relearn(
             table.add_row(name, str(k), *(_fmt(point[key]) for key in SCORED))
     out.print(table)
     out.print(f"written: {(out_path / 'relearn.json').resolve()}")
+
+
+def _attacked_run(run_folder: Path, attack: str) -> tuple[Config, Path]:
+    """A finished benchmark run's config and unlearned model, or an error saying what to give."""
+    config_file, model_dir = run_folder / "config.yaml", run_folder / "unlearn" / "model"
+    if not config_file.is_file() or not model_dir.is_dir():
+        raise TokenforgetError(
+            f"{run_folder} is not a finished run folder (config.yaml and unlearn/model/ needed): "
+            "give the folder `tokenforget run` made"
+        )
+    cfg = load_config(config_file)
+    if cfg.data.forget is not None:
+        raise TokenforgetError(
+            f"attack {attack} needs a benchmark run (TOFU-mini): its world has a retain model"
+        )
+    return cfg, model_dir
+
+
+@attack_app.command("quantize")
+def attack_quantize(
+    run_folder: Annotated[Path, typer.Argument(help="A finished `tokenforget run` folder on TOFU-mini.")],
+    bits: Annotated[int, typer.Option(help="Weight bits: 4 (groups) or 8 (per channel).")] = 4,
+    group_size: Annotated[
+        int, typer.Option(help="4-bit group size; lowered to a power of two every layer's width divides.")
+    ] = 128,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Where the quantized copy and numbers go.")
+    ] = None,
+) -> None:
+    """Round the unlearned, target and retain models' weights to 4 or 8 bits and evaluate each again.
+
+    \b
+    Unlearning moves weights a little; 4-bit rounding can move them back (Zhang et al., ICLR 2025:
+    from 21 % to 83 % of the forgotten knowledge back for GA and NPO). Weight-only round-to-nearest
+    with torchao through transformers (pip install 'tokenforget[quantize]'). The quantized unlearned
+    model's forget quality compares with the retain model quantized the same way; the target's and
+    retain's copies live in the world's folder, shared by every run. Each copy is saved (safetensors)
+    and evaluated like `tokenforget eval tofu` would on it; the given models are never changed.
+    quantize.json has every number before and after.
+    """
+    from tokenforget.data.benchmarks import load_benchmark
+    from tokenforget.data.identified import read_identified
+    from tokenforget.pipeline import world_models
+    from tokenforget.prepare import prepare
+    from tokenforget.quantize import (
+        SCORED,
+        attack_folder,
+        group_size_for,
+        linear_widths,
+        quantization_config,
+        quantize_attack,
+    )
+
+    cfg, model_dir = _attacked_run(run_folder, "quantize")
+    quantization_config(bits, group_size)  # a wrong --bits or a missing torchao, before any work
+    group = group_size_for(linear_widths(str(model_dir)), group_size)
+    prepared = prepare(cfg, rouge_check=False)
+    paths, dirs = world_models(cfg, prepared)
+    models = {"unlearned": str(model_dir), **paths}
+    before = {"unlearned": run_folder / "eval" / "unlearned", **dirs}
+    labels = read_identified(cfg.eval.token_labels or run_folder / "identified.jsonl")
+    out_path = out_dir or attack_folder(cfg, run_folder, bits, group)
+    yardstick = attack_folder(cfg, prepared.folder, bits, group)
+    result = quantize_attack(
+        cfg, models, before, load_benchmark(cfg), out_path, labels, bits, group, yardstick
+    )
+    grouping = f"groups of {group}" if bits == 4 else "per channel"
+    table = Table(title=f"Quantization attack: int{bits} weights (torchao, {grouping})")
+    for column in ("model", "weights", *SCORED):
+        table.add_column(column, justify="left" if column in ("model", "weights") else "right")
+    for name, row in result["models"].items():
+        for when, point in row.items():
+            label = "original" if when == "before" else f"int{bits}"
+            table.add_row(name, label, *(_fmt(point[key]) for key in SCORED))
+    out.print(table)
+    out.print(f"written: {(out_path / 'quantize.json').resolve()}")
 
 
 @data_app.command("check")

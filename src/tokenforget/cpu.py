@@ -110,6 +110,7 @@ def packed_linears(
         if type(m) is torch.nn.Linear
         and m.weight.device.type == "cpu"
         and m.weight.dtype == torch.float32
+        and type(m.weight.data) is torch.Tensor  # not a quantized tensor subclass (torchao)
         and "forward" not in vars(m)
         and not (training and any(p.requires_grad for p in m.parameters()))
     ]

@@ -300,13 +300,17 @@ def precision_setting(label: str, device: torch.device) -> str | None:
 
 
 @functools.cache
-def _quiet_transformers() -> None:
-    """Per-load tqdm bars and peft's deprecation chatter drown our own progress output."""
+def quiet_transformers() -> None:
+    """Per-load tqdm bars, peft's deprecation chatter and torchao's import-time notices (a CUDA
+    kernel library it cannot load on CPU, enum registrations) drown our own progress output."""
+    import logging
     import warnings
 
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
@@ -331,7 +335,7 @@ def load_model(
     """Load a causal LM and its tokenizer per `settings` (name overridable), on its device."""
     from transformers import AutoModelForCausalLM
 
-    _quiet_transformers()
+    quiet_transformers()
     name = name or settings.name
     source = resolve_model(name)
     device = resolve_device(settings.device)
