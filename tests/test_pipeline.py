@@ -338,6 +338,7 @@ def test_a_relearning_attack_brings_forget_probability_back_and_leaves_the_run_u
     assert model_file.read_bytes() == before  # the attack works on copies
     assert (attack / "unlearned" / "step-4" / "model" / "model.safetensors").is_file()
     assert "Relearning attack" in result.stdout
+    assert "After a relearning attack" in (folder / "report.html").read_text()  # the report shows it
     # the retain model's attacked copies live in the world's folder, for every run in the world
     assert numbers["yardstick"].startswith(env["TOKENFORGET_CACHE"])
     assert (Path(numbers["yardstick"]) / "step-4" / "model" / "model.safetensors").is_file()
@@ -379,6 +380,7 @@ def test_a_quantization_attack_saves_a_loadable_rounded_copy_and_leaves_the_run_
     with torch.no_grad():
         assert not torch.allclose(copy(ids).logits, original(ids).logits, atol=1e-4)
     assert "Quantization attack: int4" in result.stdout
+    assert "After 4-bit quantization" in (folder / "report.html").read_text()
     # the target's and retain's copies live in the world's folder, for every run in the world
     assert numbers["yardstick"].startswith(env["TOKENFORGET_CACHE"])
     assert (Path(numbers["yardstick"]) / "retain" / "model" / "model.safetensors").is_file()

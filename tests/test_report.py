@@ -162,3 +162,56 @@ def test_a_runs_group_names_its_method_and_the_settings_it_changed():
     assert method_label(summary("tpo", {"beta": 0.3, "lpl_space": "centered"})) == "tpo lpl_space=centered"
     assert method_label(summary("npo", {"beta": 0.1, "lam": 1.0, "tokens": "uw"})) == "npo tokens=uw"
     assert method_label(summary("atwu+tpo", {"beta": 0.3, "tokens": "weighted"})) == "atwu+tpo"
+
+
+def test_compare_shows_the_attacks_run_on_each_methods_best_point(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from tokenforget.cli import app
+    from tokenforget.report import attack_sections, robustness
+
+    for name, fq, mu in (("npo", 0.2, 0.3), ("tpo", 0.5, 0.29)):  # both best points of their method
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "summary.json").write_text(json.dumps(fake_summary(name, fq, mu)))
+    tpo = tmp_path / "runs" / "tpo"
+    relearn = {
+        "steps": [0, 20],
+        "lr": 1e-4,
+        "attack_answers": 20,
+        "scored_answers": 20,
+        "models": {
+            "retain": {"0": {"uw_leak_rate": 0.05}, "20": {"uw_leak_rate": 0.06}},
+            "unlearned": {"0": {"uw_leak_rate": 0.1}, "20": {"uw_leak_rate": 0.25}},
+        },
+        "recovery": {"unlearned": {"0": {"uw_leak_rate": 0.05}, "20": {"uw_leak_rate": 0.19}}},
+    }
+    (tpo / "attacks" / "relearn-abc").mkdir(parents=True)
+    (tpo / "attacks" / "relearn-abc" / "relearn.json").write_text(json.dumps(relearn))
+    for bits, leak in ((8, 0.11), (4, 0.03)):
+        after = {"forget_quality": 0.4, "uw_leak_rate": leak}
+        quantized = {
+            "bits": bits,
+            "backend": "torchao",
+            "models": {"unlearned": {"before": {}, "after": after}},
+        }
+        (tpo / "attacks" / f"quantize-{bits}").mkdir(parents=True)
+        (tpo / "attacks" / f"quantize-{bits}" / "quantize.json").write_text(json.dumps(quantized))
+    # the largest budget's leak and its gap over the attacked retain model; the 4-bit attack's numbers
+    assert robustness(tpo) == {
+        "relearn_uw_leak": 0.25,
+        "relearn_uw_gap": 0.19,
+        "int4_fq": 0.4,
+        "int4_uw_leak": 0.03,
+    }
+    assert robustness(tmp_path / "runs" / "npo") == dict.fromkeys(robustness(tpo))
+    sections = attack_sections(tpo)
+    assert "After a relearning attack" in sections and "After 4-bit quantization" in sections
+    assert "After 8-bit quantization" in sections and "int8" in sections
+    page = tmp_path / "compare.html"
+    result = CliRunner().invoke(app, ["compare", str(tmp_path / "runs"), "--out", str(page)])
+    assert result.exit_code == 0, result.output
+    frontier = page.read_text().split('id="frontier"')[1].split("</table>")[0]
+    assert "UW leak after relearning" in frontier and "FQ after int4" in frontier
+    assert '<td class="num">0.190</td>' in frontier and '<td class="num">n/a</td>' in frontier  # npo: none

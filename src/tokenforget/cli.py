@@ -248,7 +248,7 @@ def compare(
     that rule at 0.9x, ties to the lower KL on retain), and the table sorted frontier first. A
     method's group is its name with the settings it changed (`tpo lpl_space=centered`).
     """
-    from tokenforget.report import utility_frontier, write_compare
+    from tokenforget.report import ROBUSTNESS, utility_frontier, write_compare
 
     found = _finished_runs(runs)
     if not found:
@@ -266,17 +266,23 @@ def compare(
         frontier = Table(
             title="Each method's frontier: highest forget quality at utility >= share x target's"
         )
-        for column in ("method", "runs", "at 0.8x", "at 0.9x", "at 0.95x", "best run (0.9x rule)"):
+        entries = utility_frontier(rows, target_utility)
+        attacked = [k for k in ROBUSTNESS if any((e["best"] or {}).get(k) is not None for e in entries)]
+        for column in ("method", "runs", "at 0.8x", "at 0.9x", "at 0.95x", "best run (0.9x rule)", *attacked):
             left = column in ("method", "best run (0.9x rule)")
             frontier.add_column(column, justify="left" if left else "right")
-        for entry in utility_frontier(rows, target_utility):
+        for entry in entries:
             shares = (_fmt(entry[f"fq_at_{share:g}x"]) for share in (0.8, 0.9, 0.95))
-            frontier.add_row(entry["group"], str(entry["runs"]), *shares, entry["best_run"] or "none")
+            after = (_fmt((entry["best"] or {}).get(k)) for k in attacked)
+            frontier.add_row(entry["group"], str(entry["runs"]), *shares, entry["best_run"] or "none", *after)
         out.print(frontier)
     out.print(f"written: {out_file.resolve()}")
 
 
 def _finished_runs(paths: list[Path]) -> list[tuple[str, dict]]:
+    """(name, summary.json with the run's attack numbers under `robustness`) of every finished run."""
+    from tokenforget.report import robustness
+
     found = []
     for path in paths:
         candidates = [path] if (path / "summary.json").is_file() else sorted(path.glob("*/summary.json"))
@@ -284,7 +290,7 @@ def _finished_runs(paths: list[Path]) -> list[tuple[str, dict]]:
             folder = candidate if candidate.is_dir() else candidate.parent
             summary = json.loads((folder / "summary.json").read_text())
             if "headline" in summary:
-                found.append((folder.name, summary))
+                found.append((folder.name, {**summary, "robustness": robustness(folder)}))
     return found
 
 
@@ -846,6 +852,15 @@ def attack_relearn(
             table.add_row(name, str(k), *(_fmt(point[key]) for key in SCORED))
     out.print(table)
     out.print(f"written: {(out_path / 'relearn.json').resolve()}")
+    _refresh_report(run_folder)
+
+
+def _refresh_report(run_folder: Path) -> None:
+    """Rebuild the run's report.html, which shows the attacks found under RUN/attacks/."""
+    from tokenforget.report import REPORT_INPUTS, write_report
+
+    if (run_folder / REPORT_INPUTS).is_file():
+        out.print(f"report: {write_report(run_folder).resolve()}", soft_wrap=True)
 
 
 def _attacked_run(run_folder: Path, attack: str) -> tuple[Config, Path]:
@@ -922,6 +937,7 @@ def attack_quantize(
             table.add_row(name, label, *(_fmt(point[key]) for key in SCORED))
     out.print(table)
     out.print(f"written: {(out_path / 'quantize.json').resolve()}")
+    _refresh_report(run_folder)
 
 
 @data_app.command("check")

@@ -2,7 +2,8 @@
 
 Sections: the headline table (unlearned next to target and retain), the token view (each forget
 answer with its unwanted words marked and every token coloured by its change in probability),
-greedy answers before and after, training curves from train_log.jsonl, stage times.
+greedy answers before and after, training curves from train_log.jsonl, the attacks run on it
+(`attack relearn`, `attack quantize`: their JSON files under attacks/), stage times.
 """
 
 from __future__ import annotations
@@ -341,6 +342,96 @@ def report_inputs(evals: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+ATTACK_NUMBERS = ("forget_quality", "model_utility", "forget_Q_A_Prob", "forget_truth_ratio", "uw_leak_rate")
+
+
+ROBUSTNESS_LABELS = {  # the showdown's attack columns (`robustness`)
+    "relearn_uw_leak": "UW leak after relearning",
+    "relearn_uw_gap": "… above the attacked retain",
+    "int4_fq": "FQ after int4",
+    "int4_uw_leak": "UW leak after int4",
+}
+ROBUSTNESS = tuple(ROBUSTNESS_LABELS)
+
+
+def latest_attack(folder: Path, kind: str, keep: Any = None) -> dict[str, Any] | None:
+    """The newest `attacks/<kind>-<recipe>/<kind>.json` of a run folder (`keep(numbers)`: which count)."""
+    found = []
+    for path in folder.glob(f"attacks/{kind}*/{kind}.json"):  # attacks/relearn/: before recipes had keys
+        numbers = json.loads(path.read_text())
+        if keep is None or keep(numbers):
+            found.append((path.stat().st_mtime, numbers))
+    return max(found, key=lambda item: item[0])[1] if found else None
+
+
+def robustness(folder: Path) -> dict[str, Any]:
+    """The numbers the showdown shows for a run's attacks: after the largest relearning budget, the
+    UW leak rate and how far it sits above the attacked retain model's; after 4-bit quantization,
+    forget quality and UW leak rate (None where the attack was not run)."""
+    out: dict[str, Any] = {
+        "relearn_uw_leak": None,
+        "relearn_uw_gap": None,
+        "int4_fq": None,
+        "int4_uw_leak": None,
+    }
+    relearn = latest_attack(folder, "relearn")
+    if relearn:
+        k = str(max(relearn["steps"]))
+        out["relearn_uw_leak"] = relearn["models"]["unlearned"][k]["uw_leak_rate"]
+        out["relearn_uw_gap"] = relearn["recovery"]["unlearned"][k]["uw_leak_rate"]
+    quantized = latest_attack(folder, "quantize", lambda numbers: numbers["bits"] == 4)
+    if quantized:
+        after = quantized["models"]["unlearned"]["after"]
+        out["int4_fq"], out["int4_uw_leak"] = after["forget_quality"], after["uw_leak_rate"]
+    return out
+
+
+def attack_table(rows: Sequence[tuple[str, str, dict[str, Any]]], second: str) -> str:
+    """(model, budget or weights, numbers) rows as an HTML table of the numbers the attack measured."""
+    keys = [k for k in ATTACK_NUMBERS if any(k in numbers for _, _, numbers in rows)]
+    head = "".join(f"<th>{esc(c)}</th>" for c in ("model", second, *keys))
+    body = "".join(
+        f"<tr><td>{esc(name)}</td><td>{esc(column)}</td>"
+        + "".join(f'<td class="num">{esc(fmt(numbers.get(k)))}</td>' for k in keys)
+        + "</tr>"
+        for name, column, numbers in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def attack_sections(folder: Path) -> str:
+    """'After a relearning attack' and 'After 4-bit quantization', where those attacks were run."""
+    parts = []
+    relearn = latest_attack(folder, "relearn")
+    if relearn:
+        rows = [
+            (name, k, point) for name, by_steps in relearn["models"].items() for k, point in by_steps.items()
+        ]
+        parts.append(
+            "<h2>After a relearning attack</h2>"
+            f'<p class="hint">Fine-tuned at lr {relearn["lr"]:g} on {relearn["attack_answers"]} forget '
+            f"answers (half of each author's), scored on the other {relearn['scored_answers']}. The retain "
+            "model under the same attack is the yardstick: what the attack data alone teaches.</p>"
+            + attack_table(rows, "steps")
+        )
+    for bits in (4, 8):
+        quantized = latest_attack(folder, "quantize", lambda numbers, bits=bits: numbers["bits"] == bits)
+        if quantized is None:
+            continue
+        rows = [
+            (name, "original" if when == "before" else f"int{bits}", point)
+            for name, row in quantized["models"].items()
+            for when, point in row.items()
+        ]
+        parts.append(
+            f"<h2>After {bits}-bit quantization</h2>"
+            f'<p class="hint">Weights rounded to int{bits} ({esc(quantized["backend"])}); forget quality of '
+            "the quantized models against the retain model quantized the same way.</p>"
+            + attack_table(rows, "weights")
+        )
+    return "".join(parts)
+
+
 def write_report(folder: Path) -> Path:
     """Write `folder/report.html` (self-contained) from the run folder's files alone: summary.json,
     report_inputs.json, unlearn/train_log.jsonl and trajectory.jsonl. `tokenforget report RUN`
@@ -387,6 +478,7 @@ forget set: the goal). A targeted method moves unwanted words (UW) a lot and gen
 learning rate.</p>
 {training_curves(unlearn_dir / "train_log.jsonl")}
 {trajectory_charts(unlearn_dir / "trajectory.jsonl")}
+{attack_sections(folder)}
 <h2>Stage times (seconds, this invocation)</h2>
 <table style="width:auto">{times}</table>
 <h2>Everything</h2>
@@ -559,16 +651,23 @@ def utility_frontier(
             entry[f"fq_at_{share:g}x"] = point["forget_quality"] if point else None
         point = best(members, RULE_SHARE)
         entry["best_run"] = point["run"] if point else None
-        entry["best"] = {k: point.get(k) for k in KEY_METRICS} if point else None
+        entry["best"] = {k: point.get(k) for k in (*KEY_METRICS, *ROBUSTNESS)} if point else None
         table.append(entry)
     return table
 
 
 def frontier_table(frontier: Sequence[dict[str, Any]], target_utility: float) -> str:
-    """The frontier as an HTML table."""
+    """The frontier as an HTML table, with the best run's attack numbers where it was attacked."""
     shares = [k for k in (frontier[0] if frontier else {}) if k.startswith("fq_at_")]
+    attacked = [k for k in ROBUSTNESS if any((e["best"] or {}).get(k) is not None for e in frontier)]
     head = "".join(
-        f"<th>{esc(c)}</th>" for c in ["method", *(f"FQ at MU {k[6:]}" for k in shares), "best run"]
+        f"<th>{esc(c)}</th>"
+        for c in [
+            "method",
+            *(f"FQ at MU {k[6:]}" for k in shares),
+            "best run",
+            *(ROBUSTNESS_LABELS[k] for k in attacked),
+        ]
     )
     body = ""
     for entry in frontier:
@@ -579,7 +678,8 @@ def frontier_table(frontier: Sequence[dict[str, Any]], target_utility: float) ->
             if best
             else "none"
         )
-        cells = [*(fmt(entry[k]) if entry[k] is not None else "none" for k in shares), point]
+        after = [fmt((best or {}).get(k)) for k in attacked]
+        cells = [*(fmt(entry[k]) if entry[k] is not None else "none" for k in shares), point, *after]
         numbers = "".join(f'<td class="num">{esc(c)}</td>' for c in cells)
         body += f"<tr><td>{esc(entry['group'])}</td>{numbers}</tr>"
     return f'<table id="frontier"><tr>{head}</tr>{body}</table>'
@@ -597,6 +697,7 @@ def write_compare(
         seconds = summary.get("unlearn", {}).get("seconds")
         group = (groups or {}).get(name) or method_label(summary)
         rows.append({"run": name, "group": group, **{k: head.get(k) for k in KEY_METRICS}})
+        rows[-1].update(summary.get("robustness") or {})
         rows[-1]["unlearn_seconds"] = seconds
     scored = [r for r in rows if r["forget_quality"] is not None and r["model_utility"] is not None]
     ranks = pareto_ranks([(r["model_utility"], r["forget_quality"]) for r in scored])
@@ -628,7 +729,8 @@ def write_compare(
         )
         for r in scored
     ]
-    columns = ["run", "group", "pareto_rank", "group_rank", *KEY_METRICS, "unlearn_seconds"]
+    attacked = [k for k in ROBUSTNESS if any(r.get(k) is not None for r in rows)]
+    columns = ["run", "group", "pareto_rank", "group_rank", *KEY_METRICS, *attacked, "unlearn_seconds"]
     head = "".join(f"<th>{esc(c)}</th>" for c in columns)
     body = "".join(
         "<tr>" + "".join(f'<td class="num">{esc(fmt(r.get(c)))}</td>' for c in columns) + "</tr>"
