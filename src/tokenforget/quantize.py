@@ -11,10 +11,11 @@ model's forget quality is measured against the quantized retain model (what a mo
 the forget set looks like after the same rounding), and its forget Q_A_Prob, truth ratio and UW leak
 rate against both. Their copies live in the world's folder, shared by every run.
 
-Why torchao: of the libraries transformers drives (benchmarks/quantize_backends.md, 2-core CPU),
-it is the one whose int4 and int8 models run on CPU at full speed, save to safetensors and reload to
-the same numbers; quanto's int4 ran 16x slower on CPU and its models do not save, bitsandbytes' 4-bit
-copy reloaded to other numbers on CPU, HQQ is not wired into transformers 5.
+Why torchao (`benchmarks/results/quantize_backends.md`, the libraries transformers drives, on a
+2-core CPU): its int4 and int8 models run on CPU within 1.15x of float32, save to safetensors and
+reload to the same numbers. optimum-quanto quantizes as well but transformers refuses to save its
+models; bitsandbytes' 4-bit copy reloaded on CPU to other numbers (max |dNLL| 18); HQQ is not wired
+into transformers 5. Every one of them also runs on GPUs.
 """
 
 from __future__ import annotations
