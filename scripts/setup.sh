@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv and install tokenforget on a fresh machine, offline-capable afterwards.
 #   bash scripts/setup.sh        the package
-#   bash scripts/setup.sh dev    + test tools (pytest, hypothesis, ruff, xllamacpp), spaCy (ner) and
-#                                torchao (quantize)
+#   bash scripts/setup.sh dev    + test tools (pytest, hypothesis, ruff, xllamacpp), spaCy (ner),
+#                                torchao (quantize) and lm-evaluation-harness (harness)
 # torch is pinned here only (the package itself asks for a range): `pip install torch==2.13.0`
 # takes the CPU build where one is on disk and never lets pip wander to a newer multi-GB CUDA build.
 # torch goes through pip because pip reads this machine's own configuration (local wheels,
@@ -21,7 +21,7 @@ pip=".venv/bin/python -m pip"
 $pip install -q --no-compile "torch==2.13.0"
 target="."
 if [ "${1:-}" = "dev" ]; then
-  target=".[dev,ner,quantize]"
+  target=".[dev,ner,quantize,harness]"
 fi
 installed=""
 if $pip install -q --no-compile uv 2>/dev/null && .venv/bin/uv --version >/dev/null; then

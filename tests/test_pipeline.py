@@ -384,3 +384,17 @@ def test_a_quantization_attack_saves_a_loadable_rounded_copy_and_leaves_the_run_
     # the target's and retain's copies live in the world's folder, for every run in the world
     assert numbers["yardstick"].startswith(env["TOKENFORGET_CACHE"])
     assert (Path(numbers["yardstick"]) / "retain" / "model" / "model.safetensors").is_file()
+
+
+def test_eval_harness_on_a_run_writes_its_results_into_the_run_and_its_report(finished_run):
+    pytest.importorskip("lm_eval")
+    folder, env = finished_run["folder"], finished_run["env"]
+    args = [sys.executable, "-m", "tokenforget.cli", "eval", "harness", str(folder), "--limit", "8"]
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((folder / "eval" / "harness" / "harness.json").read_text())
+    assert record["model"] == str(folder / "unlearn" / "model")
+    assert 0 <= record["results"]["tofu_world_facts_mc"]["acc,none"] <= 1
+    assert "General capability (lm-evaluation-harness)" in (folder / "report.html").read_text()
+    empty = subprocess.run([*args[:-2], "--tasks", ","], env=env, capture_output=True, text=True, timeout=300)
+    assert empty.returncode == 2 and "--tasks is empty" in empty.stderr

@@ -34,7 +34,8 @@ The workflow, each step a command and a Python call:
   data      validate your forget/retain files (JSONL or CSV) before anything reads them
   identify  label the unwanted words of each forget answer (7 identifiers), grade a labelling
   unlearn   make a model forget a forget set (TPO and every baseline), resumable, DDP-ready
-  eval      TOFU logs + summary, MUSE, membership attacks, KL, token-level forgetting (UW vs GW)
+  eval      TOFU logs + summary, MUSE, membership attacks, KL, token-level forgetting (UW vs GW),
+            lm-evaluation-harness tasks
   config    list every setting, show the resolved config, print its JSON schema
   model     convert the embedded default model (SmolLM2-135M-Instruct) once, show where it is
   attack    does the forgetting hold? relearning and quantization attacks against the retain model's yardstick
@@ -587,6 +588,70 @@ def eval_tofu(
     check_files(models={"--model": model})
     summary = evaluate_tofu(cfg, model, load_benchmark(cfg), out_dir, retain_logs)
     out.print_json(json.dumps(summary))
+
+
+@eval_app.command("harness")
+def eval_harness(
+    model_or_run: Annotated[
+        str,
+        typer.Argument(
+            help="A model (folder, hub name, smollm2-135m-instruct) or a run folder (its unlearned model)."
+        ),
+    ],
+    tasks: Annotated[
+        str, typer.Option(help="Comma-separated lm-evaluation-harness tasks, e.g. mmlu,arc_easy,hellaswag.")
+    ] = "tofu_world_facts_mc",
+    limit: Annotated[
+        int | None, typer.Option(help="At most this many items per task (a quick look).")
+    ] = None,
+    num_fewshot: Annotated[
+        int | None, typer.Option(help="Few-shot examples (default: each task's own).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Requests per forward.")] = 16,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Folder for harness.json (default RUN/eval/harness/).")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """General capability with lm-evaluation-harness, on the model as tokenforget loads it.
+
+    \b
+    The harness's own Hugging Face wrapper runs over our loaded model at our precision
+    (`model.precision`: bf16 autocast where the CPU or GPU has it), so MMLU, ARC, HellaSwag or any
+    task the harness knows runs with one command (online: `datasets` downloads them once). Offline,
+    `tofu_world_facts_mc` is TOFU's 117 world facts as 4-way multiple choice (bundled, MIT).
+    Given a run folder, results go to RUN/eval/harness/harness.json and into its report.
+    Needs pip install 'tokenforget[harness]'.
+    """
+    from tokenforget.evaluate.harness import run_harness
+
+    run_folder = Path(model_or_run)
+    is_run = (run_folder / "config.yaml").is_file() and (run_folder / "unlearn" / "model").is_dir()
+    model = str(run_folder / "unlearn" / "model") if is_run else model_or_run
+    names = [name.strip() for name in tasks.split(",") if name.strip()]
+    if not names:
+        raise TokenforgetError("--tasks is empty: name at least one task, e.g. --tasks tofu_world_facts_mc")
+    if out_dir is None and not is_run:
+        raise TokenforgetError(f"{model_or_run} is not a run folder: give --out for harness.json")
+    cfg = (
+        load_config(run_folder / "config.yaml", set_) if is_run and config is None else _config(config, set_)
+    )
+    check_files(models={"MODEL_OR_RUN": model})
+    record = run_harness(
+        cfg.model, model, names, out_dir or run_folder / "eval" / "harness", limit, num_fewshot, batch_size
+    )
+    table = Table(title=f"lm-evaluation-harness {record.get('lm_eval', '')}: {model}")
+    for column in ("task", "metric", "value", "items"):
+        table.add_column(column, justify="left" if column in ("task", "metric") else "right")
+    for task, metrics in record.get("results", {}).items():
+        for metric, value in metrics.items():
+            if isinstance(value, float) and "stderr" not in metric:
+                items = record.get("n_samples", {}).get(task, {}).get("effective", "")
+                table.add_row(task, metric.split(",")[0], f"{value:.4f}", str(items))
+    out.print(table)
+    if is_run:
+        _refresh_report(run_folder)
 
 
 @eval_app.command("mia")

@@ -432,6 +432,27 @@ def attack_sections(folder: Path) -> str:
     return "".join(parts)
 
 
+def harness_section(folder: Path) -> str:
+    """'General capability (lm-evaluation-harness)', where `eval harness` was run on the run."""
+    path = folder / "eval" / "harness" / "harness.json"
+    if not path.is_file():
+        return ""
+    record = json.loads(path.read_text())
+    body = "".join(
+        f"<tr><td>{esc(task)}</td><td>{esc(metric.split(',')[0])}</td>"
+        f'<td class="num">{esc(fmt(value))}</td></tr>'
+        for task, metrics in record.get("results", {}).items()
+        for metric, value in metrics.items()
+        if isinstance(value, float) and "stderr" not in metric
+    )
+    return (
+        "<h2>General capability (lm-evaluation-harness)</h2>"
+        f'<p class="hint">lm-eval {esc(record.get("lm_eval"))} on the unlearned model at '
+        f"{esc(record.get('precision'))}; limit {esc(record.get('limit'))} items per task.</p>"
+        f"<table><tr><th>task</th><th>metric</th><th>value</th></tr>{body}</table>"
+    )
+
+
 def write_report(folder: Path) -> Path:
     """Write `folder/report.html` (self-contained) from the run folder's files alone: summary.json,
     report_inputs.json, unlearn/train_log.jsonl and trajectory.jsonl. `tokenforget report RUN`
@@ -479,6 +500,7 @@ learning rate.</p>
 {training_curves(unlearn_dir / "train_log.jsonl")}
 {trajectory_charts(unlearn_dir / "trajectory.jsonl")}
 {attack_sections(folder)}
+{harness_section(folder)}
 <h2>Stage times (seconds, this invocation)</h2>
 <table style="width:auto">{times}</table>
 <h2>Everything</h2>
