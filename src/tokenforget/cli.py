@@ -868,12 +868,20 @@ def attack_relearn(
     lr: Annotated[float, typer.Option(help="The attacker's learning rate (AdamW, no warm-up).")] = 1e-4,
     batch_size: Annotated[int, typer.Option(help="Attack answers per optimizer step.")] = 4,
     with_target: Annotated[bool, typer.Option(help="Attack the target model too (a ceiling).")] = False,
+    data: Annotated[
+        str,
+        typer.Option(
+            help="Attack data: forget-half (half of each forget author's answers; the other half is "
+            "scored), retain (retain answers only: a benign fine-tune) or a JSONL/CSV file of yours "
+            "(e.g. public text about the subject); with the last two the whole forget set is scored."
+        ),
+    ] = "forget-half",
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Where the attacked copies and numbers go.")
     ] = None,
 ) -> None:
-    """Fine-tune copies of the unlearned and retain models on half of each forget author's answers
-    and score the other half after each budget.
+    """Fine-tune copies of the unlearned and retain models on related text (by default half of each
+    forget author's answers) and score the forget answers after each budget.
 
     \b
     A model that only hid what it was asked to forget gets the scored answers back in a few steps;
@@ -896,15 +904,17 @@ def attack_relearn(
             f"--steps {steps!r}: expected comma-separated integers, e.g. 0,5,10,20"
         ) from exc
     cfg, model_dir = _attacked_run(run_folder, "relearn")
+    if data not in ("forget-half", "retain"):
+        check_files(samples={"--data": data})  # a bad file, named with its line, before any work
     prepared = prepare(cfg, rouge_check=False)
     models = {"unlearned": str(model_dir), "retain": str(prepared.retain)}
     if with_target:
         models["target"] = str(prepared.target)
     labels = read_identified(cfg.eval.token_labels or run_folder / "identified.jsonl")
-    out_path = out_dir or attack_folder(cfg, run_folder, lr, batch_size)
-    yardstick = attack_folder(cfg, prepared.folder, lr, batch_size) / "retain"
+    out_path = out_dir or attack_folder(cfg, run_folder, lr, batch_size, data)
+    yardstick = attack_folder(cfg, prepared.folder, lr, batch_size, data) / "retain"
     result = relearn_attack(
-        cfg, models, load_benchmark(cfg), out_path, labels, budgets, lr, batch_size, yardstick
+        cfg, models, load_benchmark(cfg), out_path, labels, budgets, lr, batch_size, yardstick, data
     )
     table = Table(
         title=f"Relearning attack: {result['attack_answers']} answers attacked, "

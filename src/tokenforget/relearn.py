@@ -1,11 +1,13 @@
 """`tokenforget attack relearn`: does the forgetting hold when the model is fine-tuned a little?
 
 A targeted relearning attack fine-tunes a copy of the unlearned model for a few steps on text
-related to what was forgotten, then asks the forgotten questions again. On TOFU-mini the attack
-data is one half of each forget author's answers (`attack_halves`) and the other half is scored,
-so a model can only get the scored answers back if the forgotten knowledge is still inside it. The
-same attack on the retain model, which never saw the forget set, is the yardstick: what anyone
-learns from the attack data alone. Recovery is the gap between the two.
+related to what was forgotten, then asks the forgotten questions again. The attack data
+(`attack_data`) is, by default, one half of each forget author's answers (`attack_halves`), and the
+other half is scored, so a model can only get the scored answers back if the forgotten knowledge
+is still inside it; or a file of the user's (public text about the subject), or retain answers
+only (a benign fine-tune), with the whole forget set scored. The same attack on the retain model,
+which never saw the forget set, is the yardstick: what anyone learns from the attack data alone.
+Recovery is the gap between the two.
 
 Every budget is a fine-tune from the given model (never changed) into the run folder, resumable
 like every other stage, and is evaluated with `evaluate_tofu` on the scored half, so its numbers
@@ -23,12 +25,12 @@ from typing import Any
 from tokenforget.artifacts import Stamp
 from tokenforget.config import Config
 from tokenforget.data.benchmarks import QABenchmark
-from tokenforget.data.records import Sample
+from tokenforget.data.records import Sample, read_samples
 from tokenforget.evaluate.metrics import leak_rate
 from tokenforget.evaluate.tofu import generated_texts
 from tokenforget.evaluate.tofu_run import evaluate_tofu
 from tokenforget.evaluate.tokens import not_given, sample_key, unwanted_words
-from tokenforget.models import verify_manifest
+from tokenforget.models import file_sha256, verify_manifest
 from tokenforget.prepare import train_stage
 from tokenforget.progress import console
 
@@ -47,6 +49,17 @@ def attack_halves(bench: QABenchmark) -> tuple[list[Sample], QABenchmark]:
         forget=bench.forget[1::2],
         eval_forget=[s for s in bench.eval_forget if sample_key(s) in scored],
     )
+
+
+def attack_data(bench: QABenchmark, data: str) -> tuple[list[Sample], QABenchmark]:
+    """(attack samples, the benchmark whose forget split is scored) for `data`: `forget-half`, `retain`
+    (as many retain answers as half the forget set, spread over the retain authors) or a file."""
+    if data == "forget-half":
+        return attack_halves(bench)
+    if data == "retain":
+        n = max(len(bench.forget) // 2, 1)
+        return bench.retain[:: max(len(bench.retain) // n, 1)][:n], bench
+    return read_samples(data), bench
 
 
 def attack_config(cfg: Config, lr: float, batch_size: int) -> Config:
@@ -92,13 +105,14 @@ def scored_leak_rate(eval_dir: Path, labelled: dict[str, Sample], scored: list[S
     return leak_rate(words, answers)
 
 
-def attack_folder(cfg: Config, root: Path, lr: float, batch_size: int) -> Path:
+def attack_folder(cfg: Config, root: Path, lr: float, batch_size: int, data: str = "forget-half") -> Path:
     """Where a relearning attack's copies live under `root` (a run folder, or the world's folder for
     the retain model's, which every run in the world shares): one folder per attack recipe, so a
     copy made under other settings is never taken for this attack's."""
     payload = {
         "split": "forget rows alternate: even attacked, odd scored",
         "lr": lr,
+        **({} if data == "forget-half" else {"data": data if data == "retain" else file_sha256(Path(data))}),
         "batch_size": batch_size,
         "seed": cfg.prepare.seed,
         "prompt": cfg.prompt.model_dump(mode="json"),
@@ -117,11 +131,13 @@ def relearn_attack(
     lr: float = 1e-4,
     batch_size: int = 4,
     yardstick: Path | None = None,
+    data: str = "forget-half",
 ) -> dict[str, Any]:
-    """Attack each model (name -> folder; `retain` is the yardstick) at each step budget; the forget
-    numbers on the scored half, per model and budget, and the recovery over the retain model.
-    `yardstick`: where the retain model's attacked copies go (default: under `out`)."""
-    attack, scored_bench = attack_halves(bench)
+    """Attack each model (name -> folder; `retain` is the yardstick) at each step budget with the
+    attack `data` (`attack_data`); the forget numbers on the scored answers, per model and budget,
+    and the recovery over the retain model. `yardstick`: where the retain model's attacked copies go
+    (default: under `out`)."""
+    attack, scored_bench = attack_data(bench, data)
     attack_cfg = attack_config(cfg, lr, batch_size)
     labelled = {sample_key(s): s for s in labels}
     rows: dict[str, dict[int, dict[str, Any]]] = {}
@@ -145,6 +161,7 @@ def relearn_attack(
         "steps": list(steps),
         "lr": lr,
         "batch_size": batch_size,
+        "attack_data": data,
         "attack_answers": len(attack),
         "scored_answers": len(scored_bench.eval_forget),
         "models": rows,

@@ -345,6 +345,10 @@ def report_inputs(evals: dict[str, Any]) -> dict[str, Any]:
 ATTACK_NUMBERS = ("forget_quality", "model_utility", "forget_Q_A_Prob", "forget_truth_ratio", "uw_leak_rate")
 
 
+ATTACK_DATA = {
+    "forget-half": "forget answers (half of each forget author's; the other half is scored)",
+    "retain": "retain answers (a benign fine-tune)",
+}
 ROBUSTNESS_LABELS = {  # the showdown's attack columns (`robustness`)
     "relearn_uw_leak": "UW leak after relearning",
     "relearn_uw_gap": "… above the attacked retain",
@@ -404,14 +408,14 @@ def attack_sections(folder: Path) -> str:
     parts = []
     relearn = latest_attack(folder, "relearn")
     if relearn:
-        rows = [
-            (name, k, point) for name, by_steps in relearn["models"].items() for k, point in by_steps.items()
-        ]
+        models, data = relearn["models"], relearn.get("attack_data", "forget-half")
+        rows = [(name, k, point) for name, by_steps in models.items() for k, point in by_steps.items()]
+        what = ATTACK_DATA.get(data, f"answers of {data}")
         parts.append(
             "<h2>After a relearning attack</h2>"
-            f'<p class="hint">Fine-tuned at lr {relearn["lr"]:g} on {relearn["attack_answers"]} forget '
-            f"answers (half of each author's), scored on the other {relearn['scored_answers']}. The retain "
-            "model under the same attack is the yardstick: what the attack data alone teaches.</p>"
+            f'<p class="hint">Fine-tuned at lr {relearn["lr"]:g} on {relearn["attack_answers"]} '
+            f"{esc(what)}, scored on {relearn['scored_answers']} forget answers. The retain model under "
+            "the same attack is the yardstick: what the attack data alone teaches.</p>"
             + attack_table(rows, "steps")
         )
     for bits in (4, 8):
