@@ -395,6 +395,22 @@ def test_a_quantization_attack_saves_a_loadable_rounded_copy_and_leaves_the_run_
     # the target's and retain's copies live in the world's folder, for every run in the world
     assert numbers["yardstick"].startswith(env["TOKENFORGET_CACHE"])
     assert (Path(numbers["yardstick"]) / "retain" / "model" / "model.safetensors").is_file()
+    # a saved model folder (not a run) in the world its config names, with --out
+    model_args = [*args[:-1], str(folder / "unlearn" / "model"), "--config", str(folder / "config.yaml")]
+    refused = subprocess.run(model_args, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "give --out" in refused.stderr
+    plain = folder.parent / "plain-int8"
+    done = subprocess.run(
+        [*model_args, "--bits", "8", "--out", str(plain)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    eight = json.loads((plain / "quantize.json").read_text())
+    assert eight["bits"] == 8 and set(eight["models"]) == {"retain", "target", "unlearned"}
+    assert (plain / "original" / "eval" / "summary.json").is_file()  # the model unquantized, evaluated
 
 
 def test_eval_harness_on_a_run_writes_its_results_into_the_run_and_its_report(finished_run):

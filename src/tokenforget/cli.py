@@ -7,7 +7,7 @@ import sys
 import textwrap
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import typer
 from rich.console import Console
@@ -861,9 +861,15 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
+MODEL_OR_RUN_HELP = (
+    "A finished `tokenforget run` folder on TOFU-mini, or a saved model folder (then --out, and the "
+    "world and labels from --config/--set: eval.token_labels)."
+)
+
+
 @attack_app.command("relearn")
 def attack_relearn(
-    run_folder: Annotated[Path, typer.Argument(help="A finished `tokenforget run` folder on TOFU-mini.")],
+    model_or_run: Annotated[Path, typer.Argument(help=MODEL_OR_RUN_HELP)],
     steps: Annotated[str, typer.Option(help="Step budgets of the attack, comma-separated.")] = "0,5,10,20",
     lr: Annotated[float, typer.Option(help="The attacker's learning rate (AdamW, no warm-up).")] = 1e-4,
     batch_size: Annotated[int, typer.Option(help="Attack answers per optimizer step.")] = 4,
@@ -879,6 +885,8 @@ def attack_relearn(
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Where the attacked copies and numbers go.")
     ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """Fine-tune copies of the unlearned and retain models on related text (by default half of each
     forget author's answers) and score the forget answers after each budget.
@@ -893,7 +901,6 @@ def attack_relearn(
     `tokenforget eval tofu` would on it. relearn.json has every number.
     """
     from tokenforget.data.benchmarks import load_benchmark
-    from tokenforget.data.identified import read_identified
     from tokenforget.prepare import prepare
     from tokenforget.relearn import SCORED, attack_folder, relearn_attack
 
@@ -903,15 +910,16 @@ def attack_relearn(
         raise TokenforgetError(
             f"--steps {steps!r}: expected comma-separated integers, e.g. 0,5,10,20"
         ) from exc
-    cfg, model_dir = _attacked_run(run_folder, "relearn")
+    target = _attack_target(model_or_run, "relearn", out_dir, config, set_)
+    cfg = target.cfg
     if data not in ("forget-half", "retain"):
         check_files(samples={"--data": data})  # a bad file, named with its line, before any work
     prepared = prepare(cfg, rouge_check=False)
-    models = {"unlearned": str(model_dir), "retain": str(prepared.retain)}
+    models = {"unlearned": str(target.model), "retain": str(prepared.retain)}
     if with_target:
         models["target"] = str(prepared.target)
-    labels = read_identified(cfg.eval.token_labels or run_folder / "identified.jsonl")
-    out_path = out_dir or attack_folder(cfg, run_folder, lr, batch_size, data)
+    labels = target.labels
+    out_path = out_dir or attack_folder(cfg, model_or_run, lr, batch_size, data)
     yardstick = attack_folder(cfg, prepared.folder, lr, batch_size, data) / "retain"
     result = relearn_attack(
         cfg, models, load_benchmark(cfg), out_path, labels, budgets, lr, batch_size, yardstick, data
@@ -927,7 +935,8 @@ def attack_relearn(
             table.add_row(name, str(k), *(_fmt(point[key]) for key in SCORED))
     out.print(table)
     out.print(f"written: {(out_path / 'relearn.json').resolve()}")
-    _refresh_report(run_folder)
+    if target.run:
+        _refresh_report(target.run)
 
 
 def _refresh_report(run_folder: Path) -> None:
@@ -938,25 +947,48 @@ def _refresh_report(run_folder: Path) -> None:
         out.print(f"report: {write_report(run_folder).resolve()}", soft_wrap=True)
 
 
-def _attacked_run(run_folder: Path, attack: str) -> tuple[Config, Path]:
-    """A finished benchmark run's config and unlearned model, or an error saying what to give."""
-    config_file, model_dir = run_folder / "config.yaml", run_folder / "unlearn" / "model"
-    if not config_file.is_file() or not model_dir.is_dir():
+class AttackTarget(NamedTuple):
+    """What an attack command attacks: a run's unlearned model, or a model folder in a world."""
+
+    cfg: Config
+    model: Path
+    run: Path | None  # the run folder, when one was given
+    labels: list  # the forget answers' UW labels (empty: UW leak rates are not measured)
+
+
+def _attack_target(
+    model_or_run: Path, attack: str, out_dir: Path | None, config: Path | None, set_: list[str] | None
+) -> AttackTarget:
+    """A finished benchmark run (its config, unlearned model and labels), or a model folder in the
+    world that `--config`/`--set` describe; an error saying what to give otherwise."""
+    from tokenforget.data.identified import read_identified
+
+    config_file, model_dir = model_or_run / "config.yaml", model_or_run / "unlearn" / "model"
+    if config_file.is_file() and model_dir.is_dir():
+        cfg = load_config(config_file, set_)
+        labels_file = cfg.eval.token_labels or model_or_run / "identified.jsonl"
+        run: Path | None = model_or_run
+    elif (model_or_run / "config.json").is_file():
+        if out_dir is None:
+            raise TokenforgetError(f"{model_or_run} is a model folder, not a run: give --out for the results")
+        cfg, model_dir, run = _config(config, set_), model_or_run, None
+        labels_file = cfg.eval.token_labels or cfg.identify.labels
+    else:
         raise TokenforgetError(
-            f"{run_folder} is not a finished run folder (config.yaml and unlearn/model/ needed): "
-            "give the folder `tokenforget run` made"
+            f"{model_or_run} is neither a finished run folder (config.yaml and unlearn/model/) nor a model "
+            "folder (config.json): give the folder `tokenforget run` made, or a saved model with --out"
         )
-    cfg = load_config(config_file)
     if cfg.data.forget is not None:
         raise TokenforgetError(
-            f"attack {attack} needs a benchmark run (TOFU-mini): its world has a retain model"
+            f"attack {attack} needs a benchmark (TOFU-mini): its world has a retain model to compare with"
         )
-    return cfg, model_dir
+    labels = read_identified(labels_file) if labels_file else []
+    return AttackTarget(cfg, model_dir, run, labels)
 
 
 @attack_app.command("quantize")
 def attack_quantize(
-    run_folder: Annotated[Path, typer.Argument(help="A finished `tokenforget run` folder on TOFU-mini.")],
+    model_or_run: Annotated[Path, typer.Argument(help=MODEL_OR_RUN_HELP)],
     bits: Annotated[int, typer.Option(help="Weight bits: 4 (groups) or 8 (per channel).")] = 4,
     group_size: Annotated[
         int, typer.Option(help="4-bit group size; lowered to a power of two every layer's width divides.")
@@ -964,6 +996,8 @@ def attack_quantize(
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Where the quantized copy and numbers go.")
     ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """Round the unlearned, target and retain models' weights to 4 or 8 bits and evaluate each again.
 
@@ -977,7 +1011,6 @@ def attack_quantize(
     quantize.json has every number before and after.
     """
     from tokenforget.data.benchmarks import load_benchmark
-    from tokenforget.data.identified import read_identified
     from tokenforget.pipeline import world_models
     from tokenforget.prepare import prepare
     from tokenforget.quantize import (
@@ -989,15 +1022,18 @@ def attack_quantize(
         quantize_attack,
     )
 
-    cfg, model_dir = _attacked_run(run_folder, "quantize")
+    target = _attack_target(model_or_run, "quantize", out_dir, config, set_)
+    cfg = target.cfg
     quantization_config(bits, group_size)  # a wrong --bits or a missing torchao, before any work
-    group = group_size_for(linear_widths(str(model_dir)), group_size)
+    group = group_size_for(linear_widths(str(target.model)), group_size)
     prepared = prepare(cfg, rouge_check=False)
     paths, dirs = world_models(cfg, prepared)
-    models = {"unlearned": str(model_dir), **paths}
-    before = {"unlearned": run_folder / "eval" / "unlearned", **dirs}
-    labels = read_identified(cfg.eval.token_labels or run_folder / "identified.jsonl")
-    out_path = out_dir or attack_folder(cfg, run_folder, bits, group)
+    out_path = out_dir or attack_folder(cfg, model_or_run, bits, group)
+    models = {"unlearned": str(target.model), **paths}
+    # a run's own evaluation of the model; a model folder's is made next to the attack's numbers
+    unquantized = target.run / "eval" / "unlearned" if target.run else out_path / "original" / "eval"
+    before = {"unlearned": unquantized, **dirs}
+    labels = target.labels
     yardstick = attack_folder(cfg, prepared.folder, bits, group)
     result = quantize_attack(
         cfg, models, before, load_benchmark(cfg), out_path, labels, bits, group, yardstick
@@ -1012,7 +1048,8 @@ def attack_quantize(
             table.add_row(name, label, *(_fmt(point[key]) for key in SCORED))
     out.print(table)
     out.print(f"written: {(out_path / 'quantize.json').resolve()}")
-    _refresh_report(run_folder)
+    if target.run:
+        _refresh_report(target.run)
 
 
 @data_app.command("check")
