@@ -348,11 +348,15 @@ def test_a_relearning_attack_brings_forget_probability_back_and_leaves_the_run_u
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(list((folder / "attacks").glob("relearn-*"))) == 2  # another recipe: other copies
     benign = subprocess.run(
-        [*args, "--steps", "0,4", "--data", "retain"], env=env, capture_output=True, text=True, timeout=900
+        [*args, "--steps", "0,2,4", "--data", "retain"], env=env, capture_output=True, text=True, timeout=900
     )
     assert benign.returncode == 0, benign.stderr[-3000:]
-    found = [json.loads(p.read_text()) for p in (folder / "attacks").glob("relearn-*/relearn.json")]
-    (numbers,) = [n for n in found if n.get("attack_data") == "retain"]
+    found = {p.parent: json.loads(p.read_text()) for p in (folder / "attacks").glob("relearn-*/relearn.json")}
+    ((attack, numbers),) = [(p, n) for p, n in found.items() if n.get("attack_data") == "retain"]
+    # nested budgets: the 4-step copy is the 2-step copy trained 2 steps more
+    assert (
+        json.loads((attack / "unlearned" / "step-4" / "model" / "train_log.json").read_text())["steps"] == 2
+    )
     assert numbers["attack_data"] == "retain" and numbers["attack_answers"] == 20
     assert numbers["scored_answers"] == 40  # retain answers attack: the whole forget set is scored
     assert "retain answers (a benign fine-tune)" in (folder / "report.html").read_text()

@@ -9,8 +9,10 @@ only (a benign fine-tune), with the whole forget set scored. The same attack on 
 which never saw the forget set, is the yardstick: what anyone learns from the attack data alone.
 Recovery is the gap between the two.
 
-Every budget is a fine-tune from the given model (never changed) into the run folder, resumable
-like every other stage, and is evaluated with `evaluate_tofu` on the scored half, so its numbers
+The budgets are nested: the 10-step copy is the 5-step copy fine-tuned 5 steps more (each leg with
+its own linear decay, from the same attack data order), so a grid of 0, 5, 10, 20 costs 20 steps,
+not 35. The given model is never changed; each copy goes into the run folder, resumable like every
+other stage, and is evaluated with `evaluate_tofu` on the scored half, so its numbers
 are the ones `tokenforget eval tofu` gives on the saved model. The retain model's attacked copies
 live in the world's folder, one set per attack recipe (`attack_folder`), shared by every run.
 """
@@ -79,7 +81,7 @@ def attack_config(cfg: Config, lr: float, batch_size: int) -> Config:
 def relearned(
     cfg: Config, model: str, attack: list[Sample], steps: int, folder: Path, batch_size: int
 ) -> str:
-    """The model after `steps` optimizer steps on the attack samples (a copy in `folder`; resumable)."""
+    """`model` after `steps` more optimizer steps on the attack samples (a copy in `folder`; resumable)."""
     if steps == 0:
         return model
     out = folder / "model"
@@ -111,6 +113,7 @@ def attack_folder(cfg: Config, root: Path, lr: float, batch_size: int, data: str
     copy made under other settings is never taken for this attack's."""
     payload = {
         "split": "forget rows alternate: even attacked, odd scored",
+        "budgets": "nested: each budget continues the previous one's copy",
         "lr": lr,
         **({} if data == "forget-half" else {"data": data if data == "retain" else file_sha256(Path(data))}),
         "batch_size": batch_size,
@@ -137,6 +140,7 @@ def relearn_attack(
     attack `data` (`attack_data`); the forget numbers on the scored answers, per model and budget,
     and the recovery over the retain model. `yardstick`: where the retain model's attacked copies go
     (default: under `out`)."""
+    steps = tuple(sorted(set(steps)))  # nested budgets: each continues the one before it
     attack, scored_bench = attack_data(bench, data)
     attack_cfg = attack_config(cfg, lr, batch_size)
     labelled = {sample_key(s): s for s in labels}
@@ -145,10 +149,11 @@ def relearn_attack(
     retain_root = yardstick or out / "retain"
     for name in order:
         rows[name] = {}
+        model, done = models[name], 0
         for k in steps:
             folder = (retain_root if name == "retain" else out / name) / f"step-{k}"
             console.print(f"[bold]relearn[/] {name}: {k} steps on {len(attack)} attack answers")
-            model = relearned(attack_cfg, models[name], attack, k, folder, batch_size)
+            model, done = relearned(attack_cfg, model, attack, k - done, folder, batch_size), k
             # forget quality against the retain model under the same attack (what a model that never
             # saw the forget set looks like after it); the retain model against itself unattacked
             retain_logs = retain_root / f"step-{0 if name == 'retain' else k}" / "eval"
