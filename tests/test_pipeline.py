@@ -429,3 +429,12 @@ def test_eval_harness_on_a_run_writes_its_results_into_the_run_and_its_report(fi
     assert "General capability (lm-evaluation-harness)" in (folder / "report.html").read_text()
     empty = subprocess.run([*args[:-2], "--tasks", ","], env=env, capture_output=True, text=True, timeout=300)
     assert empty.returncode == 2 and "--tasks is empty" in empty.stderr
+
+
+def test_a_run_on_published_labels_names_them_as_its_identifier():
+    from tokenforget.config import load_config
+    from tokenforget.pipeline import identifier_label
+
+    assert identifier_label(load_config()) == "predictability"
+    labelled = load_config(overrides=["identify.labels=/data/forget01_gpt.jsonl"])
+    assert identifier_label(labelled) == "labels forget01_gpt.jsonl"  # not the identifier it replaced

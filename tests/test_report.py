@@ -162,6 +162,12 @@ def test_a_runs_group_names_its_method_and_the_settings_it_changed():
     assert method_label(summary("tpo", {"beta": 0.3, "lpl_space": "centered"})) == "tpo lpl_space=centered"
     assert method_label(summary("npo", {"beta": 0.1, "lam": 1.0, "tokens": "uw"})) == "npo tokens=uw"
     assert method_label(summary("atwu+tpo", {"beta": 0.3, "tokens": "weighted"})) == "atwu+tpo"
+    # what labelled the unwanted words is part of a token-level run's group, and only of those
+    labelled = {**summary("tpo", {"beta": 0.3}), "identifier": "labels forget01_gpt.jsonl"}
+    assert method_label(labelled) == "tpo [labels forget01_gpt.jsonl]"
+    ner = {**summary("npo", {"beta": 0.1, "tokens": "uw"}), "identifier": "ner"}
+    assert method_label(ner) == "npo tokens=uw [ner]"
+    assert method_label({**summary("npo", {"beta": 0.1}), "identifier": "ner"}) == "npo"  # every token
 
 
 def test_compare_shows_the_attacks_run_on_each_methods_best_point(tmp_path):

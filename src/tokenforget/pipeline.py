@@ -247,6 +247,12 @@ def eval_stage(
     }
 
 
+def identifier_label(cfg: Config) -> str:
+    """What labelled the forget set's unwanted words: the identifier, or the published labels file
+    that replaced it (`identify.labels`)."""
+    return f"labels {Path(cfg.identify.labels).name}" if cfg.identify.labels else cfg.identify.method
+
+
 def world_models(cfg: Config, prepared: Prepared) -> tuple[dict[str, str], dict[str, Path]]:
     """The world's target and retain models, and their evaluation folders in the world's folder
     (shared by every run in it)."""
@@ -383,7 +389,7 @@ def run(cfg: Config) -> RunResult:
         "benchmark": cfg.run.benchmark if not own else None,
         "forget_data": cfg.data.forget,
         "method": cfg.unlearn.method,
-        "identifier": cfg.identify.method,
+        "identifier": identifier_label(cfg),
         "models": models,
         "headline": (table := headline(evals)),
         "verdict": verdict(table),

@@ -636,8 +636,9 @@ RULE_SHARE = 0.9  # the stated rule: highest forget quality at >= 0.9x the targe
 
 
 def method_label(summary: dict[str, Any]) -> str:
-    """The run's method, with those of its own settings that differ from the published defaults
-    (`tpo lpl_space=centered`): the group a run's point belongs to."""
+    """The run's method, with those of its own settings that differ from the published defaults and,
+    for a method that reads UW labels, what labelled them (`tpo lpl_space=centered [predictability]`):
+    the group a run's point belongs to."""
     from tokenforget.losses import METHODS
 
     unlearn = summary.get("unlearn", {})
@@ -648,12 +649,16 @@ def method_label(summary: dict[str, Any]) -> str:
     defaults = method.settings().model_dump(mode="json")
     if method.needs_scorer or not method.uses_tokens:
         defaults.pop("tokens", None)  # forced by the method, not chosen
+    settings = unlearn.get("settings") or {}
     changed = [
-        f"{key}={value}"
-        for key, value in (unlearn.get("settings") or {}).items()
-        if key in defaults and value != defaults[key]
+        f"{key}={value}" for key, value in settings.items() if key in defaults and value != defaults[key]
     ]
-    return " ".join([name, *changed])
+    # a token-level run's labels are part of what it is: TPO on GPT-4o labels is not TPO on an identifier's
+    reads_labels = not method.needs_scorer and (
+        not method.uses_tokens or settings.get("tokens", "all") != "all"
+    )
+    identifier = summary.get("identifier")
+    return " ".join([name, *changed, *([f"[{identifier}]"] if reads_labels and identifier else [])])
 
 
 def utility_frontier(
