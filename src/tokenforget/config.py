@@ -674,7 +674,8 @@ def registered_keys(
     for owner, settings in variants.items():
         for name, field in settings.model_fields.items():
             if name not in base.model_fields:
-                groups.setdefault((name, field.description or ""), []).append((owner, field.default))
+                default = field.get_default(call_default_factory=True)  # a list's factory too
+                groups.setdefault((name, field.description or ""), []).append((owner, default))
     rows = []
     for (name, description), owners in groups.items():
         defaults = sorted({repr(d) for _, d in owners})
