@@ -136,3 +136,11 @@ def test_a_config_written_before_methods_had_their_own_settings_still_reads(tmp_
     assert open_folder(folder, cfg) == folder  # the same settings: the old folder is reopened
     with pytest.raises(ConfigError, match=r"unlearn\.lr"):
         open_folder(folder, load_config(old, ["unlearn.lr=1e-3"]))
+
+
+def test_config_keys_print_a_default_made_by_a_factory():
+    from tokenforget.config import config_keys
+
+    rows = {key: default for key, default, _ in config_keys()}
+    assert rows["identify.pos"] == "[]"  # a list field's factory, not pydantic's 'undefined'
+    assert "PydanticUndefined" not in " ".join(rows.values())
