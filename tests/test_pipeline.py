@@ -399,6 +399,18 @@ def test_a_quantization_attack_saves_a_loadable_rounded_copy_and_leaves_the_run_
     # the target's and retain's copies live in the world's folder, for every run in the world
     assert numbers["yardstick"].startswith(env["TOKENFORGET_CACHE"])
     assert (Path(numbers["yardstick"]) / "retain" / "model" / "model.safetensors").is_file()
+    # the attack's numbers are the ones `eval tofu` gives on the saved copy
+    again = folder.parent / "int4-eval"
+    copy = attack / "unlearned" / "model"
+    eval_args = [sys.executable, "-m", "tokenforget.cli", "eval", "tofu", "--model", str(copy)]
+    eval_args += ["--out", str(again)]
+    eval_args += ["--retain-logs", str(Path(numbers["yardstick"]) / "retain" / "eval")]
+    eval_args += ["--config", str(folder / "config.yaml")]
+    evaluated = subprocess.run(eval_args, env=env, capture_output=True, text=True, timeout=600)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    summary = json.loads((again / "summary.json").read_text())
+    for key in ("forget_quality", "model_utility", "forget_Q_A_Prob", "forget_truth_ratio"):
+        assert summary[key] == pytest.approx(unlearned["after"][key], rel=1e-9), key
     # a saved model folder (not a run) in the world its config names, with --out
     model_args = [*args[:-1], str(folder / "unlearn" / "model"), "--config", str(folder / "config.yaml")]
     refused = subprocess.run(model_args, env=env, capture_output=True, text=True, timeout=300)
