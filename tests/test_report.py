@@ -204,12 +204,14 @@ def test_compare_shows_the_attacks_run_on_each_methods_best_point(tmp_path):
         }
         (tpo / "attacks" / f"quantize-{bits}").mkdir(parents=True)
         (tpo / "attacks" / f"quantize-{bits}" / "quantize.json").write_text(json.dumps(quantized))
-    # the largest budget's leak and its gap over the attacked retain model; the 4-bit attack's numbers
+    # the largest budget's leak and its gap over the attacked retain model; each bit width's numbers
     assert robustness(tpo) == {
         "relearn_uw_leak": 0.25,
         "relearn_uw_gap": 0.19,
         "int4_fq": 0.4,
         "int4_uw_leak": 0.03,
+        "int8_fq": 0.4,
+        "int8_uw_leak": 0.11,
     }
     assert robustness(tmp_path / "runs" / "npo") == dict.fromkeys(robustness(tpo))
     sections = attack_sections(tpo)

@@ -354,6 +354,8 @@ ROBUSTNESS_LABELS = {  # the showdown's attack columns (`robustness`)
     "relearn_uw_gap": "… above the attacked retain",
     "int4_fq": "FQ after int4",
     "int4_uw_leak": "UW leak after int4",
+    "int8_fq": "FQ after int8",
+    "int8_uw_leak": "UW leak after int8",
 }
 ROBUSTNESS = tuple(ROBUSTNESS_LABELS)
 
@@ -370,23 +372,19 @@ def latest_attack(folder: Path, kind: str, keep: Any = None) -> dict[str, Any] |
 
 def robustness(folder: Path) -> dict[str, Any]:
     """The numbers the showdown shows for a run's attacks: after the largest relearning budget, the
-    UW leak rate and how far it sits above the attacked retain model's; after 4-bit quantization,
-    forget quality and UW leak rate (None where the attack was not run)."""
-    out: dict[str, Any] = {
-        "relearn_uw_leak": None,
-        "relearn_uw_gap": None,
-        "int4_fq": None,
-        "int4_uw_leak": None,
-    }
+    UW leak rate and how far it sits above the attacked retain model's; after 4-bit and after 8-bit
+    quantization, forget quality and UW leak rate (None where the attack was not run)."""
+    out: dict[str, Any] = dict.fromkeys(ROBUSTNESS)
     relearn = latest_attack(folder, "relearn")
     if relearn:
         k = str(max(relearn["steps"]))
         out["relearn_uw_leak"] = relearn["models"]["unlearned"][k]["uw_leak_rate"]
         out["relearn_uw_gap"] = relearn["recovery"]["unlearned"][k]["uw_leak_rate"]
-    quantized = latest_attack(folder, "quantize", lambda numbers: numbers["bits"] == 4)
-    if quantized:
-        after = quantized["models"]["unlearned"]["after"]
-        out["int4_fq"], out["int4_uw_leak"] = after["forget_quality"], after["uw_leak_rate"]
+    for bits in (4, 8):
+        quantized = latest_attack(folder, "quantize", lambda numbers, bits=bits: numbers["bits"] == bits)
+        if quantized:
+            after = quantized["models"]["unlearned"]["after"]
+            out[f"int{bits}_fq"], out[f"int{bits}_uw_leak"] = after["forget_quality"], after["uw_leak_rate"]
     return out
 
 
