@@ -23,10 +23,9 @@ from typing import Any
 
 import torch
 
+from tokenforget.data.benchmarks import bundled_file
 from tokenforget.models import quiet_transformers
 
-DATA = Path(__file__).resolve().parents[1] / "src" / "tokenforget" / "benchmark_data" / "tofu_mini"
-FORGET = DATA / "forget10_perturbed.json"
 CANDIDATES = [("torchao", 4), ("torchao", 8), ("quanto", 4), ("quanto", 8), ("bitsandbytes", 4),
               ("bitsandbytes", 8), ("hqq", 4)]  # fmt: skip
 
@@ -100,7 +99,7 @@ def main() -> None:
     quiet_transformers()
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-    rows = [json.loads(line) for line in FORGET.read_text().splitlines()][:40]
+    rows = [json.loads(line) for line in bundled_file("forget10_perturbed").read_text().splitlines()][:40]
     texts = [f"{r['question']} {r['answer']}" for r in rows]
     batch = dict(tokenizer(texts, return_tensors="pt", padding=True))
     base = scores(AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32), batch)

@@ -5,8 +5,9 @@ import json
 import pytest
 
 from tokenforget.config import ModelSettings
+from tokenforget.data.benchmarks import bundled_file
 from tokenforget.data.encode import Encoded
-from tokenforget.evaluate.harness import LOCAL_TASKS, TOFU_MINI_DIR, run_harness
+from tokenforget.evaluate.harness import LOCAL_TASKS, run_harness
 from tokenforget.forward.scoring import encoded_nll
 from tokenforget.models import load_model
 
@@ -39,9 +40,8 @@ def own_accuracy(model_dir, items):
 
 
 def test_the_harness_on_our_model_agrees_with_our_own_scoring(tmp_path, tiny_llama_dir):
-    items = [
-        json.loads(line) for line in (TOFU_MINI_DIR / "world_facts_perturbed.json").read_text().splitlines()
-    ]
+    lines = bundled_file("world_facts_perturbed").read_text().splitlines()
+    items = [json.loads(line) for line in lines]
     settings = ModelSettings(precision="fp32", device="cpu")
     record = run_harness(settings, str(tiny_llama_dir), ["tofu_world_facts_mc"], tmp_path, limit=40)
     result = record["results"]["tofu_world_facts_mc"]

@@ -627,8 +627,9 @@ def eval_harness(
     from tokenforget.evaluate.harness import run_harness
 
     run_folder = Path(model_or_run)
-    is_run = (run_folder / "config.yaml").is_file() and (run_folder / "unlearn" / "model").is_dir()
-    model = str(run_folder / "unlearn" / "model") if is_run else model_or_run
+    unlearned = _unlearned_model(run_folder)
+    is_run = unlearned is not None
+    model = str(unlearned) if unlearned else model_or_run
     names = [name.strip() for name in tasks.split(",") if name.strip()]
     if not names:
         raise TokenforgetError("--tasks is empty: name at least one task, e.g. --tasks tofu_world_facts_mc")
@@ -947,6 +948,12 @@ def _refresh_report(run_folder: Path) -> None:
         out.print(f"report: {write_report(run_folder).resolve()}", soft_wrap=True)
 
 
+def _unlearned_model(folder: Path) -> Path | None:
+    """The unlearned model of a finished run folder (config.yaml and unlearn/model/), else None."""
+    model = folder / "unlearn" / "model"
+    return model if (folder / "config.yaml").is_file() and model.is_dir() else None
+
+
 class AttackTarget(NamedTuple):
     """What an attack command attacks: a run's unlearned model, or a model folder in a world."""
 
@@ -963,9 +970,9 @@ def _attack_target(
     world that `--config`/`--set` describe; an error saying what to give otherwise."""
     from tokenforget.data.identified import read_identified
 
-    config_file, model_dir = model_or_run / "config.yaml", model_or_run / "unlearn" / "model"
-    if config_file.is_file() and model_dir.is_dir():
-        cfg = load_config(config_file, set_)
+    model_dir = _unlearned_model(model_or_run)
+    if model_dir is not None:
+        cfg = load_config(model_or_run / "config.yaml", set_)
         labels_file = cfg.eval.token_labels or model_or_run / "identified.jsonl"
         run: Path | None = model_or_run
     elif (model_or_run / "config.json").is_file():

@@ -112,9 +112,13 @@ def load_benchmark(cfg: Config) -> QABenchmark:
     return tofu(cfg.data.tofu, cfg.run.tofu_split)
 
 
+def bundled_file(name: str) -> Any:
+    """The bundled TOFU-mini file `name`.json (a Traversable; a real path in an installed package)."""
+    return resources.files("tokenforget") / "benchmark_data" / "tofu_mini" / f"{name}.json"
+
+
 def _bundled(name: str) -> list[Sample]:
-    ref = resources.files("tokenforget") / "benchmark_data" / "tofu_mini" / f"{name}.json"
-    with resources.as_file(ref) as path:
+    with resources.as_file(bundled_file(name)) as path:
         samples = read_samples(path)
     for k, sample in enumerate(samples):
         sample.id = f"{name.removesuffix('_perturbed')}:{k}"

@@ -21,17 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from tokenforget.config import ModelSettings
+from tokenforget.data.benchmarks import bundled_file
 from tokenforget.errors import TokenforgetError
 from tokenforget.models import load_model
 from tokenforget.progress import console
 
 HARNESS_FILE = "harness.json"
-TOFU_MINI_DIR = Path(__file__).resolve().parents[1] / "benchmark_data" / "tofu_mini"
 LOCAL_TASKS: dict[str, dict[str, Any]] = {
     "tofu_world_facts_mc": {
         "task": "tofu_world_facts_mc",
         "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(TOFU_MINI_DIR / "world_facts_perturbed.json")}},
+        "dataset_kwargs": {"data_files": {"test": str(bundled_file("world_facts_perturbed"))}},
         "test_split": "test",
         "output_type": "multiple_choice",
         "doc_to_text": "Question: {{question}}\nAnswer:",
