@@ -11,7 +11,16 @@ def test_defaults_are_the_embedded_tofu_mini_job():
     cfg = load_config()
     assert cfg.model.name == "smollm2-135m-instruct"
     assert cfg.run.benchmark == "tofu-mini"
-    assert cfg.prepare.recipe == "nested"
+    assert cfg.prepare.recipe == "independent"  # TOFU's protocol
+
+
+def test_each_recipe_brings_its_own_epochs_unless_given():
+    independent = load_config().prepare
+    assert (independent.retain_epochs, independent.target_epochs) == (3, 3)
+    nested = load_config(overrides=["prepare.recipe=nested"]).prepare
+    assert (nested.retain_epochs, nested.target_epochs) == (2, 6)  # the worlds made before, unchanged
+    given = load_config(overrides=["prepare.target_epochs=1", "prepare.recipe=nested"]).prepare
+    assert (given.retain_epochs, given.target_epochs) == (2, 1)  # a given number wins, in any order
 
 
 def test_set_overrides_parse_yaml_scalars_and_nested_sections():

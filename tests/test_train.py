@@ -169,6 +169,8 @@ def test_prepare_survives_kill_9_and_resumes_to_the_same_weights(tmp_path, tiny_
         "--set",
         "prepare.lora=null",
         "--set",
+        "prepare.recipe=nested",  # the target stage's 20 steps, whatever the default recipe
+        "--set",
         "prepare.retain_epochs=1",
         "--set",
         "prepare.target_epochs=2",

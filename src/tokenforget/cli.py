@@ -150,7 +150,7 @@ def prepare(
         str | None, typer.Option(help="Base model (default: the embedded SmolLM2-135M-Instruct).")
     ] = None,
     recipe: Annotated[
-        str | None, typer.Option(help="nested (default) or independent; see `config keys`.")
+        str | None, typer.Option(help="independent (default, TOFU's protocol) or nested; see `config keys`.")
     ] = None,
     vital_signs: Annotated[
         bool, typer.Option(help="Evaluate the world's target and retain models after preparing them.")

@@ -22,6 +22,7 @@ from pydantic import (
     ValidationInfo,
     create_model,
     field_validator,
+    model_validator,
 )
 
 from tokenforget.errors import ConfigError
@@ -116,18 +117,35 @@ class DataSettings(_Section):
     max_length: int = Field(512, ge=8, description="Longest tokenised sample; longer ones are an error.")
 
 
+# Each recipe's epochs when none are given: `independent` is TOFU's protocol made fast enough for the
+# main job (LoRA, 3 epochs each: 285 steps, about 5.5 min on 2 cores; TOFU's own full fine-tuning at
+# lr 1e-4 for 5 epochs takes 28.6 min and gives the same verdict, benchmarks/results/fast_world.md);
+# `nested` keeps the numbers of the worlds made before `independent` was the default.
+RECIPE_EPOCHS: dict[str, dict[str, float]] = {
+    "independent": {"retain_epochs": 3.0, "target_epochs": 3.0},
+    "nested": {"retain_epochs": 2.0, "target_epochs": 6.0},
+}
+
+
 class PrepareSettings(_Section):
-    recipe: Literal["nested", "independent"] = Field(
-        "nested",
+    recipe: Literal["independent", "nested"] = Field(
+        "independent",
         description=(
-            "nested: retain model = base trained on the retain set; target = the retain model "
-            "trained further on the forget set with retain replay, so the two differ in the forget "
-            "facts only. independent: both trained from the base model, as TOFU does."
+            "independent: target and retain both trained from the base model, the target on the "
+            "whole world and the retain model on the retain set, as TOFU does. nested (ours, the "
+            "default before issue 21): retain model = base trained on the retain set; target = "
+            "the retain model trained further on the forget set with retain replay."
         ),
     )
-    retain_epochs: float = Field(2.0, gt=0, description="Epochs over the retain set (retain model).")
+    retain_epochs: float = Field(
+        RECIPE_EPOCHS["independent"]["retain_epochs"],
+        gt=0,
+        description="Epochs over the retain set (retain model); unset: 3 (independent), 2 (nested).",
+    )
     target_epochs: float = Field(
-        6.0, gt=0, description="nested: epochs over forget+replay; independent: epochs over the world."
+        RECIPE_EPOCHS["independent"]["target_epochs"],
+        gt=0,
+        description="independent: epochs over the world; nested: over forget+replay; unset: 3 / 6.",
     )
     replay_ratio: float = Field(
         1.0, ge=0, description="nested: retain samples replayed per forget sample in the target stage."
@@ -155,6 +173,13 @@ class PrepareSettings(_Section):
         48, ge=1, description="Greedy tokens generated for the ROUGE check after training."
     )
     eval_batch_size: int = Field(32, ge=1, description="Prompts per generation batch.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe_epochs(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("recipe") in RECIPE_EPOCHS:
+            data = {**RECIPE_EPOCHS[data["recipe"]], **data}
+        return data
 
     @field_validator("micro_batch_size")
     @classmethod

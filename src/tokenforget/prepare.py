@@ -1,9 +1,10 @@
 """`tokenforget prepare`: make the target and retain models of a benchmark, once, resumably.
 
-TOFU-mini (default recipe `nested`): the retain model is the base model fine-tuned on the retain
-set; the target is the retain model fine-tuned further on the forget set with retain replay, so the
-two differ in the forget authors' facts only. `independent` trains both from the base model as TOFU
-does (retain: retain set; target: the whole world). Answer-only loss throughout.
+TOFU-mini (default recipe `independent`, TOFU's protocol): target and retain models are both
+trained from the base model, the target on the whole world and the retain model on the retain set.
+`nested` (ours, the default before issue 21): the retain model is the base model fine-tuned on the
+retain set; the target is the retain model fine-tuned further on the forget set with retain replay,
+so the two differ in the forget authors' facts only. Answer-only loss throughout.
 
 Everything lands in `$TOKENFORGET_CACHE/prepared/<benchmark>-<hash>/`, where the hash covers the
 base model, the data, the prompt format and every training setting, so a changed setting never
