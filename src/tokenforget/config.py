@@ -118,9 +118,10 @@ class DataSettings(_Section):
 
 
 # Each recipe's epochs when none are given: `independent` is TOFU's protocol made fast enough for the
-# main job (LoRA, 3 epochs each: 285 steps, about 5.5 min on 2 cores; TOFU's own full fine-tuning at
-# lr 1e-4 for 5 epochs takes 28.6 min and gives the same verdict, benchmarks/results/fast_world.md);
-# `nested` keeps the numbers of the worlds made before `independent` was the default.
+# main job (LoRA, 3 epochs each: 285 steps, about 5.5 min on 2 cores, where TOFU's own full
+# fine-tuning at lr 1e-4 for 5 epochs takes 28.6 min; both answer issue 21's question the same way,
+# with other numbers: benchmarks/results/worlds_15steps.md); `nested` keeps the numbers of the
+# worlds made before `independent` was the default.
 RECIPE_EPOCHS: dict[str, dict[str, float]] = {
     "independent": {"retain_epochs": 3.0, "target_epochs": 3.0},
     "nested": {"retain_epochs": 2.0, "target_epochs": 6.0},
