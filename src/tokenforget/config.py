@@ -141,12 +141,16 @@ class PrepareSettings(_Section):
     retain_epochs: float = Field(
         RECIPE_EPOCHS["independent"]["retain_epochs"],
         gt=0,
-        description="Epochs over the retain set (retain model); unset: 3 (independent), 2 (nested).",
+        description="Epochs over the retain set (retain model); unset: "
+        + ", ".join(f"{e['retain_epochs']:g} ({recipe})" for recipe, e in RECIPE_EPOCHS.items())
+        + ".",
     )
     target_epochs: float = Field(
         RECIPE_EPOCHS["independent"]["target_epochs"],
         gt=0,
-        description="independent: epochs over the world; nested: over forget+replay; unset: 3 / 6.",
+        description="independent: epochs over the world; nested: over forget+replay; unset: "
+        + ", ".join(f"{e['target_epochs']:g} ({recipe})" for recipe, e in RECIPE_EPOCHS.items())
+        + ".",
     )
     replay_ratio: float = Field(
         1.0, ge=0, description="nested: retain samples replayed per forget sample in the target stage."
