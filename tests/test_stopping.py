@@ -4,7 +4,7 @@ import pytest
 
 from tokenforget.config import load_config
 from tokenforget.errors import ConfigError
-from tokenforget.stopping import parse_condition, stop_reason
+from tokenforget.stopping import budget_reason, parse_condition, stop_reason, stop_sentence
 
 FIRST = {"step": 0, "retain_Q_A_Prob": 0.5, "uw_leak_rate": 0.8, "uw_dlogp": 0.0}
 
@@ -39,3 +39,16 @@ def test_the_guard_wins_and_every_stop_condition_must_hold():
         "utility guard: retain_Q_A_Prob 0.4 >= 0.45 (0.9x step 0) failed"
     )
     assert stop_reason(row, FIRST, [], []) is None
+
+
+def test_a_run_no_condition_stopped_names_the_budget_that_did():
+    small = budget_reason(3, 4, 8, 15, None)  # a four-answer deletion request: 2 steps by epochs
+    assert small == (
+        "the step budget: unlearn.min_steps=15 (3 epochs of 4 forget answers at batch 8 would be 2)"
+    )
+    assert budget_reason(3, 40, 8, 15, None) == (
+        "the step budget: 3 epochs of 40 forget answers at batch 8 (15 steps)"
+    )
+    assert budget_reason(3, 4, 8, 15, 100) == "the step cap (unlearn.max_steps=100) before stop_when was met"
+    said = stop_sentence({"reason": small, "step": 15})
+    assert said == f"Unlearning stopped at step 15: {small}."

@@ -442,7 +442,7 @@ def test_a_small_forget_set_gets_at_least_min_steps(tmp_path, tiny_llama_dir, fo
     result = unlearn(config(tiny_llama_dir, forget_file, "ga", "unlearn.min_steps=5"), tmp_path / "run")
     assert [r["step"] for r in log_rows(result.folder)] == [1, 2, 3, 4, 5]  # epochs alone: 2 steps
     assert result.summary["steps"] == 5 and result.summary["stopped"] == {
-        "reason": "the step budget",
+        "reason": "the step budget: unlearn.min_steps=5 (1 epoch of 8 forget answers at batch 4 would be 2)",
         "step": 5,
     }
 

@@ -27,6 +27,7 @@ from tokenforget.inputs import check_inputs
 from tokenforget.models import resolve_model
 from tokenforget.prepare import Prepared, prepare, rouge_table
 from tokenforget.runs import open_run, read_step_log, write_json
+from tokenforget.stopping import stop_sentence
 
 MODELS = ("unlearned", "target", "retain")
 
@@ -392,7 +393,7 @@ def run(cfg: Config) -> RunResult:
         "identifier": identifier_label(cfg),
         "models": models,
         "headline": (table := headline(evals)),
-        "verdict": verdict(table),
+        "verdict": [*verdict(table), stop_sentence(unlearned.summary["stopped"])],
         "unavailable": evals.get("unavailable", {}),
         "tofu": evals["tofu"],
         "tokens": {

@@ -8,6 +8,7 @@ in `x` is relative to the metric's value at step 0 (theta0). Pure: rows in, verd
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from collections.abc import Mapping, Sequence
@@ -71,3 +72,23 @@ def stop_reason(
     if stop_when and all(c.holds(row, first) for c in stop_when):
         return "stop_when met: " + "; ".join(c.describe(row, first) for c in stop_when)
     return None
+
+
+def budget_reason(
+    epochs: float, forget_samples: int, batch_size: int, min_steps: int, cap: int | None
+) -> str:
+    """Why a run that no condition stopped ended where it did: the step cap (with stop_when), the
+    minimum number of steps (a small forget set), or the epochs over the forget set."""
+    if cap is not None:
+        return f"the step cap (unlearn.max_steps={cap}) before stop_when was met"
+    by_epochs = math.ceil(epochs * forget_samples / batch_size)
+    epoch_word = "epoch" if epochs == 1 else "epochs"
+    plan = f"{epochs:g} {epoch_word} of {forget_samples} forget answers at batch {batch_size}"
+    if min_steps > by_epochs:
+        return f"the step budget: unlearn.min_steps={min_steps} ({plan} would be {by_epochs})"
+    return f"the step budget: {plan} ({by_epochs} steps)"
+
+
+def stop_sentence(stopped: Mapping[str, object]) -> str:
+    """The run's `stopped` record (unlearn.json) in words, for the headline."""
+    return f"Unlearning stopped at step {stopped['step']}: {stopped['reason']}."

@@ -45,7 +45,7 @@ from tokenforget.models import save_model
 from tokenforget.progress import console
 from tokenforget.runs import open_folder, trim_step_log, write_json
 from tokenforget.session import Session, start_session
-from tokenforget.stopping import parse_condition, stop_reason
+from tokenforget.stopping import budget_reason, parse_condition, stop_reason
 from tokenforget.train import (
     SHARDED,
     FitSettings,
@@ -216,6 +216,11 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
         extra_state=extra_state,
         prepare=prepare if sharded else None,
     )
+    if not stopped:
+        cap = u.max_steps if stop_when else None
+        reason = budget_reason(u.epochs, len(session.forget), u.batch_size, u.min_steps, cap)
+        stopped.update(reason=reason, step=total)
+        console.print(f"[green]unlearn[/]: stopped at step {total}/{total}: {reason}")
     summary = {
         "method": method.name,
         "retain_term": retain_term,
@@ -225,8 +230,7 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
         "forget_samples_with_uw": sum(1 for e in session.forget if e.uw and any(e.uw)),
         "retain_samples": len(session.retain),
         "steps": result.steps,
-        "stopped": stopped
-        or {"reason": "the step budget" + (" (max_steps)" if stop_when else ""), "step": total},
+        "stopped": stopped,
         "answer_tokens": result.tokens,
         "processes": world,
         "distributed": kind,
