@@ -205,7 +205,7 @@ def run(config: ConfigOpt = None, set_: SetOpt = None) -> None:
               protocol, both trained from the base model (LoRA, 3 epochs each)
     identify  label the unwanted words of the forget set (identify.method, default predictability)
     unlearn   unlearn.method (default tpo: the paper's loss, raw-logit LPL) on the target model,
-              lr 1e-4 for 15 steps without warm-up
+              lr 1e-4 for 15 steps, 10 % of them warm-up
     eval      TOFU summary, token-level forgetting and KL on retain for unlearned, target, retain
     report    report.html (open it in a browser), summary.json, receipt.json
 

@@ -340,12 +340,13 @@ class UnlearnSettings(_Section):
     micro_batch_size: int = Field(8, ge=1, description="Forget samples per forward and process.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     warmup_ratio: float = Field(
-        0.0,
+        0.1,
         ge=0,
         le=1,
         description=(
-            "Fraction of steps of linear warm-up. 0: issue 21's grids ran without, and the main job's "
-            "default is their pick; the papers warm up for 1 epoch of 10 (0.1)."
+            "Fraction of steps of linear warm-up (the papers: 1 epoch of 10). On TOFU-mini 0.1 and 0 "
+            "give the same forget quality over three seeds; on a four-answer deletion request 0.1 "
+            "keeps 0.97x the utility, 0 only 0.94x (README, Unlearning)."
         ),
     )
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
