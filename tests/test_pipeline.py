@@ -450,3 +450,23 @@ def test_a_run_on_published_labels_names_them_as_its_identifier():
     assert identifier_label(load_config()) == "predictability"
     labelled = load_config(overrides=["identify.labels=/data/forget01_gpt.jsonl"])
     assert identifier_label(labelled) == "labels forget01_gpt.jsonl"  # not the identifier it replaced
+
+
+def test_an_attack_on_a_run_whose_model_is_gone_says_so_and_a_rerun_remakes_it(finished_run):
+    """Last in this module: it deletes the shared run's weights (as a user freeing disk would) and
+    follows the error's advice, which must bring them back."""
+    from tokenforget.cli import _attack_target
+    from tokenforget.errors import TokenforgetError
+
+    run, model = finished_run["folder"], finished_run["folder"] / "unlearn" / "model"
+    before = {p.name: p.read_bytes() for p in model.glob("*.safetensors")}
+    for weights in model.glob("*.safetensors"):
+        weights.unlink()
+    with pytest.raises(TokenforgetError, match=r"holds no weights .*`tokenforget run --config"):
+        _attack_target(run, "quantize", None, None, None)
+    again = [*finished_run["args"][:4], "--config", str(run / "config.yaml")]
+    rerun = subprocess.run(again, env=finished_run["env"], capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "unlearn: already done" not in rerun.stdout + rerun.stderr  # trained again, to the same weights
+    assert {p.name: p.read_bytes() for p in model.glob("*.safetensors")} == before
+    assert _attack_target(run, "quantize", None, None, None).model == model

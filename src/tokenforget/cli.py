@@ -978,6 +978,12 @@ def _attack_target(
 
     model_dir = _unlearned_model(model_or_run)
     if model_dir is not None:
+        if not any(model_dir.glob("*.safetensors")):
+            raise TokenforgetError(
+                f"{model_dir} holds no weights (no *.safetensors): this run's unlearned model was deleted "
+                f"or never written. Run `tokenforget run --config {model_or_run / 'config.yaml'}` again "
+                "to make it (the run redoes its unlearn stage in the same folder), then attack it"
+            )
         cfg = load_config(model_or_run / "config.yaml", set_)
         labels_file = cfg.eval.token_labels or model_or_run / "identified.jsonl"
         run: Path | None = model_or_run

@@ -84,7 +84,7 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
     folder = open_folder(out, cfg) if accelerator.is_main_process else out
     accelerator.wait_for_everyone()
     model_dir = folder / "model"
-    if (folder / "unlearn.json").is_file() and model_dir.is_dir():
+    if (folder / "unlearn.json").is_file() and any(model_dir.glob("*.safetensors")):  # not a deleted model
         console.print(f"[green]unlearn[/]: already done in {folder}")
         return UnlearnResult(folder, model_dir, json.loads((folder / "unlearn.json").read_text()))
     started = time.perf_counter()
