@@ -978,10 +978,11 @@ def _attack_target(
     """A finished benchmark run (its config, unlearned model and labels), or a model folder in the
     world that `--config`/`--set` describe; an error saying what to give otherwise."""
     from tokenforget.data.identified import read_identified
+    from tokenforget.models import has_weights
 
     model_dir = _unlearned_model(model_or_run)
     if model_dir is not None:
-        if not any(model_dir.glob("*.safetensors")):
+        if not has_weights(model_dir):
             raise TokenforgetError(
                 f"{model_dir} holds no weights (no *.safetensors): this run's unlearned model was deleted "
                 f"or never written. Run `tokenforget run --config {model_or_run / 'config.yaml'}` again "

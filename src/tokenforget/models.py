@@ -387,6 +387,12 @@ def save_model(
     save_tokenizer(tokenizer, out)
 
 
+def has_weights(folder: Path) -> bool:
+    """Whether save_model's weights are in the folder (full, sharded or a LoRA adapter), not only
+    its config: a model folder whose weights were deleted, e.g. to free disk, is not a model."""
+    return any(folder.glob("*.safetensors"))
+
+
 # load-time options that transformers records in tokenizer_config.json: with them, the same
 # weights saved with and without HF_HUB_OFFLINE would hash differently (and miss each other's caches)
 _LOAD_OPTIONS = ("local_files_only",)

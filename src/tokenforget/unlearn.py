@@ -41,7 +41,7 @@ from tokenforget.distributed import configure_deepspeed, full_weights, make_acce
 from tokenforget.errors import ConfigError
 from tokenforget.evaluate.trajectory import LeakProbe, Probe, Trajectory, theta0_stamp
 from tokenforget.inputs import check_inputs
-from tokenforget.models import save_model
+from tokenforget.models import has_weights, save_model
 from tokenforget.progress import console
 from tokenforget.runs import open_folder, trim_step_log, write_json
 from tokenforget.session import Session, start_session
@@ -84,7 +84,7 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
     folder = open_folder(out, cfg) if accelerator.is_main_process else out
     accelerator.wait_for_everyone()
     model_dir = folder / "model"
-    if (folder / "unlearn.json").is_file() and any(model_dir.glob("*.safetensors")):  # not a deleted model
+    if (folder / "unlearn.json").is_file() and has_weights(model_dir):
         console.print(f"[green]unlearn[/]: already done in {folder}")
         return UnlearnResult(folder, model_dir, json.loads((folder / "unlearn.json").read_text()))
     started = time.perf_counter()
