@@ -74,6 +74,11 @@ def stop_reason(
     return None
 
 
+def steps_by_epochs(epochs: float, forget_samples: int, batch_size: int) -> int:
+    """Optimizer steps that `epochs` over the forget set take (the last batch may be short)."""
+    return math.ceil(epochs * forget_samples / batch_size)
+
+
 def budget_reason(
     epochs: float, forget_samples: int, batch_size: int, min_steps: int, cap: int | None
 ) -> str:
@@ -81,7 +86,7 @@ def budget_reason(
     minimum number of steps (a small forget set), or the epochs over the forget set."""
     if cap is not None:
         return f"the step cap (unlearn.max_steps={cap}) before stop_when was met"
-    by_epochs = math.ceil(epochs * forget_samples / batch_size)
+    by_epochs = steps_by_epochs(epochs, forget_samples, batch_size)
     epoch_word = "epoch" if epochs == 1 else "epochs"
     plan = f"{epochs:g} {epoch_word} of {forget_samples} forget answers at batch {batch_size}"
     if min_steps > by_epochs:

@@ -21,7 +21,6 @@ micro-batch by definition, so TPO depends on the micro-batch size (as in the pub
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ from tokenforget.models import has_weights, save_model
 from tokenforget.progress import console
 from tokenforget.runs import open_folder, trim_step_log, write_json
 from tokenforget.session import Session, start_session
-from tokenforget.stopping import budget_reason, parse_condition, stop_reason
+from tokenforget.stopping import budget_reason, parse_condition, steps_by_epochs, stop_reason
 from tokenforget.train import (
     SHARDED,
     FitSettings,
@@ -262,7 +261,7 @@ def planned_steps(cfg: Config, forget_samples: int) -> int:
     u = cfg.unlearn
     if u.stop_when:
         return u.max_steps
-    return max(u.min_steps, math.ceil(u.epochs * forget_samples / u.batch_size), 1)
+    return max(u.min_steps, steps_by_epochs(u.epochs, forget_samples, u.batch_size), 1)
 
 
 def start_trajectory(
