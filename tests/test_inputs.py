@@ -50,6 +50,13 @@ def test_a_missing_file_and_a_missing_model_folder(tmp_path, files):
     (tmp_path / "m").mkdir()
     with pytest.raises(DataError, match=r"has no config\.json"):
         check_inputs(cfg)
+    (tmp_path / "m" / "config.json").write_text("{}")  # weights deleted to free disk
+    with pytest.raises(DataError, match=r"no weights \(\*\.safetensors\)"):
+        check_inputs(cfg)
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"w")
+    with pytest.raises(DataError) as info:
+        check_inputs(cfg)
+    assert [i.file for i in info.value.issues] == [str(tmp_path / "nope.jsonl")]  # the model is whole again
 
 
 def test_the_contrast_identifiers_models_are_checked(tmp_path):

@@ -452,6 +452,34 @@ def test_a_run_on_published_labels_names_them_as_its_identifier():
     assert identifier_label(labelled) == "labels forget01_gpt.jsonl"  # not the identifier it replaced
 
 
+def test_a_sweep_keeping_the_best_weights_drops_the_others_and_a_resumed_sweep_reads_them(finished_run):
+    """`sweep --keep best` in the finished run's world: of two lrs only the best point by the stated
+    rule keeps its weights; the sweep run again reads both points instead of training them again;
+    and `ask` on the dropped run names the command that remakes its model."""
+    cli, settings = finished_run["args"][:3], finished_run["args"][4:]  # its run.name yields to the sweep's
+    sweep = [*cli, "sweep", "--name", "keep", "--keep", "best", *settings, "--grid", "unlearn.lr=1e-9,1e-3"]
+    env, runs = finished_run["env"], finished_run["folder"].parent
+    first = subprocess.run(sweep, env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    names = ("keep-lr1e-9", "keep-lr1e-3")
+    headlines = {n: json.loads((runs / n / "summary.json").read_text())["headline"] for n in names}
+    target_utility = headlines[names[0]]["target"]["model_utility"]
+    heads = {n: h["unlearned"] for n, h in headlines.items()}
+    kept = [n for n, h in heads.items() if h["model_utility"] >= 0.9 * target_utility]
+    best = max(kept, key=lambda n: (heads[n]["forget_quality"], -heads[n]["kl_on_retain"]))
+    (dropped,) = set(heads) - {best}  # lr 1e-9 leaves the target's utility: one run is always kept
+    assert any((runs / best / "unlearn" / "model").glob("*.safetensors"))
+    assert not any((runs / dropped / "unlearn" / "model").glob("*.safetensors"))
+    assert f"deleted the weights of {dropped}" in " ".join(first.stdout.split())
+    again = subprocess.run(sweep, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert " ".join(again.stdout.split()).count("(finished: read, not run)") == 2
+    assert not any((runs / dropped / "unlearn" / "model").glob("*.safetensors"))  # not trained again
+    ask = subprocess.run([*cli, "ask", str(runs / dropped), "Who?"], env=env, capture_output=True, text=True)
+    message = " ".join((ask.stdout + ask.stderr).split())
+    assert ask.returncode == 2 and "holds no weights" in message and "tokenforget run --config" in message
+
+
 def test_an_attack_on_a_run_whose_model_is_gone_says_so_and_a_rerun_remakes_it(finished_run):
     """Last in this module: it deletes the shared run's weights (as a user freeing disk would) and
     follows the error's advice, which must bring them back."""

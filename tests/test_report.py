@@ -96,6 +96,35 @@ def test_sweep_points_are_every_combination_with_readable_names():
         sweep_points(["lr=1e-5"])
 
 
+def test_keeping_the_best_weights_keeps_each_methods_best_point_by_the_rule(tmp_path):
+    from tokenforget.pipeline import keep_best_weights
+
+    def finished(name, method, fq, mu, kl=0.01):
+        model = tmp_path / name / "unlearn" / "model"
+        model.mkdir(parents=True)
+        (model / "config.json").write_text("{}")
+        (model / "model.safetensors").write_bytes(b"w" * 100)
+        summary = fake_summary(method, fq, mu)
+        summary["headline"]["unlearned"]["kl_on_retain"] = kl
+        return name, summary
+
+    # target utility 0.3, so the rule reads runs with utility >= 0.27
+    runs = [
+        finished("npo-a", "npo", 0.9, 0.25),  # forgets most, below 0.9x: not the best point
+        finished("npo-b", "npo", 0.4, 0.28, kl=0.2),
+        finished("npo-c", "npo", 0.4, 0.29, kl=0.1),  # ties npo-b's forget quality at a lower KL
+        finished("tpo-a", "tpo", 0.5, 0.2),  # tpo has no run at >= 0.9x: it keeps none
+    ]
+    gone, freed = keep_best_weights(tmp_path, runs)
+    assert gone == ["npo-a", "npo-b", "tpo-a"] and freed == 300
+    with_weights = [p.relative_to(tmp_path).parts[0] for p in tmp_path.glob("*/unlearn/model/*.safetensors")]
+    assert with_weights == ["npo-c"]
+    assert all((tmp_path / n / "unlearn" / "model" / "config.json").is_file() for n, _ in runs)
+    assert keep_best_weights(tmp_path, runs) == ([], 0)  # nothing left to drop
+    own_data = [(n, {**s, "headline": {"unlearned": s["headline"]["unlearned"]}}) for n, s in runs]
+    assert keep_best_weights(tmp_path, own_data) is None  # no target utility: no rule to keep by
+
+
 def test_trajectory_charts_draw_forget_retain_and_uw_gw_curves(tmp_path):
     from tokenforget.report import trajectory_charts
 

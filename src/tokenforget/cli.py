@@ -311,6 +311,14 @@ def sweep(
         typer.Option(help="section.key=v1,v2,... (repeatable): the grid is every combination."),
     ],
     name: Annotated[str, typer.Option(help="Run name prefix; each point runs in runs/<name>-<point>/.")],
+    keep: Annotated[
+        str,
+        typer.Option(
+            help="Whose unlearned weights stay on disk: all, or best (each method's best point by the "
+            "stated rule; the others' weights are deleted as the sweep goes, and `tokenforget run "
+            "--config runs/NAME/config.yaml` remakes any of them)."
+        ),
+    ] = "all",
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -321,19 +329,37 @@ def sweep(
           --grid unlearn.lr=1e-5,3e-5,1e-4 --grid unlearn.beta=0.1,0.3
     Kill it and run it again: finished points are skipped, an interrupted one resumes.
     Writes runs/<name>-compare.html with every point of the sweep.
+    Each run keeps its unlearned model (SmolLM2-135M: 0.5 GB; a 7B model: 14 GB or more). With
+    --keep best only each method's best point keeps it: the highest forget quality at >= 0.9x the
+    target's model utility, ties to the lower KL on retain (a method with no run there keeps none).
     """
+    from tokenforget.pipeline import finished_summary, keep_best_weights, sweep_points
     from tokenforget.pipeline import run as run_pipeline
-    from tokenforget.pipeline import sweep_points
     from tokenforget.report import write_compare
 
+    if keep not in ("all", "best"):
+        raise TokenforgetError(
+            f"--keep {keep!r}: give all (every run's weights) or best (each method's best point)"
+        )
     points = sweep_points(grid)
+    runs_dir = Path(_config(config, set_).run.runs_dir)
     results = []
     for number, (label, overrides) in enumerate(points, 1):
-        out.print(f"[bold]sweep point {number}/{len(points)}[/]: {label}")
         cfg = _config(config, [*(set_ or []), *overrides, f"run.name={name}-{label}"])
-        result = run_pipeline(cfg)
-        results.append((result.folder.name, result.summary))
-    page = Path(_config(config, set_).run.runs_dir) / f"{name}-compare.html"
+        summary = finished_summary(cfg)  # a finished point is read, not run: its weights may be gone
+        done = " (finished: read, not run)" if summary else ""
+        out.print(f"[bold]sweep point {number}/{len(points)}[/]: {label}{done}")
+        if summary is None:
+            summary = run_pipeline(cfg).summary
+        results.append((cfg.run.name, summary))
+        if keep == "best":
+            kept = keep_best_weights(runs_dir, results)
+            if kept is None:
+                out.print("--keep best: these runs have no target utility to pick a best point by; kept all")
+            elif kept[0]:
+                gone, freed = kept
+                out.print(f"--keep best: deleted the weights of {', '.join(gone)} ({freed / 1e9:.2f} GB)")
+    page = runs_dir / f"{name}-compare.html"
     write_compare(page, results)
     out.print(f"compare: {page.resolve()}")
 
@@ -381,6 +407,9 @@ def ask(
 
 def _run_model(name: str) -> str:
     """A run folder stands for its unlearned model; anything else is passed through."""
+    unlearned = _unlearned_model(Path(name))
+    if unlearned is not None:
+        return str(unlearned)
     for inner in ("unlearn/model", "model"):
         candidate = Path(name) / inner
         if (candidate / "config.json").is_file():
@@ -958,9 +987,21 @@ def _refresh_report(run_folder: Path) -> None:
 
 
 def _unlearned_model(folder: Path) -> Path | None:
-    """The unlearned model of a finished run folder (config.yaml and unlearn/model/), else None."""
+    """The unlearned model of a finished run folder (config.yaml and unlearn/model/), else None; an
+    error naming the command that remakes it where its weights were deleted."""
+    from tokenforget.models import has_weights
+
     model = folder / "unlearn" / "model"
-    return model if (folder / "config.yaml").is_file() and model.is_dir() else None
+    if not (folder / "config.yaml").is_file() or not model.is_dir():
+        return None
+    if not has_weights(model):
+        raise TokenforgetError(
+            f"{model} holds no weights (no *.safetensors): this run's unlearned model was deleted "
+            f"(`tokenforget sweep --keep best` deletes all but each method's best point) or never written. "
+            f"Run `tokenforget run --config {folder / 'config.yaml'}` again to make it (the run redoes "
+            "its unlearn stage in the same folder, to the same weights on the same machine)"
+        )
+    return model
 
 
 class AttackTarget(NamedTuple):
@@ -978,16 +1019,9 @@ def _attack_target(
     """A finished benchmark run (its config, unlearned model and labels), or a model folder in the
     world that `--config`/`--set` describe; an error saying what to give otherwise."""
     from tokenforget.data.identified import read_identified
-    from tokenforget.models import has_weights
 
     model_dir = _unlearned_model(model_or_run)
     if model_dir is not None:
-        if not has_weights(model_dir):
-            raise TokenforgetError(
-                f"{model_dir} holds no weights (no *.safetensors): this run's unlearned model was deleted "
-                f"or never written. Run `tokenforget run --config {model_or_run / 'config.yaml'}` again "
-                "to make it (the run redoes its unlearn stage in the same folder), then attack it"
-            )
         cfg = load_config(model_or_run / "config.yaml", set_)
         labels_file = cfg.eval.token_labels or model_or_run / "identified.jsonl"
         run: Path | None = model_or_run

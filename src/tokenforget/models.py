@@ -196,6 +196,8 @@ def model_problem(name: str) -> str | None:
                 f"{path} is a folder but has no config.json: expected a save_pretrained folder "
                 "(config.json + *.safetensors + tokenizer files)"
             )
+        if not has_weights(path) and not any(path.glob("*.bin")):
+            return f"{path} has a config.json but no weights (*.safetensors): deleted, or never written"
         return None
     if path.suffix or name.startswith((".", "/", "~")):
         return f"model folder {path} does not exist"
@@ -391,6 +393,16 @@ def has_weights(folder: Path) -> bool:
     """Whether save_model's weights are in the folder (full, sharded or a LoRA adapter), not only
     its config: a model folder whose weights were deleted, e.g. to free disk, is not a model."""
     return any(folder.glob("*.safetensors"))
+
+
+def drop_weights(folder: Path) -> int:
+    """Delete a saved model's weights and keep its config and tokenizer (what the run that made it
+    needs to say how to remake it); the bytes freed."""
+    freed = 0
+    for weights in folder.glob("*.safetensors"):
+        freed += weights.stat().st_size
+        weights.unlink()
+    return freed
 
 
 # load-time options that transformers records in tokenizer_config.json: with them, the same

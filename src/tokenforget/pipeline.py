@@ -423,6 +423,37 @@ def run(cfg: Config) -> RunResult:
     return RunResult(folder=folder, prepared=prepared, summary=summary, report=report)
 
 
+def finished_summary(cfg: Config) -> dict[str, Any] | None:
+    """summary.json of a run that finished (its receipt is written last) in runs/<run.name> with this
+    config; None where none has; a ConfigError where the folder was made with another config."""
+    folder = Path(cfg.run.runs_dir) / cfg.run.name
+    if not (folder / "receipt.json").is_file():
+        return None
+    open_run(cfg)  # the same config, or the error that names what changed
+    return json.loads((folder / "summary.json").read_text())
+
+
+def keep_best_weights(runs_dir: Path, runs: list[tuple[str, dict[str, Any]]]) -> tuple[list[str], int] | None:
+    """`sweep --keep best`: delete the unlearned weights of every finished run that is not its method's
+    best point by the stated rule (a method with no run at that utility keeps none). A run that is not
+    a best point never becomes one when more runs finish, so this may follow each point. Returns the
+    runs whose weights went and the bytes freed; None where the runs carry no target utility to state
+    the rule against."""
+    from tokenforget.models import drop_weights, has_weights
+    from tokenforget.report import best_point_runs
+
+    best = best_point_runs(runs)
+    if best is None:
+        return None
+    dropped, freed = [], 0
+    for name, _ in runs:
+        model = runs_dir / name / "unlearn" / "model"
+        if name not in best and has_weights(model):
+            freed += drop_weights(model)
+            dropped.append(name)
+    return dropped, freed
+
+
 def sweep_points(grid: list[str]) -> list[tuple[str, list[str]]]:
     """Every combination of `section.key=v1,v2` axes: (a run-name label, its --set overrides)."""
     import itertools

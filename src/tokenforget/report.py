@@ -714,20 +714,37 @@ def frontier_table(frontier: Sequence[dict[str, Any]], target_utility: float) ->
     return f'<table id="frontier"><tr>{head}</tr>{body}</table>'
 
 
+def compare_rows(
+    runs: Sequence[tuple[str, dict[str, Any]]], groups: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """One row per finished run (name, summary.json): its group (`groups[name]`, else its method),
+    headline numbers, attack numbers and unlearning time."""
+    rows = []
+    for name, summary in runs:
+        head = summary["headline"]["unlearned"]
+        group = (groups or {}).get(name) or method_label(summary)
+        rows.append({"run": name, "group": group, **{k: head.get(k) for k in KEY_METRICS}})
+        rows[-1].update(summary.get("robustness") or {})
+        rows[-1]["unlearn_seconds"] = summary.get("unlearn", {}).get("seconds")
+    return rows
+
+
+def best_point_runs(runs: Sequence[tuple[str, dict[str, Any]]]) -> set[str] | None:
+    """The runs that are their method's best point by the stated rule (compare.html's best runs);
+    None where the runs carry no target utility to state the rule against (a user's own data)."""
+    target_utility = runs[0][1]["headline"].get("target", {}).get("model_utility") if runs else None
+    if target_utility is None:
+        return None
+    return {e["best_run"] for e in utility_frontier(compare_rows(runs), target_utility) if e["best_run"]}
+
+
 def write_compare(
     path: Path, runs: Sequence[tuple[str, dict[str, Any]]], groups: dict[str, str] | None = None
 ) -> list[dict[str, Any]]:
     """compare.html over finished runs (name, summary.json): the plane, the frontier, the sorted
     table. Returns the table rows (rank 0 = on the Pareto frontier of forget quality and utility;
     `group_rank` the same within the run's group: `groups[name]`, else its method)."""
-    rows = []
-    for name, summary in runs:
-        head = summary["headline"]["unlearned"]
-        seconds = summary.get("unlearn", {}).get("seconds")
-        group = (groups or {}).get(name) or method_label(summary)
-        rows.append({"run": name, "group": group, **{k: head.get(k) for k in KEY_METRICS}})
-        rows[-1].update(summary.get("robustness") or {})
-        rows[-1]["unlearn_seconds"] = seconds
+    rows = compare_rows(runs, groups)
     scored = [r for r in rows if r["forget_quality"] is not None and r["model_utility"] is not None]
     ranks = pareto_ranks([(r["model_utility"], r["forget_quality"]) for r in scored])
     for row, rank in zip(scored, ranks, strict=True):
