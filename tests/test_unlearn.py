@@ -320,7 +320,14 @@ def test_two_processes_match_one_with_the_same_global_batch(
     )
     assert two.returncode == 0, two.stderr[-3000:]
     assert json.loads((tmp_path / "two" / "unlearn.json").read_text())["processes"] == 2
-    assert_same_training(tiny_llama_dir, tmp_path / "one", tmp_path / "two", tolerance=1e-3)
+    # ATWU's scorer (lr 0.5, a step after every model step) feeds each step's all-reduce-ordered
+    # gradient sums back into the next step's token weights, which magnifies float32 rounding: on an
+    # Intel Xeon with AMX the final weights differ by 3.5e-3 x how far they moved (below 1e-3 on an AMD
+    # EPYC). The per-step losses (rel 1e-4) and the learned token weights (abs 1e-4) still agree; the
+    # latter is the check that catches a scorer left unreduced across the processes (tried: without
+    # the reduce its scores differ by about 6e-3).
+    tolerance = 1e-2 if method == "atwu" else 1e-3
+    assert_same_training(tiny_llama_dir, tmp_path / "one", tmp_path / "two", tolerance=tolerance)
     if method == "atwu":  # the learned weights agree too (written by the main process at the end)
         one_w = [json.loads(x) for x in (tmp_path / "one" / "token_weights.jsonl").read_text().splitlines()]
         two_w = [json.loads(x) for x in (tmp_path / "two" / "token_weights.jsonl").read_text().splitlines()]
