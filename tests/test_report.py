@@ -81,6 +81,51 @@ def test_compare_command_sorts_the_frontier_first_and_writes_a_self_contained_pa
     assert empty.exit_code != 0
 
 
+def test_compare_refuses_runs_that_unlearned_different_models_and_shows_the_retain_answers_cost(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from tokenforget.cli import app
+    from tokenforget.errors import TokenforgetError
+    from tokenforget.report import best_point_runs, by_starting_model
+
+    def finished(name, fq, mu, model, retain_rouge):
+        folder = tmp_path / "runs" / name
+        folder.mkdir(parents=True)
+        summary = fake_summary("npo", fq, mu)
+        summary["headline"]["unlearned"]["retain_Q_A_ROUGE"] = retain_rouge
+        summary["headline"]["target"]["retain_Q_A_ROUGE"] = 0.8
+        (folder / "summary.json").write_text(json.dumps(summary))
+        (folder / "receipt.json").write_text(json.dumps({"input_model": {"sha256": model}}))
+        return folder
+
+    one, other = "a" * 64, "b" * 64  # the same world settings, made on two CPUs: two targets
+    finished("cpu1-lr1", 0.9, 0.3, one, 0.4)
+    finished("cpu1-lr2", 0.5, 0.31, one, 0.6)
+    page = tmp_path / "compare.html"
+    same = CliRunner().invoke(app, ["compare", str(tmp_path / "runs"), "--out", str(page)])
+    assert same.exit_code == 0, same.output
+    # the rule picks cpu1-lr1 by TOFU's utility; its retain answers' ROUGE is 0.4 / 0.8 of the target's
+    assert "cpu1-lr1: FQ 0.900, MU 1.00x, retain ROUGE 0.50x, KL 0.010" in page.read_text()
+
+    finished("cpu2-lr1", 0.99, 0.3, other, 0.7)
+    mixed = CliRunner().invoke(app, ["compare", str(tmp_path / "runs"), "--out", str(page)])
+    assert isinstance(mixed.exception, TokenforgetError)  # the CLI's entry point prints it, exit 2
+    text = " ".join(str(mixed.exception).split())
+    assert "did not unlearn the same model" in text
+    assert f"model {one[:12]} (target utility 0.300): cpu1-lr1, cpu1-lr2" in text
+    assert f"model {other[:12]} (target utility 0.300): cpu2-lr1" in text
+
+    # the best point is each starting model's own: cpu2-lr1 would outrank cpu1-lr1 on one plane
+    entries = [
+        (n, {**json.loads((tmp_path / "runs" / n / "summary.json").read_text()), "unlearned_from": m})
+        for n, m in (("cpu1-lr1", one), ("cpu1-lr2", one), ("cpu2-lr1", other))
+    ]
+    assert [len(v) for v in by_starting_model(entries).values()] == [2, 1]
+    assert best_point_runs(entries) == {"cpu1-lr1", "cpu2-lr1"}
+
+
 def test_sweep_points_are_every_combination_with_readable_names():
     import pytest
 

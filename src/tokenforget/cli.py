@@ -258,14 +258,36 @@ def compare(
     that rule at 0.9x, ties to the lower KL on retain), and the table sorted frontier first. A
     method's group is its name with the settings it changed (`tpo lpl_space=centered`).
     """
-    from tokenforget.report import ROBUSTNESS, utility_frontier, write_compare
+    from tokenforget.report import (
+        ROBUSTNESS,
+        by_starting_model,
+        starting_models_text,
+        utility_frontier,
+        write_compare,
+    )
 
     found = _finished_runs(runs)
     if not found:
         raise TokenforgetError(f"no finished run (summary.json) in {', '.join(map(str, runs))}")
+    starts = by_starting_model(found)
+    if len(starts) > 1:
+        raise TokenforgetError(
+            "these runs did not unlearn the same model, so their forget quality and utility are not on "
+            f"one scale:\n{starting_models_text(starts)}\ncompare each group on its own (tokenforget "
+            "compare RUN... --out PAGE). The same prepare settings made on another CPU give another "
+            "target; each receipt.json's input_model.sha256 names the model a run started from."
+        )
     rows = write_compare(out_file, found)
     table = Table(title=f"{len(rows)} runs, Pareto frontier first")
-    columns = ["run", "pareto_rank", "forget_quality", "model_utility", "uw_leak_rate", "kl_on_retain"]
+    columns = [
+        "run",
+        "pareto_rank",
+        "forget_quality",
+        "model_utility",
+        "retain_Q_A_ROUGE",
+        "uw_leak_rate",
+        "kl_on_retain",
+    ]
     for column in columns:
         table.add_column(column, justify="left" if column == "run" else "right")
     for row in rows:
@@ -284,14 +306,18 @@ def compare(
         for entry in entries:
             shares = (_fmt(entry[f"fq_at_{share:g}x"]) for share in (0.8, 0.9, 0.95))
             after = (_fmt((entry["best"] or {}).get(k)) for k in attacked)
-            frontier.add_row(entry["group"], str(entry["runs"]), *shares, entry["best_run"] or "none", *after)
+            # Text, not markup: a group's "[ner]" names its identifier
+            frontier.add_row(
+                Text(entry["group"]), str(entry["runs"]), *shares, entry["best_run"] or "none", *after
+            )
         out.print(frontier)
     out.print(f"written: {out_file.resolve()}")
 
 
 def _finished_runs(paths: list[Path]) -> list[tuple[str, dict]]:
-    """(name, summary.json with the run's attack numbers under `robustness`) of every finished run."""
-    from tokenforget.report import robustness
+    """(name, summary.json with its attack numbers and starting model: `report.run_entry`) of every
+    finished run."""
+    from tokenforget.report import run_entry
 
     found = []
     for path in paths:
@@ -300,7 +326,7 @@ def _finished_runs(paths: list[Path]) -> list[tuple[str, dict]]:
             folder = candidate if candidate.is_dir() else candidate.parent
             summary = json.loads((folder / "summary.json").read_text())
             if "headline" in summary:
-                found.append((folder.name, {**summary, "robustness": robustness(folder)}))
+                found.append((folder.name, run_entry(folder, summary)[1]))
     return found
 
 
@@ -335,7 +361,7 @@ def sweep(
     """
     from tokenforget.pipeline import finished_summary, keep_best_weights, sweep_points
     from tokenforget.pipeline import run as run_pipeline
-    from tokenforget.report import write_compare
+    from tokenforget.report import by_starting_model, run_entry, write_compare
 
     if keep not in ("all", "best"):
         raise TokenforgetError(
@@ -351,7 +377,7 @@ def sweep(
         out.print(f"[bold]sweep point {number}/{len(points)}[/]: {label}{done}")
         if summary is None:
             summary = run_pipeline(cfg).summary
-        results.append((cfg.run.name, summary))
+        results.append(run_entry(runs_dir / cfg.run.name, summary))
         if keep == "best":
             kept = keep_best_weights(runs_dir, results)
             if kept is None:
@@ -359,9 +385,11 @@ def sweep(
             elif kept[0]:
                 gone, freed = kept
                 out.print(f"--keep best: deleted the weights of {', '.join(gone)} ({freed / 1e9:.2f} GB)")
-    page = runs_dir / f"{name}-compare.html"
-    write_compare(page, results)
-    out.print(f"compare: {page.resolve()}")
+    starts = by_starting_model(results)  # a grid over prepare.* makes several worlds: a page each
+    for key, members in starts.items():
+        page = runs_dir / (f"{name}-compare.html" if len(starts) == 1 else f"{name}-compare-{key[:12]}.html")
+        write_compare(page, members)
+        out.print(f"compare: {page.resolve()}")
 
 
 @app.command()

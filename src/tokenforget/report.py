@@ -626,6 +626,7 @@ KEY_METRICS = (  # the numbers every run is compared on
     "uw_dlogp",
     "gw_dlogp",
     "kl_on_retain",
+    "retain_Q_A_ROUGE",  # TOFU's model utility can hide its fall (a target weak on real authors)
 )
 
 
@@ -685,8 +686,22 @@ def utility_frontier(
     return table
 
 
-def frontier_table(frontier: Sequence[dict[str, Any]], target_utility: float) -> str:
-    """The frontier as an HTML table, with the best run's attack numbers where it was attacked."""
+def point_text(point: dict[str, Any], target: dict[str, Any]) -> str:
+    """A best point in words, utility and retain ROUGE as shares of the target's."""
+
+    def share(key: str) -> str:
+        mine, theirs = point.get(key), target.get(key)
+        return f"{mine / theirs:.2f}x" if mine is not None and theirs else "n/a"
+
+    return (
+        f"FQ {fmt(point['forget_quality'])}, MU {share('model_utility')}, retain ROUGE "
+        f"{share('retain_Q_A_ROUGE')}, KL {fmt(point.get('kl_on_retain'))}"
+    )
+
+
+def frontier_table(frontier: Sequence[dict[str, Any]], target: dict[str, Any]) -> str:
+    """The frontier as an HTML table (`target`: the target's headline numbers), with the best run's
+    attack numbers where it was attacked."""
     shares = [k for k in (frontier[0] if frontier else {}) if k.startswith("fq_at_")]
     attacked = [k for k in ROBUSTNESS if any((e["best"] or {}).get(k) is not None for e in frontier)]
     head = "".join(
@@ -701,12 +716,7 @@ def frontier_table(frontier: Sequence[dict[str, Any]], target_utility: float) ->
     body = ""
     for entry in frontier:
         best = entry["best"]
-        point = (
-            f"{entry['best_run']}: FQ {fmt(best['forget_quality'])}, MU "
-            f"{best['model_utility'] / target_utility:.2f}x, KL {fmt(best['kl_on_retain'])}"
-            if best
-            else "none"
-        )
+        point = f"{entry['best_run']}: {point_text(best, target)}" if best else "none"
         after = [fmt((best or {}).get(k)) for k in attacked]
         cells = [*(fmt(entry[k]) if entry[k] is not None else "none" for k in shares), point, *after]
         numbers = "".join(f'<td class="num">{esc(c)}</td>' for c in cells)
@@ -729,13 +739,65 @@ def compare_rows(
     return rows
 
 
-def best_point_runs(runs: Sequence[tuple[str, dict[str, Any]]]) -> set[str] | None:
-    """The runs that are their method's best point by the stated rule (compare.html's best runs);
-    None where the runs carry no target utility to state the rule against (a user's own data)."""
-    target_utility = runs[0][1]["headline"].get("target", {}).get("model_utility") if runs else None
-    if target_utility is None:
+def run_entry(folder: Path, summary: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(name, summary) of a finished run folder as `compare` reads it: with its attack numbers
+    (`robustness`) and the hash of the model it unlearned (`unlearned_from`)."""
+    return folder.name, {
+        **summary,
+        "robustness": robustness(folder),
+        "unlearned_from": unlearned_from(folder),
+    }
+
+
+def unlearned_from(folder: Path) -> str | None:
+    """SHA-256 of the model a run folder unlearned (its receipt's input model); None without one."""
+    path = folder / "receipt.json"
+    if not path.is_file():
         return None
-    return {e["best_run"] for e in utility_frontier(compare_rows(runs), target_utility) if e["best_run"]}
+    return json.loads(path.read_text()).get("input_model", {}).get("sha256")
+
+
+def by_starting_model(
+    runs: Sequence[tuple[str, dict[str, Any]]],
+) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """Runs grouped by the model they unlearned: `summary["unlearned_from"]` (the receipt's hash), else
+    the target's headline numbers. Forget quality and utility of runs from two targets are not on one
+    scale, and the same prepare settings on two CPUs can give two targets (bf16 kernels differ)."""
+    groups: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for name, summary in runs:
+        target = summary.get("headline", {}).get("target", {})
+        key = summary.get("unlearned_from") or (
+            f"target MU {fmt(target.get('model_utility'))}, FQ {fmt(target.get('forget_quality'))}"
+        )
+        groups.setdefault(key, []).append((name, summary))
+    return groups
+
+
+def starting_models_text(groups: dict[str, list[tuple[str, dict[str, Any]]]]) -> str:
+    """One line per starting model: its short id, the target's utility and its runs."""
+    lines = []
+    for key, members in groups.items():
+        utility = members[0][1].get("headline", {}).get("target", {}).get("model_utility")
+        names = ", ".join(n for n, _ in members[:4]) + (
+            f" and {len(members) - 4} more" if len(members) > 4 else ""
+        )
+        lines.append(f"  model {key[:12]} (target utility {fmt(utility)}): {names}")
+    return "\n".join(lines)
+
+
+def best_point_runs(runs: Sequence[tuple[str, dict[str, Any]]]) -> set[str] | None:
+    """The runs that are their method's best point by the stated rule (compare.html's best runs), per
+    starting model; None where the runs carry no target utility to state the rule against (a user's
+    own data)."""
+    best: set[str] = set()
+    for members in by_starting_model(runs).values():
+        target_utility = members[0][1]["headline"].get("target", {}).get("model_utility")
+        if target_utility is None:
+            return None
+        best |= {
+            e["best_run"] for e in utility_frontier(compare_rows(members), target_utility) if e["best_run"]
+        }
+    return best
 
 
 def write_compare(
@@ -789,8 +851,10 @@ def write_compare(
         frontier = (
             '<h2>Each method\'s frontier</h2><p class="sub">The highest forget quality a method reaches '
             "while keeping model utility at or above a share of the target's; best run: the highest "
-            f"forget quality at {RULE_SHARE:g}x or more, ties to the lower KL on retain.</p>"
-            + frontier_table(utility_frontier(rows, target_utility), target_utility)
+            f"forget quality at {RULE_SHARE:g}x or more, ties to the lower KL on retain. Its retain "
+            "ROUGE (the retain answers' ROUGE-L over the target's) shows what TOFU's utility can hide: "
+            "a harmonic mean, it follows its lowest number, often the real-author answers.</p>"
+            + frontier_table(utility_frontier(rows, target_utility), runs[0][1]["headline"]["target"])
         )
     page = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>tokenforget compare</title>'
