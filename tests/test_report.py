@@ -226,6 +226,33 @@ def test_each_methods_frontier_is_its_best_forget_quality_at_each_share_of_the_t
     assert table["B"]["best_run"] == "b2" and table["B"]["fq_at_0.95x"] == 0.6
 
 
+def test_a_seed_run_is_its_points_replica_not_a_better_point_and_the_best_points_seeds_stay():
+    from tokenforget.report import best_point_runs, utility_frontier
+
+    def run(name, point, seed, fq, mu=0.3):
+        return {
+            "run": name, "group": "A", "point": point, "seed": seed,
+            "forget_quality": fq, "model_utility": mu, "kl_on_retain": 0.1,
+        }  # fmt: skip
+
+    rows = [
+        run("lr1", "lr1", 0, 0.4),
+        run("lr1-seed1", "lr1", 1, 0.99),  # a lucky seed of lr1: not a point of its own
+        run("lr2", "lr2", 0, 0.5),
+        run("lr2-seed2", "lr2", 2, 0.1),
+        run("lr2-seed1", "lr2", 1, 0.2, mu=0.2),  # below 0.9x at this seed: still listed
+    ]
+    (entry,) = utility_frontier(rows, 0.3)
+    assert entry["best_run"] == "lr2" and entry["fq_at_0.9x"] == 0.5 and entry["points"] == 2
+    assert [(r["run"], r["seed"]) for r in entry["seeds"]] == [("lr2", 0), ("lr2-seed1", 1), ("lr2-seed2", 2)]
+    summaries = [
+        (r["run"], {**fake_summary("a", r["forget_quality"], r["model_utility"]), "point": r["point"],
+                    "seed": r["seed"]})
+        for r in rows
+    ]  # fmt: skip
+    assert best_point_runs(summaries) == {"lr2", "lr2-seed1", "lr2-seed2"}  # --keep best keeps every seed
+
+
 def test_a_runs_group_names_its_method_and_the_settings_it_changed():
     from tokenforget.report import method_label
 

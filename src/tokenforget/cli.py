@@ -256,11 +256,15 @@ def compare(
     both), the target and retain models as references, each method's frontier (the highest forget
     quality it reaches at model utility >= 0.8, 0.9 and 0.95x the target's, and its best run by
     that rule at 0.9x, ties to the lower KL on retain), and the table sorted frontier first. A
-    method's group is its name with the settings it changed (`tpo lpl_space=centered`).
+    method's group is its name with the settings it changed (`tpo lpl_space=centered`). Runs that
+    differ only in `unlearn.seed` are one point, read at its lowest seed (the grid's), with the best
+    point's other seeds beside it. Runs that unlearned different models (another world, or the same
+    prepare settings made on another CPU) are refused: compare each set on its own.
     """
     from tokenforget.report import (
         ROBUSTNESS,
         by_starting_model,
+        seeds_text,
         starting_models_text,
         utility_frontier,
         write_compare,
@@ -300,15 +304,23 @@ def compare(
         )
         entries = utility_frontier(rows, target_utility)
         attacked = [k for k in ROBUSTNESS if any((e["best"] or {}).get(k) is not None for e in entries)]
-        for column in ("method", "runs", "at 0.8x", "at 0.9x", "at 0.95x", "best run (0.9x rule)", *attacked):
-            left = column in ("method", "best run (0.9x rule)")
+        seeded = any(len(e["seeds"]) > 1 for e in entries)
+        columns = ("method", "runs", "at 0.8x", "at 0.9x", "at 0.95x", "best run (0.9x rule)")
+        for column in (*columns, *(["its seeds: FQ (MU / target)"] if seeded else []), *attacked):
+            left = column in ("method", "best run (0.9x rule)", "its seeds: FQ (MU / target)")
             frontier.add_column(column, justify="left" if left else "right")
         for entry in entries:
             shares = (_fmt(entry[f"fq_at_{share:g}x"]) for share in (0.8, 0.9, 0.95))
+            seeds = [seeds_text(entry["seeds"], target_utility) if len(entry["seeds"]) > 1 else ""]
             after = (_fmt((entry["best"] or {}).get(k)) for k in attacked)
             # Text, not markup: a group's "[ner]" names its identifier
             frontier.add_row(
-                Text(entry["group"]), str(entry["runs"]), *shares, entry["best_run"] or "none", *after
+                Text(entry["group"]),
+                str(entry["runs"]),
+                *shares,
+                entry["best_run"] or "none",
+                *(seeds if seeded else []),
+                *after,
             )
         out.print(frontier)
     out.print(f"written: {out_file.resolve()}")
@@ -357,7 +369,8 @@ def sweep(
     Writes runs/<name>-compare.html with every point of the sweep.
     Each run keeps its unlearned model (SmolLM2-135M: 0.5 GB; a 7B model: 14 GB or more). With
     --keep best only each method's best point keeps it: the highest forget quality at >= 0.9x the
-    target's model utility, ties to the lower KL on retain (a method with no run there keeps none).
+    target's model utility, ties to the lower KL on retain (a method with no run there keeps none),
+    at every seed run there.
     """
     from tokenforget.pipeline import finished_summary, keep_best_weights, sweep_points
     from tokenforget.pipeline import run as run_pipeline

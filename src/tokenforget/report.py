@@ -663,9 +663,13 @@ def method_label(summary: dict[str, Any]) -> str:
 def utility_frontier(
     rows: Sequence[dict[str, Any]], target_utility: float, shares: Sequence[float] = UTILITY_SHARES
 ) -> list[dict[str, Any]]:
-    """Per group, the highest forget quality among its runs with model utility >= share x the
+    """Per group, the highest forget quality among its points with model utility >= share x the
     target's, for each share, and its best point by the stated rule (the highest forget quality at
-    >= RULE_SHARE x, ties to the lower KL on retain). Runs without both numbers are left out."""
+    >= RULE_SHARE x, ties to the lower KL on retain). Runs without both numbers are left out.
+
+    A point is a configuration; runs that differ only in their seed (`point`, `seed`) are one point,
+    read at its lowest seed, so a seed run at a best point never becomes a better point of its own
+    (picking the luckiest seed). The best point's runs at every seed are listed under `seeds`."""
 
     def best(members: list[dict[str, Any]], share: float) -> dict[str, Any] | None:
         kept = [r for r in members if r["model_utility"] >= share * target_utility]
@@ -675,15 +679,38 @@ def utility_frontier(
     table = []
     for group in sorted({r["group"] for r in scored}):
         members = [r for r in scored if r["group"] == group]
-        entry: dict[str, Any] = {"group": group, "runs": len(members)}
+        by_point: dict[str, list[dict[str, Any]]] = {}
+        for r in members:
+            by_point.setdefault(r.get("point") or r["run"], []).append(r)
+        for runs in by_point.values():
+            runs.sort(key=lambda r: r.get("seed") or 0)
+        points = [runs[0] for runs in by_point.values()]
+        entry: dict[str, Any] = {"group": group, "runs": len(members), "points": len(points)}
         for share in shares:
-            point = best(members, share)
+            point = best(points, share)
             entry[f"fq_at_{share:g}x"] = point["forget_quality"] if point else None
-        point = best(members, RULE_SHARE)
+        point = best(points, RULE_SHARE)
         entry["best_run"] = point["run"] if point else None
         entry["best"] = {k: point.get(k) for k in (*KEY_METRICS, *ROBUSTNESS)} if point else None
+        entry["seeds"] = (
+            [
+                {k: r.get(k) for k in ("run", "seed", *KEY_METRICS)}
+                for r in by_point[point.get("point") or point["run"]]
+            ]
+            if point
+            else []
+        )
         table.append(entry)
     return table
+
+
+def seeds_text(seeds: Sequence[dict[str, Any]], target_utility: float) -> str:
+    """The best point at each seed run: FQ (MU over the target's)."""
+    return "; ".join(
+        f"seed {r.get('seed') if r.get('seed') is not None else '?'}: {fmt(r['forget_quality'])} "
+        f"({r['model_utility'] / target_utility:.2f}x)"
+        for r in seeds
+    )
 
 
 def point_text(point: dict[str, Any], target: dict[str, Any]) -> str:
@@ -700,16 +727,18 @@ def point_text(point: dict[str, Any], target: dict[str, Any]) -> str:
 
 
 def frontier_table(frontier: Sequence[dict[str, Any]], target: dict[str, Any]) -> str:
-    """The frontier as an HTML table (`target`: the target's headline numbers), with the best run's
-    attack numbers where it was attacked."""
+    """The frontier as an HTML table (`target`: the target's headline numbers), with the best point's
+    other seeds where they were run and its attack numbers where it was attacked."""
     shares = [k for k in (frontier[0] if frontier else {}) if k.startswith("fq_at_")]
     attacked = [k for k in ROBUSTNESS if any((e["best"] or {}).get(k) is not None for e in frontier)]
+    seeded = any(len(e["seeds"]) > 1 for e in frontier)
     head = "".join(
         f"<th>{esc(c)}</th>"
         for c in [
             "method",
             *(f"FQ at MU {k[6:]}" for k in shares),
             "best run",
+            *(["seeds at the best point: FQ (MU / target)"] if seeded else []),
             *(ROBUSTNESS_LABELS[k] for k in attacked),
         ]
     )
@@ -717,8 +746,14 @@ def frontier_table(frontier: Sequence[dict[str, Any]], target: dict[str, Any]) -
     for entry in frontier:
         best = entry["best"]
         point = f"{entry['best_run']}: {point_text(best, target)}" if best else "none"
+        seeds = [seeds_text(entry["seeds"], target["model_utility"]) if len(entry["seeds"]) > 1 else ""]
         after = [fmt((best or {}).get(k)) for k in attacked]
-        cells = [*(fmt(entry[k]) if entry[k] is not None else "none" for k in shares), point, *after]
+        cells = [
+            *(fmt(entry[k]) if entry[k] is not None else "none" for k in shares),
+            point,
+            *(seeds if seeded else []),
+            *after,
+        ]
         numbers = "".join(f'<td class="num">{esc(c)}</td>' for c in cells)
         body += f"<tr><td>{esc(entry['group'])}</td>{numbers}</tr>"
     return f'<table id="frontier"><tr>{head}</tr>{body}</table>'
@@ -734,6 +769,7 @@ def compare_rows(
         head = summary["headline"]["unlearned"]
         group = (groups or {}).get(name) or method_label(summary)
         rows.append({"run": name, "group": group, **{k: head.get(k) for k in KEY_METRICS}})
+        rows[-1].update(point=summary.get("point"), seed=summary.get("seed"))
         rows[-1].update(summary.get("robustness") or {})
         rows[-1]["unlearn_seconds"] = summary.get("unlearn", {}).get("seconds")
     return rows
@@ -746,7 +782,22 @@ def run_entry(folder: Path, summary: dict[str, Any]) -> tuple[str, dict[str, Any
         **summary,
         "robustness": robustness(folder),
         "unlearned_from": unlearned_from(folder),
+        **run_point(folder),
     }
+
+
+def run_point(folder: Path) -> dict[str, Any]:
+    """The run's configuration without its name and seed (`point`: runs that differ only in their
+    seed share it) and its seed, from its config.yaml; empty without one."""
+    import yaml
+
+    path = folder / "config.yaml"
+    if not path.is_file():
+        return {}
+    config = yaml.safe_load(path.read_text()) or {}
+    config.pop("run", None)
+    seed = (config.get("unlearn") or {}).pop("seed", None)
+    return {"point": json.dumps(config, sort_keys=True, default=str), "seed": seed}
 
 
 def unlearned_from(folder: Path) -> str | None:
@@ -786,16 +837,16 @@ def starting_models_text(groups: dict[str, list[tuple[str, dict[str, Any]]]]) ->
 
 
 def best_point_runs(runs: Sequence[tuple[str, dict[str, Any]]]) -> set[str] | None:
-    """The runs that are their method's best point by the stated rule (compare.html's best runs), per
-    starting model; None where the runs carry no target utility to state the rule against (a user's
-    own data)."""
+    """The runs that are their method's best point by the stated rule (compare.html's best runs), at
+    every seed run there, per starting model; None where the runs carry no target utility to state
+    the rule against (a user's own data)."""
     best: set[str] = set()
     for members in by_starting_model(runs).values():
         target_utility = members[0][1]["headline"].get("target", {}).get("model_utility")
         if target_utility is None:
             return None
         best |= {
-            e["best_run"] for e in utility_frontier(compare_rows(members), target_utility) if e["best_run"]
+            r["run"] for e in utility_frontier(compare_rows(members), target_utility) for r in e["seeds"]
         }
     return best
 
