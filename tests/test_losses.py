@@ -83,6 +83,26 @@ def test_tpo_faithful_matches_hand_computation():
     assert terms.parts["uw_dlogp"].item() == pytest.approx(uw_dlogp, rel=1e-5)
 
 
+def test_tpo_with_learned_weights_pushes_by_weight_and_preserves_only_the_tokens_left_out():
+    beta = 0.3
+    g = [0.8, 0.5, 0.2, 0.6, 0.1]  # ATWU's scorer output; 0.5 (its start) is not "left out"
+    terms = run("tpo", LossInputs(stats(weights=g), ref_stats()), beta=beta, tokens="weighted")
+    z, z0 = [LOGITS[k][TARGETS[k]] for k in range(5)], [REF_LOGITS[k][TARGETS[k]] for k in range(5)]
+    mean_now = [(0.8 * z[0] + 0.5 * z[1] + 0.2 * z[2]) / 1.5, (0.6 * z[3] + 0.1 * z[4]) / 0.7]
+    mean_before = [(0.8 * z0[0] + 0.5 * z0[1] + 0.2 * z0[2]) / 1.5, (0.6 * z0[3] + 0.1 * z0[4]) / 0.7]
+    delta = sum(mean_before) / 2 - sum(mean_now) / 2
+    assert terms.parts["lpl"].item() == pytest.approx(-(2 / beta) * lsig(beta * delta), rel=1e-6)
+    # PL keeps the tokens with g < 0.5 at full weight and never trains a token LPL pushes down
+    assert terms.parts["pl"].item() == pytest.approx((nll(2) + nll(4)) / 2, rel=1e-6)
+    binary = run(
+        "tpo", LossInputs(stats(weights=[1.0, 0.0, 0.0, 0.0, 0.0]), ref_stats()), beta=beta, tokens="weighted"
+    )
+    faithful = run("tpo", LossInputs(stats(), ref_stats()), beta=beta)
+    assert binary.total.item() == pytest.approx(
+        faithful.total.item(), rel=1e-6
+    )  # 0/1 weights: the published TPO
+
+
 def test_tpo_batch_vs_sample_reduction_and_pl_mean():
     uw = [True, True, False, True, False]  # both samples have UW
     z = [LOGITS[k][TARGETS[k]] for k in range(5)]

@@ -267,7 +267,9 @@ def tpo_loss(inputs: LossInputs, cfg: TpoSettings) -> LossTerms:
         before = _need(ref, "gold_logit", "tpo") - _need(ref, "mean_logit", "tpo (lpl_space=centered)")
     else:
         now, before = stats.logp, _need(ref, "logp", "tpo (lpl_space=logprob)")
-    # ATWU plugs learned weights in: LPL on w, PL on 1 - w (binary w gives the published form)
+    # ATWU plugs learned weights in: LPL on w, PL on the tokens the scorer leaves out (w < 0.5, the
+    # threshold of its spans); binary w gives the published form. PL on 1 - w trained every token,
+    # unwanted ones too, at weight 0.5 while g sat near its start: the answers were learned, not forgotten.
     uw = stats.weights.float() if cfg.tokens == "weighted" and stats.weights is not None else stats.uw.float()
     count = _row_sum(uw, stats.rows, stats.n_rows)
     has = count > 0
@@ -289,7 +291,7 @@ def tpo_loss(inputs: LossInputs, cfg: TpoSettings) -> LossTerms:
             lpl = (-(2.0 / cfg.beta) * F.logsigmoid(cfg.beta * (mean_before - mean_now))).mean()
     else:
         delta = lpl = _zero(stats)
-    gw = 1.0 - uw  # EOS is never UW, so it is part of GW here
+    gw = (uw < 0.5).float()  # EOS is never UW, so it is part of GW here
     nll = -stats.logp
     per_row = _row_sum(gw * nll, stats.rows, stats.n_rows)
     if cfg.pl_reduction == "mean":
