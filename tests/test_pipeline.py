@@ -110,11 +110,14 @@ def test_report_is_self_contained(finished_run):
 
 
 def test_receipt_verifies_and_notices_a_changed_model(finished_run, tmp_path):
+    from tokenforget.cpu import ARITHMETIC_FLAGS
     from tokenforget.receipt import check_receipt
 
     receipt_path = finished_run["folder"] / "receipt.json"
     receipt = json.loads(receipt_path.read_text())
     assert receipt["method"] == "tpo" and receipt["versions"]["torch"]
+    machine = receipt["machine"]
+    assert machine["cores"] == os.cpu_count() and set(machine["isa"]) <= set(ARITHMETIC_FLAGS)
     assert receipt["input_model"]["sha256"] != receipt["output_model"]["sha256"]
     assert "forget_quality" in receipt["metrics"]["unlearned"]
     assert check_receipt(receipt_path) == []

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 import time
@@ -252,6 +253,7 @@ def test_independent_recipe_trains_both_models_from_the_base(tmp_path, tiny_llam
     assert retain_log["samples"] == 360 and target_log["samples"] == 400  # target: the whole world
     recipe = json.loads((prepared.folder / "recipe.json").read_text())
     assert recipe["prepare"]["recipe"] == "independent"
+    assert recipe["machine"]["cores"] == os.cpu_count()  # where the world was made: its arithmetic
     nested = prepare(load_config(overrides=[*cfg_overrides(cfg), "prepare.recipe=nested"]))
     assert nested.folder != prepared.folder  # a different recipe never reuses the other's models
     assert json.loads((nested.target / "train_log.json").read_text())["samples"] == 80  # forget + replay

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,32 @@ import torch.nn.functional as F
 
 # the private ops, by name: torch.ops.<namespace>.<pack> and .<linear>
 ONEDNN_OPS = ("mkldnn", "_reorder_linear_weight", "_linear_pointwise")
+
+
+# the instruction sets that decide which bf16 / fp32 kernels run, and so the last bits of every number
+ARITHMETIC_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+@functools.cache
+def machine() -> dict[str, Any]:
+    """The CPU that made a world or a run: model name, the arithmetic-relevant instruction sets and
+    the core count. The same prepare settings made on two CPUs gave two different targets (issue 21),
+    so a world and a receipt say where they were made."""
+    name, flags = None, set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and name is None:
+                name = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {
+        "cpu": name,
+        "isa": [flag for flag in ARITHMETIC_FLAGS if flag in flags],
+        "cores": os.cpu_count(),
+    }
 
 
 @functools.cache

@@ -26,6 +26,7 @@ import torch
 
 from tokenforget.artifacts import Stamp
 from tokenforget.config import Config
+from tokenforget.cpu import machine
 from tokenforget.data.benchmarks import QABenchmark, load_benchmark
 from tokenforget.data.encode import encode
 from tokenforget.data.records import Sample
@@ -176,6 +177,7 @@ def prepare(cfg: Config, rouge_check: bool = True) -> Prepared:
                     "retain": len(bench.retain),
                     "tokenforget": __version__,
                     "torch": torch.__version__,
+                    "machine": machine(),  # the same settings on another CPU make another world
                 },
                 indent=2,
             )

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenforget.config import Config
+from tokenforget.cpu import machine
 from tokenforget.models import file_sha256, json_digest
 
 LIBRARIES = ("tokenforget", "torch", "transformers", "accelerate", "peft", "safetensors", "scipy")
@@ -80,6 +81,7 @@ def receipt(
         "method": summary.get("method"),
         "metrics": summary.get("headline", {}),
         "versions": versions(),
+        "machine": machine(),
     }
 
 
