@@ -50,14 +50,9 @@ def machine() -> dict[str, Any]:
     }
 
 
-@functools.cache
 def cpu_supports_bf16() -> bool:
     """Native bf16 matmul instructions (AVX512-BF16 or AMX) make CPU autocast pay off."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+    return any(flag in machine()["isa"] for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def fits_in_free_memory(nbytes: int, share: float) -> bool:
