@@ -338,7 +338,7 @@ def _finished_runs(paths: list[Path]) -> list[tuple[str, dict]]:
             folder = candidate if candidate.is_dir() else candidate.parent
             summary = json.loads((folder / "summary.json").read_text())
             if "headline" in summary:
-                found.append((folder.name, run_entry(folder, summary)[1]))
+                found.append(run_entry(folder, summary))
     return found
 
 

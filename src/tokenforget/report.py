@@ -660,6 +660,11 @@ def method_label(summary: dict[str, Any]) -> str:
     return " ".join([name, *changed, *([f"[{identifier}]"] if reads_labels and identifier else [])])
 
 
+def point_of(run: dict[str, Any]) -> str:
+    """A compare row's point (its config but seed); a run without its config is a point of its own."""
+    return run.get("point") or run["run"]
+
+
 def utility_frontier(
     rows: Sequence[dict[str, Any]], target_utility: float, shares: Sequence[float] = UTILITY_SHARES
 ) -> list[dict[str, Any]]:
@@ -681,7 +686,7 @@ def utility_frontier(
         members = [r for r in scored if r["group"] == group]
         by_point: dict[str, list[dict[str, Any]]] = {}
         for r in members:
-            by_point.setdefault(r.get("point") or r["run"], []).append(r)
+            by_point.setdefault(point_of(r), []).append(r)
         for runs in by_point.values():
             runs.sort(key=lambda r: r.get("seed") or 0)
         points = [runs[0] for runs in by_point.values()]
@@ -693,10 +698,7 @@ def utility_frontier(
         entry["best_run"] = point["run"] if point else None
         entry["best"] = {k: point.get(k) for k in (*KEY_METRICS, *ROBUSTNESS)} if point else None
         entry["seeds"] = (
-            [
-                {k: r.get(k) for k in ("run", "seed", *KEY_METRICS)}
-                for r in by_point[point.get("point") or point["run"]]
-            ]
+            [{k: r.get(k) for k in ("run", "seed", *KEY_METRICS)} for r in by_point[point_of(point)]]
             if point
             else []
         )
