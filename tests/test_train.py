@@ -229,7 +229,7 @@ def test_prepare_survives_kill_9_and_resumes_to_the_same_weights(tmp_path, tiny_
     assert "eval.token_labels" in signs["retain_minus_target"]  # no gold labels given: said, not guessed
 
 
-def test_independent_recipe_trains_both_models_from_the_base(tmp_path, tiny_llama_dir, monkeypatch):
+def test_independent_recipe_trains_both_models_from_the_base(tmp_path, tiny_llama_dir, monkeypatch, capsys):
     import json
 
     from tokenforget.config import load_config
@@ -254,6 +254,14 @@ def test_independent_recipe_trains_both_models_from_the_base(tmp_path, tiny_llam
     recipe = json.loads((prepared.folder / "recipe.json").read_text())
     assert recipe["prepare"]["recipe"] == "independent"
     assert recipe["machine"]["cores"] == os.cpu_count()  # where the world was made: its arithmetic
+    assert "was made on" not in capsys.readouterr().err
+    recipe["machine"] = {"cpu": "AMD EPYC 9B14", "isa": ["avx2", "avx512f", "avx512_bf16"], "cores": 2}
+    (prepared.folder / "recipe.json").write_text(json.dumps(recipe))
+    again = prepare(cfg)  # reused as it is, and said so: the same settings here could make another target
+    assert again.folder == prepared.folder
+    said = " ".join(capsys.readouterr().err.split())  # the console writes to stderr
+    assert "this world was made on AMD EPYC 9B14 (avx2, avx512f, avx512_bf16), not on this machine's" in said
+    assert "TOKENFORGET_CACHE" in said
     nested = prepare(load_config(overrides=[*cfg_overrides(cfg), "prepare.recipe=nested"]))
     assert nested.folder != prepared.folder  # a different recipe never reuses the other's models
     assert json.loads((nested.target / "train_log.json").read_text())["samples"] == 80  # forget + replay

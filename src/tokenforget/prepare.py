@@ -69,6 +69,24 @@ def _fingerprint(cfg: Config, bench: QABenchmark, base: str) -> str:
     return Stamp("prepared", payload).key[:12]  # names the world's folder, which resumes itself
 
 
+def other_machine_note(made_on: dict[str, Any] | None, here: dict[str, Any]) -> str | None:
+    """What to tell a user whose cached world was made on another CPU (model name or arithmetic
+    instruction sets differ); None when it was made on this kind of machine or the world predates
+    the record. The same settings on two CPUs made two targets (model utility 0.324 and 0.245)."""
+    if not made_on or (made_on.get("cpu"), made_on.get("isa")) == (here.get("cpu"), here.get("isa")):
+        return None
+
+    def name(m: dict[str, Any]) -> str:
+        return f"{m.get('cpu') or 'an unnamed CPU'} ({', '.join(m.get('isa') or []) or 'no avx2'})"
+
+    return (
+        f"this world was made on {name(made_on)}, not on this machine's {name(here)}. It is reused "
+        "as it is: runs from it compare with one another, but not cell by cell with a world made "
+        "here from the same settings, whose target can differ (other bf16 / fp32 kernels). To make "
+        "this machine's own, point TOKENFORGET_CACHE at another folder."
+    )
+
+
 def prepared_folder(cfg: Config, bench: QABenchmark | None = None) -> Path:
     bench = bench or load_benchmark(cfg)
     base = resolve_model(cfg.model.name)
@@ -182,6 +200,10 @@ def prepare(cfg: Config, rouge_check: bool = True) -> Prepared:
                 indent=2,
             )
         )
+    else:
+        note = other_machine_note(json.loads(recipe_file.read_text()).get("machine"), machine())
+        if note:
+            console.print(f"[yellow]prepare[/] {note}", highlight=False)
     report_file = folder / "report.json"
     report: dict[str, Any] = json.loads(report_file.read_text()) if report_file.is_file() else {}
     report.setdefault("seconds", {})
