@@ -112,12 +112,14 @@ def test_report_is_self_contained(finished_run):
 def test_receipt_verifies_and_notices_a_changed_model(finished_run, tmp_path):
     from tokenforget.cpu import ARITHMETIC_FLAGS
     from tokenforget.receipt import check_receipt
+    from tokenforget.version import source_sha256
 
     receipt_path = finished_run["folder"] / "receipt.json"
     receipt = json.loads(receipt_path.read_text())
     assert receipt["method"] == "tpo" and receipt["versions"]["torch"]
     machine = receipt["machine"]
     assert machine["cores"] == os.cpu_count() and set(machine["isa"]) <= set(ARITHMETIC_FLAGS)
+    assert receipt["code"]["source_sha256"] == source_sha256()  # which code made it: 0.1.0 says little
     assert receipt["input_model"]["sha256"] != receipt["output_model"]["sha256"]
     assert "forget_quality" in receipt["metrics"]["unlearned"]
     assert check_receipt(receipt_path) == []

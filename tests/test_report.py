@@ -253,6 +253,63 @@ def test_a_seed_run_is_its_points_replica_not_a_better_point_and_the_best_points
     assert best_point_runs(summaries) == {"lr2", "lr2-seed1", "lr2-seed2"}  # --keep best keeps every seed
 
 
+def test_runs_with_the_same_settings_made_by_different_code_are_two_points_and_compare_says_so(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from tokenforget.cli import app
+    from tokenforget.report import compare_rows, run_entry, utility_frontier
+
+    def finished(name, seed, fq, code):
+        folder = tmp_path / "runs" / name
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps(fake_summary("atwu", fq, 0.3)))
+        (folder / "config.yaml").write_text(f"run: {{name: {name}}}\nunlearn: {{lr: 0.0001, seed: {seed}}}\n")
+        receipt = {"input_model": {"sha256": "a" * 64}, "code": {"source_sha256": code}}
+        (folder / "receipt.json").write_text(json.dumps(receipt))
+        return folder
+
+    before, after = "1" * 64, "2" * 64  # the same settings before and after a fix of the method
+    folders = [
+        finished("old", 0, 0.9, before),
+        finished("new", 0, 0.1, after),
+        finished("new-seed1", 1, 0.2, after),
+    ]
+    entries = [run_entry(f, json.loads((f / "summary.json").read_text())) for f in folders]
+    (entry,) = utility_frontier(compare_rows(entries), 0.3)
+    # two points; the old code's run is no seed of the new one's, and the new one's seed stays with it
+    assert entry["points"] == 2 and entry["best_run"] == "old"
+    assert [r["run"] for r in entry["seeds"]] == ["old"]
+    new_point = next(r for r in compare_rows(entries) if r["run"] == "new")["point"]
+    assert new_point == next(r for r in compare_rows(entries) if r["run"] == "new-seed1")["point"]
+    page = tmp_path / "compare.html"
+    result = CliRunner().invoke(app, ["compare", str(tmp_path / "runs"), "--out", str(page)])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "same settings, different code" in said
+    assert f"new, new-seed1 (code {after[:12]}) vs old (code {before[:12]})" in said
+
+
+def test_the_source_fingerprint_follows_the_code_and_nothing_else(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    import tokenforget
+    from tokenforget.version import source_sha256
+
+    package = Path(tokenforget.__file__).resolve().parent
+    copy = tmp_path / "tokenforget"
+    shutil.copytree(package, copy)
+    assert source_sha256(copy) == source_sha256()
+    (copy / "notes.txt").write_text("not code")
+    assert source_sha256(copy) == source_sha256()
+    (copy / "losses.py").write_text((copy / "losses.py").read_text() + "\n# a fix\n")
+    changed = tmp_path / "changed" / "tokenforget"
+    shutil.copytree(copy, changed)  # a fresh path: the fingerprint is cached per folder
+    assert source_sha256(changed) != source_sha256()
+
+
 def test_a_runs_group_names_its_method_and_the_settings_it_changed():
     from tokenforget.report import method_label
 

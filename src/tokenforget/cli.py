@@ -258,12 +258,15 @@ def compare(
     that rule at 0.9x, ties to the lower KL on retain), and the table sorted frontier first. A
     method's group is its name with the settings it changed (`tpo lpl_space=centered`). Runs that
     differ only in `unlearn.seed` are one point, read at its lowest seed (the grid's), with the best
-    point's other seeds beside it. Runs that unlearned different models (another world, or the same
-    prepare settings made on another CPU) are refused: compare each set on its own.
+    point's other seeds beside it; runs with the same settings made by different code (each
+    receipt's source fingerprint) are separate points, and compare says so. Runs that unlearned
+    different models (another world, or the same prepare settings made on another CPU) are refused:
+    compare each set on its own.
     """
     from tokenforget.report import (
         ROBUSTNESS,
         by_starting_model,
+        same_settings_other_code,
         seeds_text,
         starting_models_text,
         utility_frontier,
@@ -280,6 +283,15 @@ def compare(
             f"one scale:\n{starting_models_text(starts)}\ncompare each group on its own (tokenforget "
             "compare RUN... --out PAGE). The same prepare settings made on another CPU give another "
             "target; each receipt.json's input_model.sha256 names the model a run started from."
+        )
+    for line in same_settings_other_code(found):
+        out.print(
+            Text(
+                f"note: same settings, different code: {line}. They are separate points here (the "
+                "frontier takes the better), not seeds of one; compare them on their own to see what "
+                "the change did."
+            ),
+            style="yellow",
         )
     rows = write_compare(out_file, found)
     table = Table(title=f"{len(rows)} runs, Pareto frontier first")

@@ -3,11 +3,11 @@
 What went in and what came out, by content hash (SHA-256): the input model's and the output model's
 files, the forget data (the file as the requester gave it, and separately the labelled file the run
 derived from it, each with its byte size and row count), the resolved config; the metrics that show
-the data is gone and the model still works; the tool and library versions. Anyone holding the same
-files can recompute every hash (`tokenforget receipt runs/NAME/receipt.json`), and a requester can
-check that their own file is the one that was unlearned (`... receipt.json --forget THEIR_FILE`).
-No secret ever enters it: the config holds the *name* of an API key's environment variable, never
-its value.
+the data is gone and the model still works; the tool and library versions, the fingerprint of the
+tool's own source and the machine that ran it. Anyone holding the same files can recompute every
+hash (`tokenforget receipt runs/NAME/receipt.json`), and a requester can check that their own file
+is the one that was unlearned (`... receipt.json --forget THEIR_FILE`). No secret ever enters it:
+the config holds the *name* of an API key's environment variable, never its value.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 from tokenforget.config import Config
 from tokenforget.cpu import machine
 from tokenforget.models import file_sha256, json_digest
+from tokenforget.version import __version__, source_sha256
 
 LIBRARIES = ("tokenforget", "torch", "transformers", "accelerate", "peft", "safetensors", "scipy")
 
@@ -81,6 +82,7 @@ def receipt(
         "method": summary.get("method"),
         "metrics": summary.get("headline", {}),
         "versions": versions(),
+        "code": {"tokenforget": __version__, "source_sha256": source_sha256()},
         "machine": machine(),
     }
 

@@ -789,8 +789,11 @@ def run_entry(folder: Path, summary: dict[str, Any]) -> tuple[str, dict[str, Any
 
 
 def run_point(folder: Path) -> dict[str, Any]:
-    """The run's configuration without its name and seed (`point`: runs that differ only in their
-    seed share it) and its seed, from its config.yaml; empty without one."""
+    """The run's configuration without its name and seed (`settings`), the fingerprint of the code
+    that ran it (`code`, from its receipt; None before receipts held it) and its seed, from its
+    config.yaml; empty without one. `point` is settings and code: runs that differ only in their
+    seed share it, and runs with the same settings made by different code (a fix between them) do
+    not."""
     import yaml
 
     path = folder / "config.yaml"
@@ -799,15 +802,34 @@ def run_point(folder: Path) -> dict[str, Any]:
     config = yaml.safe_load(path.read_text()) or {}
     config.pop("run", None)
     seed = (config.get("unlearn") or {}).pop("seed", None)
-    return {"point": json.dumps(config, sort_keys=True, default=str), "seed": seed}
+    settings = json.dumps(config, sort_keys=True, default=str)
+    code = _receipt(folder).get("code", {}).get("source_sha256")
+    point = settings + (f" code {code}" if code else "")
+    return {"point": point, "settings": settings, "code": code, "seed": seed}
+
+
+def _receipt(folder: Path) -> dict[str, Any]:
+    path = folder / "receipt.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def unlearned_from(folder: Path) -> str | None:
     """SHA-256 of the model a run folder unlearned (its receipt's input model); None without one."""
-    path = folder / "receipt.json"
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text()).get("input_model", {}).get("sha256")
+    return _receipt(folder).get("input_model", {}).get("sha256")
+
+
+def same_settings_other_code(runs: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    """One line per set of runs with the same settings made by different code (receipt's source
+    fingerprint): compare keeps them as separate points, where the frontier takes the better."""
+    by_settings: dict[str, dict[str, list[str]]] = {}
+    for name, summary in runs:
+        if summary.get("settings") and summary.get("code"):
+            by_settings.setdefault(summary["settings"], {}).setdefault(summary["code"], []).append(name)
+    return [
+        " vs ".join(f"{', '.join(names)} (code {code[:12]})" for code, names in codes.items())
+        for codes in by_settings.values()
+        if len(codes) > 1
+    ]
 
 
 def by_starting_model(
