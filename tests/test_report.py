@@ -251,6 +251,12 @@ def test_a_seed_run_is_its_points_replica_not_a_better_point_and_the_best_points
         for r in rows
     ]  # fmt: skip
     assert best_point_runs(summaries) == {"lr2", "lr2-seed1", "lr2-seed2"}  # --keep best keeps every seed
+    # by another yardstick of what is kept (the retain answers' ROUGE), another best point
+    rouge = {"lr1": 0.8, "lr1-seed1": 0.8, "lr2": 0.5, "lr2-seed2": 0.5, "lr2-seed1": 0.5}
+    (kept,) = utility_frontier(
+        [{**r, "retain_Q_A_ROUGE": rouge[r["run"]]} for r in rows], 0.8, (0.9,), by="retain_Q_A_ROUGE"
+    )
+    assert kept["best_run"] == "lr1" and kept["fq_at_0.9x"] == 0.4
 
 
 def test_runs_with_the_same_settings_made_by_different_code_are_two_points_and_compare_says_so(tmp_path):

@@ -666,21 +666,26 @@ def point_of(run: dict[str, Any]) -> str:
 
 
 def utility_frontier(
-    rows: Sequence[dict[str, Any]], target_utility: float, shares: Sequence[float] = UTILITY_SHARES
+    rows: Sequence[dict[str, Any]],
+    target_utility: float,
+    shares: Sequence[float] = UTILITY_SHARES,
+    by: str = "model_utility",
 ) -> list[dict[str, Any]]:
     """Per group, the highest forget quality among its points with model utility >= share x the
     target's, for each share, and its best point by the stated rule (the highest forget quality at
-    >= RULE_SHARE x, ties to the lower KL on retain). Runs without both numbers are left out.
+    >= RULE_SHARE x, ties to the lower KL on retain). Runs without both numbers are left out. `by`
+    names another yardstick of what is kept (`retain_Q_A_ROUGE`, with the target's as
+    `target_utility`): TOFU's utility can rise while the retain answers fall.
 
     A point is a configuration; runs that differ only in their seed (`point`, `seed`) are one point,
     read at its lowest seed, so a seed run at a best point never becomes a better point of its own
     (picking the luckiest seed). The best point's runs at every seed are listed under `seeds`."""
 
     def best(members: list[dict[str, Any]], share: float) -> dict[str, Any] | None:
-        kept = [r for r in members if r["model_utility"] >= share * target_utility]
+        kept = [r for r in members if r[by] >= share * target_utility]
         return max(kept, key=lambda r: (r["forget_quality"], -(r.get("kl_on_retain") or 0.0)), default=None)
 
-    scored = [r for r in rows if r.get("forget_quality") is not None and r.get("model_utility") is not None]
+    scored = [r for r in rows if r.get("forget_quality") is not None and r.get(by) is not None]
     table = []
     for group in sorted({r["group"] for r in scored}):
         members = [r for r in scored if r["group"] == group]
