@@ -42,6 +42,10 @@ def finished(folders: list[Path], exclude: list[str]) -> list[tuple[Path, tuple[
     return [(f, run_entry(f, json.loads((f / "summary.json").read_text()))) for f in kept]
 
 
+def lr_text(lr: float) -> str:
+    return f"{lr:g}".replace("e-0", "e-")  # 3e-5, as the run names and the sweeps write it
+
+
 def every_run(runs: list[tuple[Path, tuple[str, dict[str, Any]]]]) -> str:
     lines = [
         "| group | lr | seed | forget quality | model utility | MU / target | retain ROUGE | "
@@ -56,7 +60,7 @@ def every_run(runs: list[tuple[Path, tuple[str, dict[str, Any]]]]) -> str:
         table.append((row["group"], lr, row["seed"] or 0, row, target, real_authors, name))
     for group, lr, seed, r, target, real_authors, name in sorted(table, key=lambda t: t[:3]):
         lines.append(
-            f"| {group} | {lr:g} | {seed} | {r['forget_quality']:.3g} | {r['model_utility']:.3f} | "
+            f"| {group} | {lr_text(lr)} | {seed} | {r['forget_quality']:.3g} | {r['model_utility']:.3f} | "
             f"{r['model_utility'] / target:.2f} | {r['retain_Q_A_ROUGE']:.3f} | {real_authors:.3f} | "
             f"{r['uw_dlogp']:.2f} / {r['gw_dlogp']:+.2f} | {r['kl_on_retain']:.3f} | "
             f"{r['uw_leak_rate']:.3f} | {name} |"
