@@ -43,7 +43,8 @@ def finished(folders: list[Path], exclude: list[str]) -> list[tuple[Path, tuple[
 
 
 def lr_text(lr: float) -> str:
-    return f"{lr:g}".replace("e-0", "e-")  # 3e-5, as the run names and the sweeps write it
+    mantissa, exponent = f"{lr:e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"  # 3e-5, 1e-4: as the run names and the sweeps write them
 
 
 def every_run(runs: list[tuple[Path, tuple[str, dict[str, Any]]]]) -> str:
