@@ -1,10 +1,13 @@
 """Step time of one SmolLM2-135M training step: fp32 vs bf16 autocast vs LoRA (plain, and with its
-frozen layers on prepacked oneDNN weights as `run_steps` trains it), as ratios in one run.
+frozen layers on prepacked oneDNN weights as `run_steps` trains it; and under bf16 autocast, as the
+fast world's prepare trains it on a CPU with native bf16), as ratios in one run.
 
     .venv/bin/python benchmarks/train_step_precision.py [--out benchmarks/results/train_step_precision.json]
 
-Results: `train_step_precision.json` (an AVX2 EPYC, before the packed variant existed) and
-`train_step_precision_avx512.json` (an AVX512 EPYC with native bf16); the machine is in each file.
+Results: `train_step_precision.json` (an AVX2 EPYC, before the packed variant existed),
+`train_step_precision_avx512.json` (an AVX512 EPYC with native bf16) and
+`train_step_precision_amx.json` (an Intel Xeon with AMX, with LoRA under bf16 autocast); the
+machine is in each file.
 
 Same batch for every variant: 8 TOFU-mini retain answers in the default chat format, answer-only
 NLL through tokenforget's own training forward (LM head at answer positions only), AdamW step.
@@ -27,6 +30,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from tokenforget.config import DEFAULT_MODEL, LoraSettings, ModelSettings, PromptSettings
+from tokenforget.cpu import machine
 from tokenforget.data import encode, pad_batch, tofu_mini
 from tokenforget.forward import answer_forward, token_nll
 from tokenforget.models import (
@@ -110,10 +114,13 @@ def main() -> None:
     fp32 = summary(step_seconds("fp32", False, args.repeats))
     lora, lora_packed = plain_and_packed_lora(args.repeats)
     bf16 = summary(step_seconds("bf16-autocast", False, 1))  # emulated bf16 is ~20x slower on AVX2
+    # what prepare's LoRA world trains with where `model.precision: auto` means bf16 autocast
+    lora_bf16 = summary(step_seconds("bf16-autocast", True, 1))
     result = {
         "command": f"python benchmarks/train_step_precision.py --out {args.out}",
         "machine": {
-            "cpu": platform.processor() or platform.machine(),
+            **machine(),
+            "arch": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "native_bf16": cpu_supports_bf16(),
@@ -123,10 +130,12 @@ def main() -> None:
         "lora_r32_fp32": lora,
         "lora_r32_fp32_packed_frozen": lora_packed,
         "full_bf16_autocast": bf16,
+        "lora_r32_bf16_autocast": lora_bf16,
         "ratios": {
             "lora_over_full": round(lora["median_s"] / fp32["median_s"], 3),
             "lora_packed_over_lora": round(lora_packed["median_s"] / lora["median_s"], 3),
             "bf16_autocast_over_fp32": round(bf16["median_s"] / fp32["median_s"], 3),
+            "lora_bf16_over_full_bf16": round(lora_bf16["median_s"] / bf16["median_s"], 3),
         },
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
