@@ -27,8 +27,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tokenforget.report import by_starting_model, compare_rows, latest_attack, run_entry, utility_frontier
 
 
@@ -54,8 +52,8 @@ def every_run(runs: list[tuple[Path, tuple[str, dict[str, Any]]]]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     table = []
-    for (folder, (name, summary)), row in zip(runs, compare_rows([e for _, e in runs]), strict=True):
-        lr = yaml.safe_load((folder / "config.yaml").read_text())["unlearn"]["lr"]
+    for (_, (name, summary)), row in zip(runs, compare_rows([e for _, e in runs]), strict=True):
+        lr = json.loads(summary["settings"])["unlearn"]["lr"]  # run_entry read the config already
         target = summary["headline"]["target"]["model_utility"]
         real_authors = summary["tofu"]["unlearned"]["ra_Q_A_ROUGE"]
         table.append((row["group"], lr, row["seed"] or 0, row, target, real_authors, name))

@@ -784,16 +784,19 @@ def compare_rows(
 
 def run_entry(folder: Path, summary: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """(name, summary) of a finished run folder as `compare` reads it: with its attack numbers
-    (`robustness`) and the hash of the model it unlearned (`unlearned_from`)."""
+    (`robustness`), the hash of the model it unlearned (`unlearned_from`: its receipt's input model)
+    and its point (`run_point`, with the receipt's code fingerprint)."""
+    path = folder / "receipt.json"
+    receipt = json.loads(path.read_text()) if path.is_file() else {}
     return folder.name, {
         **summary,
         "robustness": robustness(folder),
-        "unlearned_from": unlearned_from(folder),
-        **run_point(folder),
+        "unlearned_from": receipt.get("input_model", {}).get("sha256"),
+        **run_point(folder, receipt.get("code", {}).get("source_sha256")),
     }
 
 
-def run_point(folder: Path) -> dict[str, Any]:
+def run_point(folder: Path, code: str | None = None) -> dict[str, Any]:
     """The run's configuration without its name and seed (`settings`), the fingerprint of the code
     that ran it (`code`, from its receipt; None before receipts held it) and its seed, from its
     config.yaml; empty without one. `point` is settings and code: runs that differ only in their
@@ -808,19 +811,8 @@ def run_point(folder: Path) -> dict[str, Any]:
     config.pop("run", None)
     seed = (config.get("unlearn") or {}).pop("seed", None)
     settings = json.dumps(config, sort_keys=True, default=str)
-    code = _receipt(folder).get("code", {}).get("source_sha256")
     point = settings + (f" code {code}" if code else "")
     return {"point": point, "settings": settings, "code": code, "seed": seed}
-
-
-def _receipt(folder: Path) -> dict[str, Any]:
-    path = folder / "receipt.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def unlearned_from(folder: Path) -> str | None:
-    """SHA-256 of the model a run folder unlearned (its receipt's input model); None without one."""
-    return _receipt(folder).get("input_model", {}).get("sha256")
 
 
 def same_settings_other_code(runs: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
