@@ -125,6 +125,25 @@ def test_tpo_batch_vs_sample_reduction_and_pl_mean():
     assert space.parts["lpl"].item() == pytest.approx(-(2 / beta) * lsig(beta * dl), rel=1e-5)
 
 
+def test_tpo_hinge_pl_counts_only_a_fall_below_the_reference():
+    lp = [logp(LOGITS[k], TARGETS[k]) for k in range(5)]
+    lp0 = [logp(REF_LOGITS[k], TARGETS[k]) for k in range(5)]
+    fell = [max(0.0, lp0[k] - lp[k]) for k in range(5)]
+    assert fell[1] == fell[2] == 0.0 < fell[3]  # GW tokens above theta0 (sample 0) and below it (1)
+    hinge = run("tpo", LossInputs(stats(), ref_stats()), pl_form="hinge")
+    expected = ((fell[1] + fell[2]) + (fell[3] + fell[4])) / 2  # per-sample sum over GW + EOS, batch mean
+    assert hinge.parts["pl"].item() == pytest.approx(expected, rel=1e-5)
+    faithful = run("tpo", LossInputs(stats(), ref_stats()))
+    assert hinge.parts["lpl"].item() == pytest.approx(faithful.parts["lpl"].item(), rel=1e-6)
+    # at the reference itself the hinge PL is 0 and gives GW no gradient; the NLL PL still trains them
+    at_ref = stats(REF_LOGITS, requires_grad=True)
+    run("tpo", LossInputs(at_ref, ref_stats()), pl_form="hinge").parts["pl"].backward()
+    assert at_ref.logits.grad.abs().sum().item() == 0.0
+    at_ref = stats(REF_LOGITS, requires_grad=True)
+    run("tpo", LossInputs(at_ref, ref_stats())).parts["pl"].backward()
+    assert at_ref.logits.grad[1:].abs().sum().item() > 0
+
+
 def test_tpo_logs_the_shared_shift_and_centered_lpl_removes_it():
     beta = 0.3
     # the UW token: z = [2, 0.5, -1] (mean 0.5), theta0 z0 = [2.5, 0.5, -1] (mean 2/3), gold index 0

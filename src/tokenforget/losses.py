@@ -152,6 +152,15 @@ class TpoSettings(MethodSettings):
     pl_reduction: Literal["sum", "mean"] = Field(
         "sum", description="TPO: PL per sample, sum (faithful) or mean."
     )
+    pl_form: Literal["nll", "hinge"] = Field(
+        "nll",
+        description=(
+            "TPO: PL as the GW tokens' NLL (faithful: it trains them on towards certainty, so every "
+            "run ends with the GW tokens near p = 1, above where the target had them), or hinge: "
+            "only how far a GW token's log p fell below theta0's, max(0, log p0 - log p), which "
+            "keeps the general words where the target had them and trains them no further."
+        ),
+    )
     lpl_space: Literal["logit", "centered", "logprob"] = Field(
         "logit",
         description=(
@@ -252,7 +261,10 @@ def tpo_loss(inputs: LossInputs, cfg: TpoSettings) -> LossTerms:
     Faithful defaults: raw gold logits, per-sample UW means averaged over the micro-batch *inside*
     the log-sigmoid (one Delta per micro-batch, so Delta depends on the micro-batch by definition),
     PL a per-sample sum over GW + EOS then a batch mean, lambda = 1. Samples without UW are left out
-    of LPL; a micro-batch with none gives LPL = 0.
+    of LPL; a micro-batch with none gives LPL = 0. The published PL is the GW tokens' NLL, which keeps
+    lowering after the target's level: at 50 steps every run on one labelling ends with the same
+    ΔlogP GW, minus the target's mean log p of those tokens (they reach p ~ 1). `pl_form=hinge`
+    counts only a fall below theta0's log p.
 
     Raw logits have a degenerate direction: lowering every logit of a position together raises Delta
     and changes no probability. `delta_shared` logs how much of Delta is such a vocabulary-wide shift
@@ -292,8 +304,12 @@ def tpo_loss(inputs: LossInputs, cfg: TpoSettings) -> LossTerms:
     else:
         delta = lpl = _zero(stats)
     gw = (uw < 0.5).float()  # EOS is never UW, so it is part of GW here
-    nll = -stats.logp
-    per_row = _row_sum(gw * nll, stats.rows, stats.n_rows)
+    if cfg.pl_form == "nll":
+        kept = -stats.logp
+    else:
+        # relu, not clamp_min: at theta0 itself (step 0) the hinge gives no gradient
+        kept = torch.relu(_need(ref, "logp", "tpo (pl_form=hinge)") - stats.logp)
+    per_row = _row_sum(gw * kept, stats.rows, stats.n_rows)
     if cfg.pl_reduction == "mean":
         per_row = per_row / _row_sum(gw, stats.rows, stats.n_rows).clamp_min(1.0)
     pl = per_row.mean()
