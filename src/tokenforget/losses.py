@@ -155,10 +155,10 @@ class TpoSettings(MethodSettings):
     pl_form: Literal["nll", "hinge"] = Field(
         "nll",
         description=(
-            "TPO: PL as the GW tokens' NLL (faithful: it trains them on towards certainty, so every "
-            "run ends with the GW tokens near p = 1, above where the target had them), or hinge: "
-            "only how far a GW token's log p fell below theta0's, max(0, log p0 - log p), which "
-            "keeps the general words where the target had them and trains them no further."
+            "TPO: PL as the GW tokens' NLL (faithful: it trains them on towards certainty; at 50 "
+            "steps on TOFU-mini every run ended with them near p = 1, above the target's level), or "
+            "hinge: only how far a GW token's log p fell below theta0's, max(0, log p0 - log p), "
+            "which gives no gradient above theta0 (they can still rise with the rest of the model)."
         ),
     )
     lpl_space: Literal["logit", "centered", "logprob"] = Field(
@@ -262,9 +262,9 @@ def tpo_loss(inputs: LossInputs, cfg: TpoSettings) -> LossTerms:
     the log-sigmoid (one Delta per micro-batch, so Delta depends on the micro-batch by definition),
     PL a per-sample sum over GW + EOS then a batch mean, lambda = 1. Samples without UW are left out
     of LPL; a micro-batch with none gives LPL = 0. The published PL is the GW tokens' NLL, which keeps
-    lowering after the target's level: at 50 steps every run on one labelling ends with the same
-    ΔlogP GW, minus the target's mean log p of those tokens (they reach p ~ 1). `pl_form=hinge`
-    counts only a fall below theta0's log p.
+    lowering after the target's level: at 50 steps on TOFU-mini every run on the GPT-4o labels ended
+    with the same ΔlogP GW, minus the target's mean log p of those tokens (they reach p ~ 1).
+    `pl_form=hinge` counts only a fall below theta0's log p.
 
     Raw logits have a degenerate direction: lowering every logit of a position together raises Delta
     and changes no probability. `delta_shared` logs how much of Delta is such a vocabulary-wide shift
