@@ -3,6 +3,8 @@ frozen layers on prepacked oneDNN weights as `run_steps` trains it; and under bf
 fast world's prepare trains it on a CPU with native bf16), as ratios in one run.
 
     .venv/bin/python benchmarks/train_step_precision.py [--out benchmarks/results/train_step_precision.json]
+    .venv/bin/python benchmarks/train_step_precision.py --attention \
+        --out benchmarks/results/train_step_attention_amx.json
 
 Results: `train_step_precision.json` (an AVX2 EPYC, before the packed variant existed),
 `train_step_precision_avx512.json` (an AVX512 EPYC with native bf16) and
@@ -43,9 +45,12 @@ from tokenforget.models import (
 )
 
 
-def step_seconds(precision: str, lora: bool, repeats: int, packed: bool = False) -> list[float]:
+def step_seconds(
+    precision: str, lora: bool, repeats: int, packed: bool = False, attention: str = "sdpa"
+) -> list[float]:
     """Seconds of each step after one warm-up step on `training_batch`."""
     model, tok, _ = load_model(ModelSettings(precision="fp32"))
+    model.set_attn_implementation(attention)
     if lora:
         model = wrap_lora(model, LoraSettings(r=32, alpha=64))
     batch = training_batch(tok)
@@ -106,11 +111,49 @@ def plain_and_packed_lora(repeats: int) -> tuple[dict, dict]:
     return summary(plain), summary(packed)
 
 
+def attention_kernels(repeats: int, rounds: int = 3) -> dict:
+    """The fast world's prepare step (LoRA r=32 under bf16 autocast) with transformers' `sdpa`
+    attention (the default: PyTorch's flash kernel on CPU) and with `eager` (matmul + softmax),
+    alternating `rounds` times."""
+    times: dict[str, list[float]] = {"sdpa": [], "eager": []}
+    for _ in range(rounds):
+        for attention in times:
+            times[attention] += step_seconds("bf16-autocast", True, repeats, attention=attention)
+    result = {name: summary(seconds) for name, seconds in times.items()}
+    ratio = result["eager"]["median_s"] / result["sdpa"]["median_s"]
+    return {**result, "rounds": rounds, "eager_over_sdpa": round(ratio, 3)}
+
+
+def machine_info() -> dict:
+    return {
+        **machine(),
+        "arch": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": cpu_supports_bf16(),
+        "torch": torch.__version__,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--out", default="benchmarks/results/train_step_precision.json")
+    parser.add_argument(
+        "--attention",
+        action="store_true",
+        help="only compare the attention kernels (sdpa vs eager) of the bf16-autocast LoRA step",
+    )
     args = parser.parse_args()
+    if args.attention:
+        result = {
+            "command": f"python benchmarks/train_step_precision.py --attention --out {args.out}",
+            "machine": machine_info(),
+            "lora_r32_bf16_autocast": attention_kernels(args.repeats),
+        }
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        return
     fp32 = summary(step_seconds("fp32", False, args.repeats))
     lora, lora_packed = plain_and_packed_lora(args.repeats)
     bf16 = summary(step_seconds("bf16-autocast", False, 1))  # emulated bf16 is ~20x slower on AVX2
@@ -118,14 +161,7 @@ def main() -> None:
     lora_bf16 = summary(step_seconds("bf16-autocast", True, 1))
     result = {
         "command": f"python benchmarks/train_step_precision.py --out {args.out}",
-        "machine": {
-            **machine(),
-            "arch": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "native_bf16": cpu_supports_bf16(),
-            "torch": torch.__version__,
-        },
+        "machine": machine_info(),
         "full_fp32": fp32,
         "lora_r32_fp32": lora,
         "lora_r32_fp32_packed_frozen": lora_packed,
