@@ -1254,6 +1254,14 @@ def main() -> None:
             raise
         exc.show()
         sys.exit(getattr(exc, "exit_code", 2))
+    except Exception as exc:
+        from tokenforget.disk import disk_full_message, is_disk_full
+        from tokenforget.models import cache_dir
+
+        if not is_disk_full(exc):
+            raise
+        err.print(f"[red]error[/]: {disk_full_message(exc, [Path.cwd(), cache_dir()])}", soft_wrap=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

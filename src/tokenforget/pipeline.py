@@ -23,6 +23,7 @@ from tokenforget.config import Config
 from tokenforget.data.benchmarks import QABenchmark
 from tokenforget.data.records import Sample, read_samples
 from tokenforget.data.sets import BUNDLED, load_retain
+from tokenforget.disk import check_space, main_job_needs
 from tokenforget.inputs import check_inputs
 from tokenforget.models import resolve_model
 from tokenforget.prepare import Prepared, prepare, rouge_table
@@ -365,6 +366,7 @@ def run(cfg: Config) -> RunResult:
     from tokenforget.unlearn import unlearn
 
     check_inputs(cfg)  # every file and model folder, before the run folder exists
+    check_space(main_job_needs(cfg, Path(cfg.run.runs_dir) / cfg.run.name))
     folder = open_run(cfg)
     clock = StageClock()
     own = cfg.data.forget is not None  # the user's forget set and model: no benchmark, no retain model

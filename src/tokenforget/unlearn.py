@@ -36,11 +36,12 @@ from tokenforget.atwu import (
 from tokenforget.config import Config
 from tokenforget.data.encode import encode
 from tokenforget.data.sets import load_retain
+from tokenforget.disk import check_space, unlearn_need, weight_bytes
 from tokenforget.distributed import configure_deepspeed, full_weights, make_accelerator, tied_names
 from tokenforget.errors import ConfigError
 from tokenforget.evaluate.trajectory import LeakProbe, Probe, Trajectory, theta0_stamp
 from tokenforget.inputs import check_inputs
-from tokenforget.models import has_weights, save_model
+from tokenforget.models import has_weights, resolve_model, save_model
 from tokenforget.progress import console
 from tokenforget.runs import open_folder, trim_step_log, write_json
 from tokenforget.session import Session, start_session
@@ -68,6 +69,7 @@ class UnlearnResult:
 def unlearn(cfg: Config, out: Path) -> UnlearnResult:
     """Unlearn cfg.data.forget from cfg.model.name with cfg.unlearn.method; everything lands in `out`."""
     check_inputs(cfg)  # every file and model folder, before the run folder exists
+    check_space([unlearn_need(cfg, out, weight_bytes(resolve_model(cfg.model.name)))])
     u = cfg.unlearn
     accelerator = make_accelerator(cfg)
     world, rank = accelerator.num_processes, accelerator.process_index

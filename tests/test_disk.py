@@ -1,0 +1,105 @@
+"""Disk space: the peak a run writes, refused before any work when it does not fit, and a disk that
+fills anyway explained (what is free, that the run resumes) instead of a traceback."""
+
+from __future__ import annotations
+
+import errno
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors import SafetensorError
+
+from tokenforget import disk
+from tokenforget.disk import DiskSpaceError, Need, check_space, checkpoint_bytes, is_disk_full, peak_bytes
+
+
+def test_a_full_fine_tuning_checkpoint_pair_is_six_times_the_weights_and_lora_adds_nothing():
+    # trainable weights + AdamW's two moments, twice while the next checkpoint is written
+    assert checkpoint_bytes(100, lora=False) == 600
+    assert checkpoint_bytes(100, lora=True) == 0
+
+
+def test_the_peak_is_the_kept_models_plus_the_largest_checkpoint_pair(tmp_path):
+    needs = [
+        Need(tmp_path, 100, 0, "the retain model"),  # a LoRA world stage
+        Need(tmp_path, 100, 0, "the target model"),
+        Need(tmp_path, 100, 600, "the unlearned model"),
+    ]
+    assert peak_bytes(needs) == 900
+    assert peak_bytes([]) == 0
+
+
+def test_a_run_that_does_not_fit_is_refused_with_every_folder_and_size(tmp_path, monkeypatch):
+    cache, runs = tmp_path / "cache" / "prepared", tmp_path / "runs" / "r" / "unlearn"
+    needs = [
+        Need(cache, 2_000_000_000, 0, "the target model"),
+        Need(runs, 500_000_000, 3_000_000_000, "the unlearned model"),
+    ]
+    monkeypatch.setattr(disk, "free_bytes", lambda folder: 5_000_000_000)
+    with pytest.raises(DiskSpaceError) as caught:
+        check_space(needs)
+    message = str(caught.value)
+    # one file system (both under tmp_path): 2.0 + 0.5 kept + 3.0 of checkpoints = 5.5 GB > 5.0
+    assert "about 5.5 GB needed at the peak" in message and "5.0 GB free" in message
+    assert str(cache) in message and str(runs) in message and "Fix:" in message
+    monkeypatch.setattr(disk, "free_bytes", lambda folder: 5_500_000_000)
+    check_space(needs)  # exactly enough
+
+
+def test_a_folder_that_does_not_exist_yet_is_measured_on_its_nearest_parent(tmp_path):
+    assert disk.free_bytes(tmp_path / "not" / "yet") == disk.free_bytes(tmp_path)
+
+
+def test_only_a_write_that_found_no_space_counts_as_a_full_disk():
+    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_disk_full(
+        SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    )
+    assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not is_disk_full(SafetensorError("Error while deserializing header: HeaderTooLarge"))
+    assert not is_disk_full(ValueError("No space left on device"))
+
+
+def _main(monkeypatch, args: list[str]) -> None:
+    from tokenforget.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["tokenforget", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2
+
+
+def test_run_refuses_before_it_makes_the_run_folder_or_the_world(
+    tmp_path, monkeypatch, capsys, tiny_llama_dir
+):
+    monkeypatch.setenv("TOKENFORGET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(disk, "free_bytes", lambda folder: 1000)
+    runs = tmp_path / "runs"
+    settings = {
+        "model.name": tiny_llama_dir,
+        "model.precision": "fp32",
+        "run.runs_dir": runs,
+        "run.name": "r",
+    }
+    _main(monkeypatch, ["run", *[a for k, v in settings.items() for a in ("--set", f"{k}={v}")]])
+    message = capsys.readouterr().err
+    assert "not enough free disk space" in message and "the retain model" in message
+    assert "the unlearned model" in message and "1000" not in message  # sizes in GB, not raw bytes
+    assert not runs.exists() and not (tmp_path / "cache" / "prepared").exists()
+
+
+def test_a_disk_that_fills_during_a_run_is_explained_not_a_traceback(
+    tmp_path, monkeypatch, capsys, tiny_llama_dir
+):
+    import tokenforget.pipeline
+
+    def full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tokenforget.pipeline, "check_space", full)
+    _main(monkeypatch, ["run", "--set", f"model.name={tiny_llama_dir}", "--set", f"run.runs_dir={tmp_path}"])
+    message = capsys.readouterr().err
+    assert "the disk is full" in message and "GB free" in message
+    assert "run the same command again" in message and "Traceback" not in message
+    assert str(Path.cwd()) in message.replace("\n", "")
