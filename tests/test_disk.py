@@ -103,3 +103,19 @@ def test_a_disk_that_fills_during_a_run_is_explained_not_a_traceback(
     assert "the disk is full" in message and "GB free" in message
     assert "run the same command again" in message and "Traceback" not in message
     assert str(Path.cwd()) in message.replace("\n", "")
+
+
+def test_prepare_refuses_a_world_that_does_not_fit_and_a_lora_world_writes_no_checkpoints(
+    tmp_path, monkeypatch, capsys, tiny_llama_dir
+):
+    from tokenforget.config import Config
+    from tokenforget.disk import world_needs
+
+    monkeypatch.setenv("TOKENFORGET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(disk, "free_bytes", lambda folder: 1000)
+    _main(monkeypatch, ["prepare", "--model", str(tiny_llama_dir), "--set", "model.precision=fp32"])
+    assert "the retain model" in capsys.readouterr().err
+    assert not (tmp_path / "cache" / "prepared").exists()
+    cfg = Config.model_validate({"model": {"name": str(tiny_llama_dir), "precision": "fp32"}})
+    [retain, target] = world_needs(cfg)
+    assert retain.kept == disk.weight_bytes(tiny_llama_dir) and target.transient == 0  # LoRA world

@@ -174,6 +174,7 @@ def prepare(
     import yaml
 
     from tokenforget.data.benchmarks import load_benchmark
+    from tokenforget.disk import check_space, world_needs
     from tokenforget.pipeline import world_vital_signs
     from tokenforget.prepare import prepare as run_prepare
 
@@ -185,6 +186,7 @@ def prepare(
     if recipe:
         extra.append(f"prepare.recipe={recipe}")
     cfg = _config(config, set_, extra)
+    check_space(world_needs(cfg))
     prepared = run_prepare(cfg)
     _print_prepared(prepared)
     if not vital_signs:

@@ -128,21 +128,28 @@ def disk_full_message(exc: BaseException, places: list[Path]) -> str:
     )
 
 
-def main_job_needs(cfg: Config, run_folder: Path) -> list[Need]:
-    """The stages of `tokenforget run`: the world models `prepare` has yet to make, in the cache,
-    and the unlearned model in the run folder."""
+def world_needs(cfg: Config) -> list[Need]:
+    """The world models `prepare` has yet to make (in the cache), with their stages' checkpoints."""
     from tokenforget.models import resolve_model, verify_manifest
     from tokenforget.prepare import prepared_folder
 
     weights = weight_bytes(resolve_model(cfg.model.name))
-    needs = []
-    if cfg.data.forget is None:  # a benchmark run: its world comes from prepare
-        world = prepared_folder(cfg)
-        lora = cfg.prepare.lora is not None
-        for name in ("retain", "target"):
-            if not verify_manifest(world / name):
-                needs.append(Need(world, weights, checkpoint_bytes(weights, lora), f"the {name} model"))
-    return [*needs, unlearn_need(cfg, run_folder / "unlearn", weights)]
+    world, lora = prepared_folder(cfg), cfg.prepare.lora is not None
+    return [
+        Need(world, weights, checkpoint_bytes(weights, lora), f"the {name} model")
+        for name in ("retain", "target")
+        if not verify_manifest(world / name)
+    ]
+
+
+def main_job_needs(cfg: Config, run_folder: Path) -> list[Need]:
+    """The stages of `tokenforget run`: on a benchmark, the world models still to make; then the
+    unlearned model in the run folder."""
+    from tokenforget.models import resolve_model
+
+    weights = weight_bytes(resolve_model(cfg.model.name))
+    world = world_needs(cfg) if cfg.data.forget is None else []
+    return [*world, unlearn_need(cfg, run_folder / "unlearn", weights)]
 
 
 def unlearn_need(cfg: Config, out: Path, weights: int) -> Need:
