@@ -53,19 +53,21 @@ def checkpoint_bytes(weights: int, lora: bool) -> int:
     return 0 if lora else CHECKPOINT_COPIES * (1 + ADAM_STATE) * weights
 
 
-def free_bytes(folder: Path) -> int:
-    """Free bytes on the file system that holds `folder` (or its nearest existing parent)."""
+def _existing(folder: Path) -> Path:
+    """`folder`, or its nearest parent that exists (a run folder is measured before it is made)."""
     path = folder.expanduser().absolute()
     while not path.exists() and path != path.parent:
         path = path.parent
-    return shutil.disk_usage(path).free
+    return path
+
+
+def free_bytes(folder: Path) -> int:
+    """Free bytes on the file system that holds `folder`."""
+    return shutil.disk_usage(_existing(folder)).free
 
 
 def _device(folder: Path) -> int:
-    path = folder.expanduser().absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path.stat().st_dev
+    return _existing(folder).stat().st_dev
 
 
 def peak_bytes(needs: list[Need]) -> int:
@@ -99,8 +101,8 @@ def check_space(needs: list[Need]) -> None:
         raise DiskSpaceError(
             "not enough free disk space for this run: "
             + " | ".join(problems)
-            + ". Fix: free space there, or write elsewhere (--out or run.name for the run folder, "
-            "$TOKENFORGET_CACHE for the prepared models)."
+            + ". Fix: free space there, or write elsewhere: run.runs_dir for a run's folder, "
+            "--out for `unlearn`'s, $TOKENFORGET_CACHE for the prepared models."
         )
 
 
