@@ -110,6 +110,7 @@ def test_prepare_refuses_a_world_that_does_not_fit_and_a_lora_world_writes_no_ch
 ):
     from tokenforget.config import Config
     from tokenforget.disk import world_needs
+    from tokenforget.prepare import prepared_folder
 
     monkeypatch.setenv("TOKENFORGET_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(disk, "free_bytes", lambda folder: 1000)
@@ -117,5 +118,5 @@ def test_prepare_refuses_a_world_that_does_not_fit_and_a_lora_world_writes_no_ch
     assert "the retain model" in capsys.readouterr().err
     assert not (tmp_path / "cache" / "prepared").exists()
     cfg = Config.model_validate({"model": {"name": str(tiny_llama_dir), "precision": "fp32"}})
-    [retain, target] = world_needs(cfg)
+    [retain, target] = world_needs(cfg, prepared_folder(cfg))
     assert retain.kept == disk.weight_bytes(tiny_llama_dir) and target.transient == 0  # LoRA world

@@ -32,7 +32,7 @@ LAYERS = [
     {"models", "cpu", "runs", "artifacts"},
     {"forward"},
     {"losses", "reference", "identify"},
-    {"train", "atwu", "session", "distributed", "inputs"},
+    {"train", "atwu", "session", "distributed", "inputs", "disk"},
     {"evaluate"},
     {"unlearn", "prepare", "relearn", "quantize"},  # stages: a model made, with the evaluation it reports
     {"pipeline", "receipt", "report", "cli", "__init__"},

@@ -177,6 +177,7 @@ def prepare(
     from tokenforget.disk import check_space, world_needs
     from tokenforget.pipeline import world_vital_signs
     from tokenforget.prepare import prepare as run_prepare
+    from tokenforget.prepare import prepared_folder
 
     if benchmark not in {"tofu-mini", "tofu"}:
         raise TokenforgetError(f"unknown benchmark {benchmark!r}: use tofu-mini or tofu")
@@ -186,7 +187,7 @@ def prepare(
     if recipe:
         extra.append(f"prepare.recipe={recipe}")
     cfg = _config(config, set_, extra)
-    check_space(world_needs(cfg))
+    check_space(world_needs(cfg, prepared_folder(cfg)))
     prepared = run_prepare(cfg)
     _print_prepared(prepared)
     if not vital_signs:

@@ -130,13 +130,13 @@ def disk_full_message(exc: BaseException, places: list[Path]) -> str:
     )
 
 
-def world_needs(cfg: Config) -> list[Need]:
-    """The world models `prepare` has yet to make (in the cache), with their stages' checkpoints."""
+def world_needs(cfg: Config, world: Path) -> list[Need]:
+    """The world models `prepare` has yet to make in `world` (`prepare.prepared_folder`), with their
+    stages' checkpoints."""
     from tokenforget.models import resolve_model, verify_manifest
-    from tokenforget.prepare import prepared_folder
 
     weights = weight_bytes(resolve_model(cfg.model.name))
-    world, lora = prepared_folder(cfg), cfg.prepare.lora is not None
+    lora = cfg.prepare.lora is not None
     return [
         Need(world, weights, checkpoint_bytes(weights, lora), f"the {name} model")
         for name in ("retain", "target")
@@ -144,14 +144,14 @@ def world_needs(cfg: Config) -> list[Need]:
     ]
 
 
-def main_job_needs(cfg: Config, run_folder: Path) -> list[Need]:
-    """The stages of `tokenforget run`: on a benchmark, the world models still to make; then the
-    unlearned model in the run folder."""
+def main_job_needs(cfg: Config, run_folder: Path, world: Path | None) -> list[Need]:
+    """The stages of `tokenforget run`: the world models still to make in `world` (None: the user's
+    own forget set, no world); then the unlearned model in the run folder."""
     from tokenforget.models import resolve_model
 
     weights = weight_bytes(resolve_model(cfg.model.name))
-    world = world_needs(cfg) if cfg.data.forget is None else []
-    return [*world, unlearn_need(cfg, run_folder / "unlearn", weights)]
+    to_make = world_needs(cfg, world) if world is not None else []
+    return [*to_make, unlearn_need(cfg, run_folder / "unlearn", weights)]
 
 
 def unlearn_need(cfg: Config, out: Path, weights: int) -> Need:

@@ -26,7 +26,7 @@ from tokenforget.data.sets import BUNDLED, load_retain
 from tokenforget.disk import check_space, main_job_needs
 from tokenforget.inputs import check_inputs
 from tokenforget.models import resolve_model
-from tokenforget.prepare import Prepared, prepare, rouge_table
+from tokenforget.prepare import Prepared, prepare, prepared_folder, rouge_table
 from tokenforget.runs import open_run, read_step_log, write_json
 from tokenforget.stopping import stop_sentence
 
@@ -366,7 +366,8 @@ def run(cfg: Config) -> RunResult:
     from tokenforget.unlearn import unlearn
 
     check_inputs(cfg)  # every file and model folder, before the run folder exists
-    check_space(main_job_needs(cfg, Path(cfg.run.runs_dir) / cfg.run.name))
+    world = None if cfg.data.forget is not None else prepared_folder(cfg)
+    check_space(main_job_needs(cfg, Path(cfg.run.runs_dir) / cfg.run.name, world))
     folder = open_run(cfg)
     clock = StageClock()
     own = cfg.data.forget is not None  # the user's forget set and model: no benchmark, no retain model
