@@ -130,17 +130,21 @@ def disk_full_message(exc: BaseException, places: list[Path]) -> str:
     )
 
 
-def world_needs(cfg: Config, world: Path) -> list[Need]:
+def world_needs(cfg: Config, world: Path, weights: int | None = None) -> list[Need]:
     """The world models `prepare` has yet to make in `world` (`prepare.prepared_folder`), with their
-    stages' checkpoints."""
-    from tokenforget.models import resolve_model, verify_manifest
+    stages' checkpoints; `weights`: the base model's weight bytes, when the caller has them.
 
-    weights = weight_bytes(resolve_model(cfg.model.name))
+    A model counts as made when its manifest is there: `prepare` checks the hashes before it uses
+    it, so hashing every weight file twice for an estimate would only slow the start."""
+    from tokenforget.models import MANIFEST, resolve_model
+
+    if weights is None:
+        weights = weight_bytes(resolve_model(cfg.model.name))
     lora = cfg.prepare.lora is not None
     return [
         Need(world, weights, checkpoint_bytes(weights, lora), f"the {name} model")
         for name in ("retain", "target")
-        if not verify_manifest(world / name)
+        if not (world / name / MANIFEST).is_file()
     ]
 
 
@@ -150,7 +154,7 @@ def main_job_needs(cfg: Config, run_folder: Path, world: Path | None) -> list[Ne
     from tokenforget.models import resolve_model
 
     weights = weight_bytes(resolve_model(cfg.model.name))
-    to_make = world_needs(cfg, world) if world is not None else []
+    to_make = world_needs(cfg, world, weights) if world is not None else []
     return [*to_make, unlearn_need(cfg, run_folder / "unlearn", weights)]
 
 
