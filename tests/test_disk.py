@@ -120,3 +120,57 @@ def test_prepare_refuses_a_world_that_does_not_fit_and_a_lora_world_writes_no_ch
     cfg = Config.model_validate({"model": {"name": str(tiny_llama_dir), "precision": "fp32"}})
     [retain, target] = world_needs(cfg, prepared_folder(cfg))
     assert retain.kept == disk.weight_bytes(tiny_llama_dir) and target.transient == 0  # LoRA world
+
+
+def test_an_attack_counts_each_copy_it_has_yet_to_write_and_a_relearning_budget_its_checkpoints(tmp_path):
+    from tokenforget.disk import copy_needs
+    from tokenforget.models import MANIFEST
+    from tokenforget.relearn import relearn_copies
+
+    out, world = tmp_path / "run" / "attacks" / "relearn-x", tmp_path / "world" / "relearn-x" / "retain"
+    copies = relearn_copies(["unlearned", "retain"], out, world, (0, 5, 10))
+    # budget 0 is the model itself; the retain model's copies live in the world's folder
+    assert sorted(copies) == sorted(
+        [out / "unlearned" / "step-5", out / "unlearned" / "step-10", world / "step-5", world / "step-10"]
+    )
+    made = world / "step-5" / "model"
+    made.mkdir(parents=True)
+    (made / MANIFEST).write_text("{}")  # an earlier attack's copy, reused
+    needs = copy_needs(copies, 100, trained=True)
+    assert [n.what for n in needs] == [
+        "the unlearned model after 5 relearning steps",
+        "the unlearned model after 10 relearning steps",
+        "the retain model after 10 relearning steps",
+    ]
+    assert peak_bytes(needs) == 3 * 100 + 600  # three copies kept + one fine-tune's checkpoint pair
+    assert peak_bytes(copy_needs(copies, 100, trained=False)) == 300  # quantized copies: no training
+
+
+@pytest.mark.parametrize("attack", ["relearn", "quantize"])
+def test_an_attack_refuses_before_it_makes_a_world_or_a_copy(
+    attack, tmp_path, monkeypatch, capsys, tiny_llama_dir
+):
+    if attack == "quantize":
+        pytest.importorskip("torchao")
+    monkeypatch.setenv("TOKENFORGET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(disk, "free_bytes", lambda folder: 1000)
+    out = tmp_path / "attack"
+    model = ["--set", f"model.name={tiny_llama_dir}", "--set", "model.precision=fp32"]
+    _main(monkeypatch, ["attack", attack, str(tiny_llama_dir), "--out", str(out), *model])
+    message = " ".join(capsys.readouterr().err.split())
+    assert "not enough free disk space" in message
+    assert f"the target model in {tmp_path / 'cache' / 'prepared'}" in message  # its world, made first
+    copy = (
+        "the unlearned model after 5 relearning steps" if attack == "relearn" else "the target model in int4"
+    )
+    assert copy in message
+    assert not out.exists() and not (tmp_path / "cache" / "prepared").exists()
+
+
+def test_a_quantized_copy_is_counted_at_the_model_s_float32_size(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    weights = {"a": torch.zeros(3, 4, dtype=torch.bfloat16), "b": torch.zeros(5)}
+    save_file(weights, str(tmp_path / "model.safetensors"))
+    assert disk.float32_bytes(tmp_path) == (12 + 5) * 4  # a bf16 model: its float32 copy is larger

@@ -996,8 +996,9 @@ def attack_relearn(
     `tokenforget eval tofu` would on it. relearn.json has every number.
     """
     from tokenforget.data.benchmarks import load_benchmark
-    from tokenforget.prepare import prepare
-    from tokenforget.relearn import SCORED, attack_folder, relearn_attack
+    from tokenforget.disk import check_space, copy_needs, weight_bytes, world_needs
+    from tokenforget.prepare import prepare, prepared_folder
+    from tokenforget.relearn import SCORED, attack_folder, relearn_attack, relearn_copies
 
     try:
         budgets = tuple(sorted({int(x) for x in steps.split(",")}))
@@ -1009,13 +1010,17 @@ def attack_relearn(
     cfg = target.cfg
     if data not in ("forget-half", "retain"):
         check_files(samples={"--data": data})  # a bad file, named with its line, before any work
+    world = prepared_folder(cfg)
+    out_path = out_dir or attack_folder(cfg, model_or_run, lr, batch_size, data)
+    yardstick = attack_folder(cfg, world, lr, batch_size, data) / "retain"
+    names = ["unlearned", "retain", *(["target"] if with_target else [])]
+    copies = relearn_copies(names, out_path, yardstick, budgets)
+    check_space([*world_needs(cfg, world), *copy_needs(copies, weight_bytes(target.model), trained=True)])
     prepared = prepare(cfg, rouge_check=False)
     models = {"unlearned": str(target.model), "retain": str(prepared.retain)}
     if with_target:
         models["target"] = str(prepared.target)
     labels = target.labels
-    out_path = out_dir or attack_folder(cfg, model_or_run, lr, batch_size, data)
-    yardstick = attack_folder(cfg, prepared.folder, lr, batch_size, data) / "retain"
     result = relearn_attack(
         cfg, models, load_benchmark(cfg), out_path, labels, budgets, lr, batch_size, yardstick, data
     )
@@ -1124,8 +1129,9 @@ def attack_quantize(
     quantize.json has every number before and after.
     """
     from tokenforget.data.benchmarks import load_benchmark
+    from tokenforget.disk import check_space, copy_needs, float32_bytes, world_needs
     from tokenforget.pipeline import world_models
-    from tokenforget.prepare import prepare
+    from tokenforget.prepare import prepare, prepared_folder
     from tokenforget.quantize import (
         SCORED,
         attack_folder,
@@ -1133,21 +1139,25 @@ def attack_quantize(
         linear_widths,
         quantization_config,
         quantize_attack,
+        quantized_copies,
     )
 
     target = _attack_target(model_or_run, "quantize", out_dir, config, set_)
     cfg = target.cfg
     quantization_config(bits, group_size)  # a wrong --bits or a missing torchao, before any work
     group = group_size_for(linear_widths(str(target.model)), group_size)
+    world = prepared_folder(cfg)
+    out_path = out_dir or attack_folder(cfg, model_or_run, bits, group)
+    yardstick = attack_folder(cfg, world, bits, group)
+    copies = quantized_copies(out_path, yardstick, bits)
+    check_space([*world_needs(cfg, world), *copy_needs(copies, float32_bytes(target.model), trained=False)])
     prepared = prepare(cfg, rouge_check=False)
     paths, dirs = world_models(cfg, prepared)
-    out_path = out_dir or attack_folder(cfg, model_or_run, bits, group)
     models = {"unlearned": str(target.model), **paths}
     # a run's own evaluation of the model; a model folder's is made next to the attack's numbers
     unquantized = target.run / "eval" / "unlearned" if target.run else out_path / "original" / "eval"
     before = {"unlearned": unquantized, **dirs}
     labels = target.labels
-    yardstick = attack_folder(cfg, prepared.folder, bits, group)
     result = quantize_attack(
         cfg, models, before, load_benchmark(cfg), out_path, labels, bits, group, yardstick
     )

@@ -5,7 +5,10 @@ A run's peak on disk, counted in W = the bytes of the model's weights as saved (
 - a training stage's checkpoint: its trainable weights and AdamW's two moments (3 W for full
   fine-tuning in float32, next to nothing for LoRA), twice while the next checkpoint is written
   beside the last one before it replaces it;
-- the unlearned model: 1 W.
+- the unlearned model: 1 W;
+- each copy an attack writes: 1 W and, for a relearning budget, its fine-tune's checkpoint pair;
+  a quantized copy at most the model's float32 size (its rounded linears are smaller, the rest is
+  loaded in float32).
 Stages run one after another and drop their checkpoints when they end, so the peak on a file system
 is the models kept there plus the largest checkpoint pair of a stage that writes there.
 """
@@ -13,6 +16,7 @@ is the models kept there plus the largest checkpoint pair of a stage that writes
 from __future__ import annotations
 
 import errno
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +50,18 @@ def weight_bytes(model_dir: str | Path) -> int:
     """Bytes of a save_pretrained folder's weights; 0 for a hub name or a folder without them."""
     folder = Path(model_dir)
     return sum(p.stat().st_size for p in folder.glob("*.safetensors")) if folder.is_dir() else 0
+
+
+def float32_bytes(model_dir: str | Path) -> int:
+    """Bytes of a save_pretrained folder's weights in float32, from the safetensors headers alone."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in Path(model_dir).glob("*.safetensors"):
+        with safe_open(str(path), "np") as weights:
+            shapes = [weights.get_slice(k).get_shape() for k in weights.keys()]  # noqa: SIM118 (not iterable)
+        total += sum(4 * math.prod(shape) for shape in shapes)
+    return total
 
 
 def checkpoint_bytes(weights: int, lora: bool) -> int:
@@ -166,3 +182,17 @@ def unlearn_need(cfg: Config, out: Path, weights: int) -> Need:
     if has_weights(out / "model"):
         return Need(out, 0, 0, "the unlearned model")
     return Need(out, weights, checkpoint_bytes(weights, cfg.unlearn.lora is not None), "the unlearned model")
+
+
+def copy_needs(copies: dict[Path, str], weights: int, trained: bool) -> list[Need]:
+    """The model copies an attack still has to write, each in `folder`/model (folder -> what it is,
+    for messages): `weights` bytes kept, plus a full fine-tune's checkpoints when `trained`. A copy
+    whose manifest is there is made (resumed attacks reuse it)."""
+    from tokenforget.models import MANIFEST
+
+    transient = checkpoint_bytes(weights, lora=False) if trained else 0
+    return [
+        Need(folder, weights, transient, what)
+        for folder, what in copies.items()
+        if not (folder / "model" / MANIFEST).is_file()
+    ]

@@ -36,6 +36,7 @@ from tokenforget.progress import console
 
 BITS = (4, 8)
 SCORED = ("forget_quality", "model_utility", "forget_Q_A_Prob", "forget_truth_ratio", "uw_leak_rate")
+ATTACKED = ("unlearned", "retain", "target")  # the run's model and its world's two yardsticks
 
 
 def group_size_for(in_features: list[int], wanted: int) -> int:
@@ -120,6 +121,17 @@ def attack_folder(cfg: Config, root: Path, bits: int, group_size: int) -> Path:
     return root / "attacks" / f"quantize-{Stamp('quantize', payload).key[:12]}"
 
 
+def copy_folder(name: str, out: Path, yardstick: Path) -> Path:
+    """Where model `name`'s quantized copy lives (its `model/` and `eval/`): the world's target's and
+    retain's under `yardstick`, shared by every run in the world; the others' under `out`."""
+    return (yardstick if name in ("retain", "target") else out) / name
+
+
+def quantized_copies(out: Path, yardstick: Path, bits: int) -> dict[Path, str]:
+    """Every copy the attack writes (folder -> what it is): the unlearned, retain and target models'."""
+    return {copy_folder(name, out, yardstick): f"the {name} model in int{bits}" for name in ATTACKED}
+
+
 def quantize_attack(
     cfg: Config,
     models: dict[str, str],
@@ -140,7 +152,7 @@ def quantize_attack(
     order = ["retain", *(name for name in models if name != "retain")]  # retain first: FQ needs it
     rows: dict[str, dict[str, dict[str, Any]]] = {}
     for name in order:
-        folder = (yardstick if name in ("retain", "target") else out) / name
+        folder = copy_folder(name, out, yardstick)
         copy = quantized(models[name], bits, group_size, folder, cfg.model.trust_remote_code)
         rows[name] = {}
         # the quantized retain model is the quantized models' yardstick, itself measured against the original

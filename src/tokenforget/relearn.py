@@ -124,6 +124,23 @@ def attack_folder(cfg: Config, root: Path, lr: float, batch_size: int, data: str
     return root / "attacks" / f"relearn-{Stamp('relearn', payload).key[:12]}"
 
 
+def budget_folder(name: str, steps: int, out: Path, retain_root: Path) -> Path:
+    """Where model `name`'s copy after `steps` attack steps lives (its `model/` and `eval/`): the
+    retain model's under `retain_root`, shared by every run in the world; the others' under `out`."""
+    return (retain_root if name == "retain" else out / name) / f"step-{steps}"
+
+
+def relearn_copies(names: list[str], out: Path, retain_root: Path, steps: tuple[int, ...]) -> dict[Path, str]:
+    """Every copy an attack on the models `names` writes (folder -> what it is); budget 0 is the
+    model itself, no copy."""
+    return {
+        budget_folder(name, k, out, retain_root): f"the {name} model after {k} relearning steps"
+        for name in names
+        for k in steps
+        if k
+    }
+
+
 def relearn_attack(
     cfg: Config,
     models: dict[str, str],
@@ -151,7 +168,7 @@ def relearn_attack(
         rows[name] = {}
         model, done = models[name], 0
         for k in steps:
-            folder = (retain_root if name == "retain" else out / name) / f"step-{k}"
+            folder = budget_folder(name, k, out, retain_root)
             console.print(f"[bold]relearn[/] {name}: {k} steps on {len(attack)} attack answers")
             model, done = relearned(attack_cfg, model, attack, k - done, folder, batch_size), k
             # forget quality against the retain model under the same attack (what a model that never
