@@ -174,3 +174,29 @@ def test_a_quantized_copy_is_counted_at_the_model_s_float32_size(tmp_path):
     weights = {"a": torch.zeros(3, 4, dtype=torch.bfloat16), "b": torch.zeros(5)}
     save_file(weights, str(tmp_path / "model.safetensors"))
     assert disk.float32_bytes(tmp_path) == (12 + 5) * 4  # a bf16 model: its float32 copy is larger
+
+
+def test_a_sweep_that_keeps_every_run_is_refused_before_its_first_point_when_all_do_not_fit(
+    tmp_path, monkeypatch, capsys, tiny_llama_dir
+):
+    from tokenforget.config import load_config
+    from tokenforget.pipeline import run_needs
+
+    monkeypatch.setenv("TOKENFORGET_CACHE", str(tmp_path / "cache"))
+    runs = tmp_path / "runs"
+    settings = {"model.name": tiny_llama_dir, "model.precision": "fp32", "run.runs_dir": runs}
+    sets = [a for k, v in settings.items() for a in ("--set", f"{k}={v}")]
+    one_point = peak_bytes(run_needs(load_config(None, [f"{k}={v}" for k, v in settings.items()])))
+    weights = disk.weight_bytes(tiny_llama_dir)
+    # one point: retain + target + its unlearned model + a checkpoint pair (LoRA world, full unlearning)
+    assert one_point == 2 * weights + weights + 6 * weights
+    monkeypatch.setattr(
+        disk, "free_bytes", lambda folder: one_point + weights
+    )  # room for two points, not three
+    sets = [a for k, v in settings.items() for a in ("--set", f"{k}={v}")]
+    _main(monkeypatch, ["sweep", "--name", "s", *sets, "--grid", "unlearn.lr=1e-5,2e-5,3e-5"])
+    message = " ".join(capsys.readouterr().err.split())
+    assert "not enough free disk space" in message
+    assert message.count("the retain model in") == 1  # the world the points share, counted once
+    assert message.count("the unlearned model in") == 3
+    assert not runs.exists() and not (tmp_path / "cache" / "prepared").exists()

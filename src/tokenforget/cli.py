@@ -385,9 +385,11 @@ def sweep(
     Each run keeps its unlearned model (SmolLM2-135M: 0.5 GB; a 7B model: 14 GB or more). With
     --keep best only each method's best point keeps it: the highest forget quality at >= 0.9x the
     target's model utility, ties to the lower KL on retain (a method with no run there keeps none),
-    at every seed run there.
+    at every seed run there. With --keep all the whole sweep's room on disk is checked before its
+    first point (every unfinished point's unlearned model, each world still to make).
     """
-    from tokenforget.pipeline import finished_summary, keep_best_weights, sweep_points
+    from tokenforget.disk import check_space
+    from tokenforget.pipeline import finished_summary, keep_best_weights, sweep_needs, sweep_points
     from tokenforget.pipeline import run as run_pipeline
     from tokenforget.report import by_starting_model, run_entry, write_compare
 
@@ -397,9 +399,14 @@ def sweep(
         )
     points = sweep_points(grid)
     runs_dir = Path(_config(config, set_).run.runs_dir)
+    cfgs = [
+        _config(config, [*(set_ or []), *overrides, f"run.name={name}-{label}"])
+        for label, overrides in points
+    ]
+    if keep == "all":  # with --keep best each point checks its own room as it starts
+        check_space(sweep_needs(cfgs))
     results = []
-    for number, (label, overrides) in enumerate(points, 1):
-        cfg = _config(config, [*(set_ or []), *overrides, f"run.name={name}-{label}"])
+    for number, ((label, _), cfg) in enumerate(zip(points, cfgs, strict=True), 1):
         summary = finished_summary(cfg)  # a finished point is read, not run: its weights may be gone
         done = " (finished: read, not run)" if summary else ""
         out.print(f"[bold]sweep point {number}/{len(points)}[/]: {label}{done}")

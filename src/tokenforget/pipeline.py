@@ -23,7 +23,7 @@ from tokenforget.config import Config
 from tokenforget.data.benchmarks import QABenchmark
 from tokenforget.data.records import Sample, read_samples
 from tokenforget.data.sets import BUNDLED, load_retain
-from tokenforget.disk import check_space, main_job_needs
+from tokenforget.disk import Need, check_space, main_job_needs
 from tokenforget.inputs import check_inputs
 from tokenforget.models import resolve_model
 from tokenforget.prepare import Prepared, prepare, prepared_folder, rouge_table
@@ -356,6 +356,19 @@ def headline(evals: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return table
 
 
+def run_needs(cfg: Config) -> list[Need]:
+    """What the main job with this config writes at its peak (`disk.main_job_needs`)."""
+    world = None if cfg.data.forget is not None else prepared_folder(cfg)
+    return main_job_needs(cfg, Path(cfg.run.runs_dir) / cfg.run.name, world)
+
+
+def sweep_needs(cfgs: list[Config]) -> list[Need]:
+    """What a sweep that keeps every run's weights writes at its peak: each world still to make,
+    once however many points share it, and every unfinished point's unlearned model."""
+    needs = [need for cfg in cfgs if finished_summary(cfg) is None for need in run_needs(cfg)]
+    return list(dict.fromkeys(needs))
+
+
 def run(cfg: Config) -> RunResult:
     """Run the main job in runs/<cfg.run.name>/ and write summary.json, report.html, receipt.json."""
     from tokenforget.data.benchmarks import load_benchmark
@@ -366,8 +379,7 @@ def run(cfg: Config) -> RunResult:
     from tokenforget.unlearn import unlearn
 
     check_inputs(cfg)  # every file and model folder, before the run folder exists
-    world = None if cfg.data.forget is not None else prepared_folder(cfg)
-    check_space(main_job_needs(cfg, Path(cfg.run.runs_dir) / cfg.run.name, world))
+    check_space(run_needs(cfg))
     folder = open_run(cfg)
     clock = StageClock()
     own = cfg.data.forget is not None  # the user's forget set and model: no benchmark, no retain model
