@@ -134,3 +134,16 @@ def test_eval_commands_check_their_files_and_models_first(tmp_path, files):
     assert result.returncode == 2 and "3 problem(s)" in text
     assert f"{broken}:2" in text and "holdout.jsonl: does not exist" in text and "gone does not exist" in text
     assert not out.exists()
+
+
+def test_the_default_method_on_your_own_forget_set_asks_for_a_retain_set_before_any_work(files):
+    good, _ = files
+    own = [f"data.forget={good}"]
+    with pytest.raises(ConfigError) as info:
+        check_inputs(load_config(overrides=own))  # the default, tpo_gd, trains on retain answers too
+    message = str(info.value)
+    assert "'tpo_gd' uses a retain term (nll)" in message
+    assert "--set data.retain=FILE" in message and "--set unlearn.method=tpo" in message
+    check_inputs(load_config(overrides=[*own, "unlearn.method=tpo"]))  # the paper's TPO needs none
+    check_inputs(load_config(overrides=[*own, f"data.retain={good}"]))
+    check_inputs(load_config(overrides=[]))  # a benchmark brings its own retain answers

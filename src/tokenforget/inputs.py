@@ -75,6 +75,27 @@ def refuse_ignored_tokens(cfg: Config) -> None:
     )
 
 
+def missing_retain(method: str, retain_term: str) -> ConfigError:
+    """The error for a method with a retain term and no retain set, with every way out."""
+    return ConfigError(
+        f"method {method!r} uses a retain term ({retain_term}) but no retain set was given. "
+        "Fix: give text the model must keep (`run`: --set data.retain=FILE; `unlearn`: --retain "
+        "FILE; tofu-mini for the bundled retain answers), or unlearn without one: --set "
+        "unlearn.method=tpo (TPO keeps the forget answers' general words itself), or --set "
+        "unlearn.retain_loss=none"
+    )
+
+
+def refuse_missing_retain(cfg: Config) -> None:
+    """A retain term on the user's own forget set needs their retain set (a benchmark brings its own)."""
+    from tokenforget.losses import METHODS
+
+    method = METHODS[cfg.unlearn.method]
+    term = method.retain if cfg.unlearn.retain_loss == "auto" else cfg.unlearn.retain_loss
+    if cfg.data.forget is not None and cfg.data.retain is None and term != "none":
+        raise missing_retain(method.name, term)
+
+
 def refuse_unmeasured_conditions(cfg: Config) -> None:
     """`unlearn.stop_when` and `guard` are read at in-training evaluation points: refuse them without."""
     u = cfg.unlearn
@@ -136,3 +157,4 @@ def check_inputs(cfg: Config, labels: Named | None = None) -> None:
     )
     if issues:
         raise DataError(issues)
+    refuse_missing_retain(cfg)  # after the files: a bad forget file is the first thing to fix

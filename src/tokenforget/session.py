@@ -27,6 +27,7 @@ from tokenforget.data.sets import idk_answers, load_forget, load_retain
 from tokenforget.distributed import maybe_prepared
 from tokenforget.errors import ConfigError, DataError, DataIssue
 from tokenforget.forward import AnswerForward, AnswerModel, answer_flags
+from tokenforget.inputs import missing_retain
 from tokenforget.losses import (
     ATWU_FORMS,
     METHODS,
@@ -111,10 +112,7 @@ def check_combination(
             ]
         )
     if retain_term != "none" and retain is None:
-        raise ConfigError(
-            f"method {method.name!r} uses a retain term ({retain_term}) but no retain set was given. "
-            "Fix: --retain FILE (or --retain tofu-mini), or --set unlearn.retain_loss=none"
-        )
+        raise missing_retain(method.name, retain_term)
     u = cfg.unlearn
     if u.batch_size % u.micro_batch_size:
         raise ConfigError(
