@@ -406,11 +406,13 @@ def sweep(
         _config(config, [*(set_ or []), *overrides, f"run.name={name}-{label}"])
         for label, overrides in points
     ]
+    # a finished point is read, not run (its weights may be gone); a changed config is refused here
+    finished = [finished_summary(cfg) for cfg in cfgs]
+    unfinished = [cfg for cfg, summary in zip(cfgs, finished, strict=True) if summary is None]
     if keep == "all":  # with --keep best each point checks its own room as it starts
-        check_space(sweep_needs(cfgs))
+        check_space(sweep_needs(unfinished))
     results = []
-    for number, ((label, _), cfg) in enumerate(zip(points, cfgs, strict=True), 1):
-        summary = finished_summary(cfg)  # a finished point is read, not run: its weights may be gone
+    for number, ((label, _), cfg, summary) in enumerate(zip(points, cfgs, finished, strict=True), 1):
         done = " (finished: read, not run)" if summary else ""
         out.print(f"[bold]sweep point {number}/{len(points)}[/]: {label}{done}")
         if summary is None:

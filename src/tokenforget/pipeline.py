@@ -362,11 +362,10 @@ def run_needs(cfg: Config) -> list[Need]:
     return main_job_needs(cfg, Path(cfg.run.runs_dir) / cfg.run.name, world)
 
 
-def sweep_needs(cfgs: list[Config]) -> list[Need]:
-    """What a sweep that keeps every run's weights writes at its peak: each world still to make,
-    once however many points share it, and every unfinished point's unlearned model."""
-    needs = [need for cfg in cfgs if finished_summary(cfg) is None for need in run_needs(cfg)]
-    return list(dict.fromkeys(needs))
+def sweep_needs(unfinished: list[Config]) -> list[Need]:
+    """What a sweep that keeps every run's weights writes at its peak, given its unfinished points:
+    each world still to make, once however many points share it, and each point's unlearned model."""
+    return list(dict.fromkeys(need for cfg in unfinished for need in run_needs(cfg)))
 
 
 def run(cfg: Config) -> RunResult:
