@@ -72,6 +72,20 @@ def test_every_method_trains_and_saves_a_model(tmp_path, tiny_llama_dir, forget_
         assert rows[0]["forget"] == pytest.approx(at_reference(beta), abs=1e-5)
 
 
+@pytest.mark.parametrize("method", ["tpo_gd", "graddiff"])
+def test_a_kl_retain_term_on_any_method_loads_theta0_and_starts_at_zero(
+    tmp_path, tiny_llama_dir, forget_file, method
+):
+    cfg = config(tiny_llama_dir, forget_file, method, "unlearn.lr=1e-3", "unlearn.retain_loss=kl")
+    result = unlearn(cfg, tmp_path / "run")
+    rows = log_rows(result.folder)
+    assert result.summary["theta0_in_memory"] and result.summary["retain_term"] == "kl"
+    assert "retain_nll" not in rows[0]
+    # step 1 is taken at theta0 itself: KL(theta0 || theta) is 0 there, and the first update moves it
+    assert rows[0]["retain_kl"] == pytest.approx(0.0, abs=1e-6)
+    assert rows[1]["retain_kl"] > 1e-6
+
+
 def uw_gw_logp_change(model_dir, base_dir, forget):
     """Mean change of log p over UW tokens and over GW tokens of the forget answers (after - before)."""
     from tokenforget.config import ModelSettings, PromptSettings

@@ -484,6 +484,8 @@ RETAIN_TERMS: dict[str, Callable[[LossInputs, MethodSettings], torch.Tensor]] = 
     "kl": retain_kl,
     "rmu": rmu_retain,
 }
+# retain terms that read theta0's outputs on the retain batch: training holds a frozen copy of theta0
+THETA0_RETAIN_TERMS = frozenset({"kl", "rmu"})
 
 # ----------------------------------------------------------------------------- the registry
 
@@ -513,6 +515,12 @@ class Method:
         common = MethodSettings.model_fields
         own = self.settings.model_fields
         return {k: f.default for k, f in own.items() if k not in common or f.default != common[k].default}
+
+
+def holds_theta0(method: Method, retain_term: str) -> bool:
+    """Whether training needs a frozen theta0 in memory: the forget loss or the retain term reads its
+    full outputs (`unlearn.retain_loss=kl` on any method included)."""
+    return method.needs_ref_model or retain_term in THETA0_RETAIN_TERMS
 
 
 def register(method: Method) -> Method:

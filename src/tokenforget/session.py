@@ -38,6 +38,7 @@ from tokenforget.losses import (
     RefStats,
     TokenStats,
     compute,
+    holds_theta0,
 )
 from tokenforget.models import load_model, resolve_model, wrap_lora
 from tokenforget.progress import console
@@ -203,7 +204,8 @@ class Session:
             with torch.no_grad(), self.precision.autocast():
                 ref_out = self.ref_model(batch["input_ids"], batch["attention_mask"], batch["labels"])
             f_ref, _, r_ref = _split(ref_out, flags, bounds)
-            inputs.forget_ref = RefStats(logits=f_ref.logits, hidden=f_ref.hidden)
+            if inputs.forget_ref is None:  # the cache's numbers stay where the method reads them
+                inputs.forget_ref = RefStats(logits=f_ref.logits, hidden=f_ref.hidden)
             if r_ref is not None:
                 inputs.retain_ref = RefStats(logits=r_ref.logits, hidden=r_ref.hidden)
         if self.scorer is None:
@@ -290,8 +292,9 @@ def start_session(cfg: Config, folder: Path, accelerator: Any) -> Session:
     if layer is not None and layer > n_layers:
         raise ConfigError(f"unlearn.layer {layer} is past the model's {n_layers} blocks")
     ref_model = None
-    if method.needs_ref_model:
-        console.print(f"[yellow]unlearn[/]: {method.name} needs theta0's full outputs: loading a frozen copy")
+    if holds_theta0(method, retain_term):
+        why = method.name if method.needs_ref_model else f"the {retain_term} retain term"
+        console.print(f"[yellow]unlearn[/]: {why} needs theta0's full outputs: loading a frozen copy")
         ref_lm, _, _ = load_model(cfg.model, source)
         ref_model = AnswerModel(ref_lm.requires_grad_(False).eval(), layer)
     scorer = None

@@ -236,7 +236,7 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
         "processes": world,
         "distributed": kind,
         "precision": precision.label,
-        "theta0_in_memory": method.needs_ref_model,
+        "theta0_in_memory": session.ref_model is not None,
         "seconds": round(time.perf_counter() - started, 1),
         "eval_every_seconds": round(trajectory.seconds, 1) if trajectory is not None else None,
         "final_loss": result.final_loss,
