@@ -319,13 +319,18 @@ def test_the_source_fingerprint_follows_the_code_and_nothing_else(tmp_path):
 def test_a_runs_group_names_its_method_and_the_settings_it_changed():
     from tokenforget.report import method_label
 
-    def summary(method, settings):
-        return {"unlearn": {"method": method, "settings": settings}}
+    def summary(method, settings, retain_term=None):
+        return {"unlearn": {"method": method, "settings": settings, "retain_term": retain_term}}
 
     assert method_label(summary("tpo", {"beta": 0.3, "lam": 1.0, "lpl_space": "logit"})) == "tpo"
     assert method_label(summary("tpo", {"beta": 0.3, "lpl_space": "centered"})) == "tpo lpl_space=centered"
     assert method_label(summary("npo", {"beta": 0.1, "lam": 1.0, "tokens": "uw"})) == "npo tokens=uw"
     assert method_label(summary("atwu+tpo", {"beta": 0.3, "tokens": "weighted"})) == "atwu+tpo"
+    # a retain term swapped by unlearn.retain_loss is part of the group; the method's own is not
+    assert method_label(summary("tpo_gd", {"beta": 0.3}, "kl")) == "tpo_gd retain=kl"
+    assert method_label(summary("tpo_gd", {"beta": 0.3}, "nll")) == "tpo_gd"
+    assert method_label(summary("tpo", {"beta": 0.3}, "nll")) == "tpo retain=nll"
+    assert method_label(summary("atwu+tpo", {"beta": 0.3, "tokens": "weighted"}, "nll")) == "atwu+tpo"
     # what labelled the unwanted words is part of a token-level run's group, and only of those
     labelled = {**summary("tpo", {"beta": 0.3}), "identifier": "labels forget01_gpt.jsonl"}
     assert method_label(labelled) == "tpo [labels forget01_gpt.jsonl]"

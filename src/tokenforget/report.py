@@ -635,9 +635,9 @@ RULE_SHARE = 0.9  # the stated rule: highest forget quality at >= 0.9x the targe
 
 
 def method_label(summary: dict[str, Any]) -> str:
-    """The run's method, with those of its own settings that differ from the published defaults and,
-    for a method that reads UW labels, what labelled them (`tpo lpl_space=centered [predictability]`):
-    the group a run's point belongs to."""
+    """The run's method, with those of its own settings that differ from the published defaults, a
+    retain term other than the method's own and, for a method that reads UW labels, what labelled
+    them (`tpo_gd pl_form=hinge retain=kl [predictability]`): the group a run's point belongs to."""
     from tokenforget.losses import METHODS
 
     unlearn = summary.get("unlearn", {})
@@ -652,6 +652,10 @@ def method_label(summary: dict[str, Any]) -> str:
     changed = [
         f"{key}={value}" for key, value in settings.items() if key in defaults and value != defaults[key]
     ]
+    own = METHODS.get(name.split("+")[0])  # ATWU on another loss keeps ATWU's retain term
+    retain_term = unlearn.get("retain_term")
+    if own is not None and retain_term and retain_term != own.retain:  # `unlearn.retain_loss` swapped it
+        changed.append(f"retain={retain_term}")
     # a token-level run's labels are part of what it is: TPO on GPT-4o labels is not TPO on an identifier's
     reads_labels = not method.needs_scorer and (
         not method.uses_tokens or settings.get("tokens", "all") != "all"
