@@ -331,6 +331,22 @@ def test_retain_terms_and_compute_weights():
     }
 
 
+def test_tpo_kl_is_tpo_gd_with_the_hinge_pl_and_the_kl_retain_term_at_weight_three():
+    inputs = LossInputs(stats(), ref_stats(), retain=stats(REF_LOGITS), retain_ref=ref_stats(LOGITS))
+    main_job = compute(METHODS["tpo_kl"], inputs, METHODS["tpo_kl"].settings())
+    spelled_out = METHODS["tpo_gd"].settings(pl_form="hinge", alpha=3.0)
+    expected = compute(METHODS["tpo_gd"], inputs, spelled_out, retain="kl")
+    assert {"loss", "lpl", "pl", "retain_kl"} <= main_job.parts.keys() == expected.parts.keys()
+    for key, value in expected.parts.items():
+        assert main_job.parts[key].item() == pytest.approx(value.item(), rel=1e-6), key
+    faithful_pl = run("tpo", LossInputs(stats(), ref_stats())).parts["pl"].item()
+    assert main_job.parts["pl"].item() != pytest.approx(faithful_pl)  # the hinge, not the published PL
+    assert main_job.total.item() == pytest.approx(
+        main_job.parts["lpl"].item() + main_job.parts["pl"].item() + 3.0 * main_job.parts["retain_kl"].item(),
+        rel=1e-6,
+    )
+
+
 def test_rmu_pulls_forget_states_to_the_control_and_anchors_retain():
     h = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 0.0], [0.0, 0.0]])
     s = stats()

@@ -11,6 +11,7 @@ keys under `unlearn`, with the published defaults) + a retain term (none, NLL or
 
     tpo       LPL on UW + lambda * PL on GW (docs/methods.md 1b, faithful defaults)   retain: none
     tpo_gd    TPO + retain NLL                                                   retain: nll
+    tpo_kl    TPO, hinge PL, + 3 x KL(theta0 || theta) on retain (the main job's)  retain: kl
     ga        gradient ascent on the forget NLL                                  retain: none
     graddiff  GA + retain NLL                                                    retain: nll
     ga_kl     GA + KL(theta0 || theta) on retain ("KL" in TOFU)                  retain: kl
@@ -168,6 +169,16 @@ class TpoSettings(MethodSettings):
             "without changing a probability, logged as delta_shared), on gold logits minus the "
             "position's mean logit (centered), or on log-probabilities (logprob)."
         ),
+    )
+
+
+class TpoKlSettings(TpoSettings):
+    """tpo_kl: TPO's settings with two defaults measured on TOFU-mini, not published (README, "The
+    main job's default"): the hinge PL and the KL retain term at weight 3."""
+
+    alpha: float = Field(3.0, ge=0, description="tpo_kl: weight of KL(theta0 || theta) on retain.")
+    pl_form: Literal["nll", "hinge"] = Field(
+        "hinge", description="tpo_kl: PL as hinge (default) or nll (TPO's published PL)."
     )
 
 
@@ -533,6 +544,8 @@ for _m in (
            TpoSettings, needs_ref_logp=True, needs_ref_logit=True, uses_tokens=False, takes_weights=True),
     Method("tpo_gd", tpo_loss, "nll", "TPO + retain NLL", TpoSettings,
            needs_ref_logp=True, needs_ref_logit=True, uses_tokens=False),
+    Method("tpo_kl", tpo_loss, "kl", "TPO, hinge PL, + 3 x KL(theta0||theta) on retain (the main job's)",
+           TpoKlSettings, needs_ref_logp=True, needs_ref_logit=True, uses_tokens=False),
     Method("ga", ga_loss, "none", "gradient ascent on the forget answers", takes_weights=True),
     Method("graddiff", ga_loss, "nll", "GA + retain NLL (gradient difference)"),
     Method("ga_kl", ga_loss, "kl", "GA + KL(theta0||theta) on retain (TOFU's 'KL')", needs_ref_model=True),
