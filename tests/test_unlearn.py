@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from tokenforget.config import load_config
 from tokenforget.errors import ConfigError, DataError
-from tokenforget.losses import METHODS, at_reference
+from tokenforget.losses import METHODS, at_reference, holds_theta0
 from tokenforget.runs import read_step_log
 from tokenforget.unlearn import unlearn
 
@@ -54,7 +54,9 @@ def test_every_method_trains_and_saves_a_model(tmp_path, tiny_llama_dir, forget_
     after = load_file(result.model_dir / "model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before), "training changed nothing"
     m = METHODS[method]
-    assert result.summary["theta0_in_memory"] == m.needs_ref_model
+    # a frozen theta0 for the forget loss's own needs or for a KL retain term (ga_kl, tpo_kl)
+    assert result.summary["theta0_in_memory"] == holds_theta0(m, m.retain)
+    assert holds_theta0(m, m.retain) == (m.needs_ref_model or m.retain in ("kl", "rmu"))
     theta0_file = result.folder / "theta0.safetensors"
     sections = set()
     if theta0_file.is_file():
