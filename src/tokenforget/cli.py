@@ -220,10 +220,10 @@ def run(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     paper's TPO+GD, the default before: 0.097 / 0.165 / 0.266 at KL 0.12-0.13). Which is which:
     --set unlearn.method=tpo is the paper's TPO alone (no retain set needed), --set
     unlearn.method=tpo_gd the paper's TPO+GD (with --set unlearn.lr=1e-4, the default before);
-    tpo_kl's hinge PL and KL retain term are ours. No
-    token-level configuration tried reaches forget quality 0.5 at 0.9x in every seed here; the
-    sample-level NPO+RT does: --set unlearn.method=npo_rt --set unlearn.lr=3e-5 --set
-    unlearn.warmup_ratio=0 gave 0.92-0.99 at 0.92-0.98x over three seeds.
+    tpo_kl's hinge PL and KL retain term are ours. No token-level configuration tried reaches
+    forget quality 0.5 at 0.9x in every seed here; the sample-level NPO+RT does: --set
+    unlearn.method=npo_rt --set unlearn.lr=3e-5 --set unlearn.warmup_ratio=0 gave 0.92-0.99 at
+    0.92-0.98x over three seeds.
     Each stage skips work already done (the run folder is the cache; a killed run resumes).
     Swap any stage by config: --set unlearn.method=npo_rt, --set identify.method=ner,
     --set unlearn.lpl_space=centered, --set eval.token_labels=gold.jsonl, --set
