@@ -88,6 +88,60 @@ def test_a_kl_retain_term_on_any_method_loads_theta0_and_starts_at_zero(
     assert rows[1]["retain_kl"] > 1e-6
 
 
+def frozen_forward_rows(monkeypatch):
+    """Spy on AnswerModel: the row count of every forward of a frozen model (theta0's copy)."""
+    from tokenforget import forward
+
+    seen = []
+    original = forward.AnswerModel.forward
+
+    def spy(self, input_ids, *args, **kwargs):
+        if not any(p.requires_grad for p in self.parameters()):
+            seen.append(input_ids.shape[0])
+        return original(self, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(forward.AnswerModel, "forward", spy)
+    return seen
+
+
+# micro-batches of 2 forget + 2 retain rows: theta0 sees the retain rows for a KL or RMU retain term
+# (a KL retain step 1 at exactly 0 shows they are the right rows), the forget rows for UNDIAL's loss
+@pytest.mark.parametrize(
+    "method, extra, rows",
+    [
+        ("tpo_kl", [], 2),
+        ("ga_kl", [], 2),
+        ("rmu", [], 2),
+        ("undial", [], 2),
+        ("undial", ["unlearn.retain_loss=kl"], 4),
+    ],
+)
+def test_theta0_runs_on_the_rows_it_is_read_on(
+    tmp_path, tiny_llama_dir, forget_file, monkeypatch, method, extra, rows
+):
+    seen = frozen_forward_rows(monkeypatch)
+    unlearn(config(tiny_llama_dir, forget_file, method, "unlearn.lr=1e-3", *extra), tmp_path / "run")
+    assert seen and set(seen) == {rows}, seen
+
+
+def test_theta0_on_the_retain_rows_alone_gives_the_losses_of_a_forward_over_every_row(
+    tmp_path, tiny_llama_dir, forget_file, monkeypatch
+):
+    from tokenforget import session
+
+    seen = frozen_forward_rows(monkeypatch)
+    cfg = config(tiny_llama_dir, forget_file, "tpo_kl", "unlearn.lr=1e-3")
+    lean = log_rows(unlearn(cfg, tmp_path / "lean").folder)
+    monkeypatch.setattr(session, "theta0_reads", lambda method, retain_term: (True, True))
+    full = log_rows(unlearn(cfg, tmp_path / "full").folder)
+    assert set(seen) == {2, 4}  # the two runs did differ in what theta0 saw
+    assert [r["step"] for r in lean] == [r["step"] for r in full] == [1, 2]
+    for a, b in zip(lean, full, strict=True):
+        for key in ("loss", "lpl", "retain_kl"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), key
+    assert lean[1]["retain_kl"] > 1e-6  # the step-2 KL is a real number, not the step-1 zero
+
+
 def uw_gw_logp_change(model_dir, base_dir, forget):
     """Mean change of log p over UW tokens and over GW tokens of the forget answers (after - before)."""
     from tokenforget.config import ModelSettings, PromptSettings

@@ -512,7 +512,7 @@ class Method:
     settings: type[MethodSettings] = MethodSettings  # its keys under `unlearn`, published defaults
     needs_ref_logp: bool = False  # per-token theta0 log-probs on the forget set (reference cache)
     needs_ref_logit: bool = False  # per-token theta0 gold logits (reference cache)
-    needs_ref_model: bool = False  # theta0 loaded during training (full distributions / hidden states)
+    needs_ref_model: bool = False  # the forget loss reads theta0's full outputs on the forget rows (UNDIAL)
     needs_alt: bool = False  # "I don't know" answers
     needs_hidden: bool = False  # hidden states at `unlearn.layer`
     needs_scorer: bool = False  # ATWU: token weights from the learned scorer
@@ -528,10 +528,17 @@ class Method:
         return {k: f.default for k, f in own.items() if k not in common or f.default != common[k].default}
 
 
+def theta0_reads(method: Method, retain_term: str) -> tuple[bool, bool]:
+    """Which rows of a micro-batch a frozen theta0 must see: (forget rows, retain rows). The forget rows
+    only where the forget loss reads theta0's full outputs; the retain rows for a KL or RMU retain term.
+    Per-token numbers come from the reference cache instead, and the alt rows are never read."""
+    return method.needs_ref_model, retain_term in THETA0_RETAIN_TERMS
+
+
 def holds_theta0(method: Method, retain_term: str) -> bool:
     """Whether training needs a frozen theta0 in memory: the forget loss or the retain term reads its
     full outputs (`unlearn.retain_loss=kl` on any method included)."""
-    return method.needs_ref_model or retain_term in THETA0_RETAIN_TERMS
+    return any(theta0_reads(method, retain_term))
 
 
 def register(method: Method) -> Method:
@@ -548,7 +555,7 @@ for _m in (
            TpoKlSettings, needs_ref_logp=True, needs_ref_logit=True, uses_tokens=False),
     Method("ga", ga_loss, "none", "gradient ascent on the forget answers", takes_weights=True),
     Method("graddiff", ga_loss, "nll", "GA + retain NLL (gradient difference)"),
-    Method("ga_kl", ga_loss, "kl", "GA + KL(theta0||theta) on retain (TOFU's 'KL')", needs_ref_model=True),
+    Method("ga_kl", ga_loss, "kl", "GA + KL(theta0||theta) on retain (TOFU's 'KL')"),
     Method("npo", npo_loss, "none", "negative preference optimization", NpoSettings, needs_ref_logp=True,
            takes_weights=True),
     Method("npo_rt", npo_loss, "nll", "NPO + retain NLL", NpoSettings, needs_ref_logp=True),
@@ -566,7 +573,7 @@ for _m in (
     Method("atwu", atwu_loss, "nll", "ATWU: learned token weights, saturated weighted GA (docs/atwu.md)",
            AtwuLossSettings, needs_scorer=True, uses_tokens=False, forms=ATWU_FORMS),
     Method("rmu", rmu_loss, "rmu", "RMU: scramble layer-l states of forget tokens, anchor retain",
-           RmuSettings, needs_ref_model=True, needs_hidden=True),
+           RmuSettings, needs_hidden=True),
 ):  # fmt: skip
     register(_m)
 

@@ -39,6 +39,7 @@ from tokenforget.losses import (
     TokenStats,
     compute,
     holds_theta0,
+    theta0_reads,
 )
 from tokenforget.models import load_model, resolve_model, wrap_lora
 from tokenforget.progress import console
@@ -201,10 +202,8 @@ class Session:
             if a_stats is not None:
                 inputs.alt_ref = reference_stats(self.cache, "alt", batch_ids, self.device)
         if self.ref_model is not None:
-            with torch.no_grad(), self.precision.autocast():
-                ref_out = self.ref_model(batch["input_ids"], batch["attention_mask"], batch["labels"])
-            f_ref, _, r_ref = _split(ref_out, flags, bounds)
-            if inputs.forget_ref is None:  # the cache's numbers stay where the method reads them
+            f_ref, r_ref = self._theta0_outputs(batch, bounds)
+            if f_ref is not None and inputs.forget_ref is None:  # the cache's numbers stay where read
                 inputs.forget_ref = RefStats(logits=f_ref.logits, hidden=f_ref.hidden)
             if r_ref is not None:
                 inputs.retain_ref = RefStats(logits=r_ref.logits, hidden=r_ref.hidden)
@@ -212,6 +211,29 @@ class Session:
             terms = compute(self.method, inputs, self.settings, self.retain_term)
             return MicroLoss(terms, int(f_stats.targets.numel()))
         return self._atwu_loss(inputs, scorer_grad)
+
+    def _theta0_outputs(
+        self, batch: dict[str, torch.Tensor], bounds: list[tuple[int, int]]
+    ) -> tuple[TokenStats | None, TokenStats | None]:
+        """The frozen theta0's outputs on the rows its readers need (`theta0_reads`): with a KL retain
+        term and a cached forget loss (the main job's) that is the retain rows alone, half the rows.
+        The rows keep the batch's width; a test holds their losses to those of a forward over every row."""
+        reads_forget, reads_retain = theta0_reads(self.method, self.retain_term)
+        keep: list[int] = []
+        sub_bounds = []
+        for (lo, hi), wanted in zip(bounds, (reads_forget, False, reads_retain), strict=True):  # no alt rows
+            start = len(keep)
+            if wanted:
+                keep.extend(range(lo, hi))
+            sub_bounds.append((start, len(keep)))
+        if not keep:
+            return None, None
+        rows = torch.tensor(keep, device=batch["input_ids"].device)
+        sub = {k: v.index_select(0, rows) for k, v in batch.items()}
+        with torch.no_grad(), self.precision.autocast():
+            out = self.ref_model(sub["input_ids"], sub["attention_mask"], sub["labels"])
+        f_ref, _, r_ref = _split(out, answer_flags(sub), sub_bounds)
+        return f_ref, r_ref
 
     def _atwu_loss(self, inputs: LossInputs, scorer_grad: bool) -> MicroLoss:
         assert self.scorer is not None and self.atwu is not None
