@@ -156,6 +156,7 @@ def main() -> None:
     unlearned, target = head["unlearned"], head["target"]
     keys = ("uw_leak_rate", "utility_ra_wf", "mia_auc_min_k", "extraction_strength", "kl_on_retain")
     record = {
+        "name": args.name,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": machine(),
         "extra_settings": args.sets,

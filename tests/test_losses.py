@@ -229,6 +229,24 @@ def test_npo_matches_hand_computation_and_uw_masked_form():
     assert uw.total.item() == pytest.approx(-(2 / beta) * lsig(-beta * ratio), rel=1e-6)
 
 
+def test_npo_rt_uw_is_npo_on_the_unwanted_tokens_plus_the_retain_nll():
+    beta = 0.1
+    inputs = LossInputs(stats(), ref_stats(), retain=stats(REF_LOGITS))
+    main_job = compute(METHODS["npo_rt_uw"], inputs, METHODS["npo_rt_uw"].settings())
+    # sample 1 has no UW token and is left out; the retain term is the mean NLL of the retain tokens
+    forget = -(2 / beta) * lsig(-beta * (-nll(0) + nll(0, REF_LOGITS)))
+    retain = sum(nll(k, REF_LOGITS) for k in range(5)) / 5
+    assert main_job.parts["forget"].item() == pytest.approx(forget, rel=1e-6)
+    assert main_job.parts["retain_nll"].item() == pytest.approx(retain, rel=1e-6)
+    assert main_job.total.item() == pytest.approx(forget + retain, rel=1e-6)
+    spelled_out = compute(METHODS["npo_rt"], inputs, METHODS["npo_rt"].settings(tokens="uw"))
+    assert main_job.parts.keys() == spelled_out.parts.keys()
+    for key, value in spelled_out.parts.items():
+        assert main_job.parts[key].item() == pytest.approx(value.item(), rel=1e-6), key
+    every_token = compute(METHODS["npo_rt"], inputs, METHODS["npo_rt"].settings())
+    assert every_token.parts["forget"].item() != pytest.approx(forget)  # npo_rt acts on every token
+
+
 def test_npo_soft_weights_are_rescaled_to_the_answer_length():
     weights = [0.5, 0.5, 0.0, 1.0, 1.0]
     beta = 0.1

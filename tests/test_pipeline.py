@@ -62,7 +62,7 @@ def test_run_does_every_stage_and_prints_where_the_report_is(finished_run):
     assert 0 <= head["unlearned"]["uw_leak_rate"] <= 1
     assert (folder / "identified.jsonl").is_file()
     assert (folder / "unlearn" / "model" / "config.json").is_file()
-    assert summary["unlearn"]["method"] == "tpo_kl"  # the default: TPO, hinge PL, KL on retain
+    assert summary["unlearn"]["method"] == "npo_rt_uw"  # the default: NPO on the UW tokens, retain NLL
     assert f"report: {(folder / 'report.html').resolve()}" in first.stdout.replace("\n", "")
     assert "stage times (s): prepare" in first.stdout
     assert EVAL_PASS.search(first.stdout + first.stderr)  # the three models were evaluated
@@ -116,7 +116,7 @@ def test_receipt_verifies_and_notices_a_changed_model(finished_run, tmp_path):
 
     receipt_path = finished_run["folder"] / "receipt.json"
     receipt = json.loads(receipt_path.read_text())
-    assert receipt["method"] == "tpo_kl" and receipt["versions"]["torch"]
+    assert receipt["method"] == "npo_rt_uw" and receipt["versions"]["torch"]
     machine = receipt["machine"]
     assert machine["cores"] == os.cpu_count() and set(machine["isa"]) <= set(ARITHMETIC_FLAGS)
     assert receipt["code"]["source_sha256"] == source_sha256()  # which code made it: 0.1.0 says little

@@ -134,6 +134,15 @@ class NpoSettings(MethodSettings):
     beta: float = Field(0.1, gt=0, description="Inverse temperature of the preference loss.")
 
 
+class NpoRtUwSettings(NpoSettings):
+    """npo_rt_uw: NPO+RT's settings with the forget loss on the unwanted-word tokens only, measured on
+    TOFU-mini, not published (README, "The main job's default")."""
+
+    tokens: TokenMode = Field(
+        "uw", description="npo_rt_uw: the tokens NPO acts on: uw (default), all (= npo_rt) or weighted."
+    )
+
+
 class WgaSettings(MethodSettings):
     beta: float = Field(1.0, gt=0, description="WGA: exponent of the sg(p^beta) token weight.")
 
@@ -551,7 +560,7 @@ for _m in (
            TpoSettings, needs_ref_logp=True, needs_ref_logit=True, uses_tokens=False, takes_weights=True),
     Method("tpo_gd", tpo_loss, "nll", "TPO + retain NLL", TpoSettings,
            needs_ref_logp=True, needs_ref_logit=True, uses_tokens=False),
-    Method("tpo_kl", tpo_loss, "kl", "TPO, hinge PL, + 3 x KL(theta0||theta) on retain (the main job's)",
+    Method("tpo_kl", tpo_loss, "kl", "TPO, hinge PL, + 3 x KL(theta0||theta) on retain (the default before)",
            TpoKlSettings, needs_ref_logp=True, needs_ref_logit=True, uses_tokens=False),
     Method("ga", ga_loss, "none", "gradient ascent on the forget answers", takes_weights=True),
     Method("graddiff", ga_loss, "nll", "GA + retain NLL (gradient difference)"),
@@ -559,6 +568,8 @@ for _m in (
     Method("npo", npo_loss, "none", "negative preference optimization", NpoSettings, needs_ref_logp=True,
            takes_weights=True),
     Method("npo_rt", npo_loss, "nll", "NPO + retain NLL", NpoSettings, needs_ref_logp=True),
+    Method("npo_rt_uw", npo_loss, "nll", "NPO on the unwanted words only + retain NLL (the main job's)",
+           NpoRtUwSettings, needs_ref_logp=True),
     Method("simnpo", simnpo_loss, "nll", "SimNPO: reference-free, length-normalised NPO", SimNpoSettings,
            takes_weights=True),
     Method("idkpo", idkpo_loss, "nll", "DPO preferring an 'I don't know' answer", NpoSettings,
