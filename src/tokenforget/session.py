@@ -216,7 +216,7 @@ class Session:
         self, batch: dict[str, torch.Tensor], bounds: list[tuple[int, int]]
     ) -> tuple[TokenStats | None, TokenStats | None]:
         """The frozen theta0's outputs on the rows its readers need (`theta0_reads`): with a KL retain
-        term and a cached forget loss (the main job's) that is the retain rows alone, half the rows.
+        term and a cached forget loss (tpo_kl, ga_kl) that is the retain rows alone, half the rows.
         The rows keep the batch's width; a test holds their losses to those of a forward over every row."""
         reads_forget, reads_retain = theta0_reads(self.method, self.retain_term)
         keep: list[int] = []

@@ -4,8 +4,9 @@ One optimizer step = `unlearn.batch_size` forget samples (split over processes a
 each micro-batch with as many retain samples (when the method has a retain term) and, for IdkPO, the
 forget questions with their "I don't know" answers. All rows of a micro-batch go through **one**
 policy forward; the LM head runs at answer positions only. theta0 enters through the reference cache
-(`theta0.safetensors`) unless the method needs its whole distribution (ga_kl, undial) or its
-hidden states (rmu): then it is loaded, frozen, and said so in the log.
+(`theta0.safetensors`) unless its whole distribution or hidden states are read: on the retain rows by
+a KL or RMU retain term (ga_kl, tpo_kl, rmu), on the forget rows by UNDIAL's loss. Then it is loaded,
+frozen, said so in the log, and run on those rows only.
 
 The output folder is a run folder (docs/design.md): `config.yaml`, `theta0.safetensors`,
 `checkpoints/`, `train_log.jsonl` (one line per step, every loss term), `model/` (save_pretrained,
