@@ -247,6 +247,35 @@ def test_npo_rt_uw_is_npo_on_the_unwanted_tokens_plus_the_retain_nll():
     assert every_token.parts["forget"].item() != pytest.approx(forget)  # npo_rt acts on every token
 
 
+def test_npo_token_ratio_saturates_per_token_and_starts_with_the_sequence_gradient():
+    beta = 0.1
+
+    def token_term(k):
+        return -(2 / beta) * lsig(-beta * (-nll(k) + nll(k, REF_LOGITS)))
+
+    every = run("npo", LossInputs(stats(), ref_stats()), ratio="token")
+    expected = ((token_term(0) + token_term(1) + token_term(2)) + (token_term(3) + token_term(4))) / 2
+    assert every.total.item() == pytest.approx(expected, rel=1e-6)
+    uw = run("npo_rt_uw", LossInputs(stats(uw=[True, False, False, True, True]), ref_stats()), ratio="token")
+    assert uw.total.item() == pytest.approx((token_term(0) + token_term(3) + token_term(4)) / 2, rel=1e-6)
+    # at theta0 both forms give the gradient sum_t grad log p_t: they differ only in how they saturate
+    grads = {}
+    for ratio in ("sequence", "token"):
+        s = stats(REF_LOGITS, requires_grad=True)
+        run("npo", LossInputs(s, ref_stats()), ratio=ratio).total.backward()
+        grads[ratio] = s.logits.grad
+    torch.testing.assert_close(grads["token"], grads["sequence"])
+    # away from theta0 a token far below theta0 stops pulling while its neighbour still pulls
+    lowered = [row[:] for row in REF_LOGITS]
+    lowered[0][0] -= 40.0  # token 0 (UW) is 40 logits down, token 1 is at theta0
+    s = stats(lowered, requires_grad=True)
+    run("npo", LossInputs(s, ref_stats()), ratio="token").total.backward()
+    assert s.logits.grad[0].abs().max() < 0.05 < s.logits.grad[1].abs().max()
+    s = stats(lowered, requires_grad=True)
+    run("npo", LossInputs(s, ref_stats()), ratio="sequence").total.backward()
+    assert s.logits.grad[1].abs().max() < 0.05  # the sequence form stops pushing the whole answer
+
+
 def test_npo_soft_weights_are_rescaled_to_the_answer_length():
     weights = [0.5, 0.5, 0.0, 1.0, 1.0]
     beta = 0.1

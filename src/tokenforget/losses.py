@@ -134,7 +134,19 @@ class NpoSettings(MethodSettings):
     beta: float = Field(0.1, gt=0, description="Inverse temperature of the preference loss.")
 
 
-class NpoRtUwSettings(NpoSettings):
+class NpoLossSettings(NpoSettings):
+    ratio: Literal["sequence", "token"] = Field(
+        "sequence",
+        description=(
+            "NPO: sequence = one log-sigmoid of the log-ratio to theta0 summed over a sample's "
+            "selected tokens (published); token = one log-sigmoid per token, summed per sample (ours): "
+            "the same gradient at theta0, but each token's weight saturates on its own, so a span "
+            "that lags the rest of its answer is still pushed down."
+        ),
+    )
+
+
+class NpoRtUwSettings(NpoLossSettings):
     """npo_rt_uw: NPO+RT's settings with the forget loss on the unwanted-word tokens only, measured on
     TOFU-mini, not published (README, "The main job's default")."""
 
@@ -348,17 +360,23 @@ def ga_loss(inputs: LossInputs, cfg: MethodSettings) -> LossTerms:
     return LossTerms(total=forget, parts={"forget": forget})
 
 
-def npo_loss(inputs: LossInputs, cfg: NpoSettings) -> LossTerms:
-    """NPO: -(2/beta) mean_i log sigma(-beta (log p(a_i) - log p0(a_i))), sequence log-probs."""
+def npo_loss(inputs: LossInputs, cfg: NpoLossSettings) -> LossTerms:
+    """NPO: -(2/beta) mean_i log sigma(-beta (log p(a_i) - log p0(a_i))), sequence log-probs; with
+    `ratio=token`, -(2/beta) mean_i sum_t log sigma(-beta (log p_t - log p0_t)) over a_i's tokens."""
     stats = inputs.forget
     weights = token_weights(stats, cfg.tokens)
+    ref_logp = _need(inputs.forget_ref, "logp", "npo")
     now, _, has = sequence_logp(stats.logp, weights, stats)
-    before, _, _ = sequence_logp(_need(inputs.forget_ref, "logp", "npo"), weights, stats)
+    before, _, _ = sequence_logp(ref_logp, weights, stats)
     if not bool(has.any()):
         zero = _zero(stats)
         return LossTerms(total=zero, parts={"forget": zero})
     ratio = (now - before)[has]
-    forget = (-(2.0 / cfg.beta) * F.logsigmoid(-cfg.beta * ratio)).mean()
+    if cfg.ratio == "token":
+        per_token = -(2.0 / cfg.beta) * F.logsigmoid(-cfg.beta * (stats.logp - ref_logp))
+        forget = sequence_logp(per_token, weights, stats)[0][has].mean()
+    else:
+        forget = (-(2.0 / cfg.beta) * F.logsigmoid(-cfg.beta * ratio)).mean()
     return LossTerms(total=forget, parts={"forget": forget, "log_ratio": ratio.mean().detach()})
 
 
@@ -565,9 +583,9 @@ for _m in (
     Method("ga", ga_loss, "none", "gradient ascent on the forget answers", takes_weights=True),
     Method("graddiff", ga_loss, "nll", "GA + retain NLL (gradient difference)"),
     Method("ga_kl", ga_loss, "kl", "GA + KL(theta0||theta) on retain (TOFU's 'KL')"),
-    Method("npo", npo_loss, "none", "negative preference optimization", NpoSettings, needs_ref_logp=True,
+    Method("npo", npo_loss, "none", "negative preference optimization", NpoLossSettings, needs_ref_logp=True,
            takes_weights=True),
-    Method("npo_rt", npo_loss, "nll", "NPO + retain NLL", NpoSettings, needs_ref_logp=True),
+    Method("npo_rt", npo_loss, "nll", "NPO + retain NLL", NpoLossSettings, needs_ref_logp=True),
     Method("npo_rt_uw", npo_loss, "nll", "NPO on the unwanted words only + retain NLL (the main job's)",
            NpoRtUwSettings, needs_ref_logp=True),
     Method("simnpo", simnpo_loss, "nll", "SimNPO: reference-free, length-normalised NPO", SimNpoSettings,
