@@ -223,7 +223,9 @@ def run(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     unlearn.method=tpo_gd the paper's TPO+GD, --set unlearn.method=tpo_kl --set
     unlearn.lr=1.25e-4 our TPO variant (hinge PL, 3 x KL to the target on the retain answers;
     the default before: 0.097 / 0.165 / 0.165 at KL 0.05-0.06), --set unlearn.method=npo_rt the
-    same NPO on every answer token.
+    same NPO on every answer token. For a deletion request, unlearn until the spans are gone:
+    --set unlearn.method=tpo_kl --set unlearn.lr=1.25e-4 --set "unlearn.stop_when=[uw_leak_rate<=0]"
+    --set unlearn.eval_every=1 (no span left in each of three seeds, at 0.99-1.02x utility).
 
     Each stage skips work already done (the run folder is the cache; a killed run resumes).
     Swap any stage by config: --set unlearn.method=tpo_kl, --set identify.method=ner,
