@@ -140,9 +140,9 @@ def test_the_default_method_on_your_own_forget_set_asks_for_a_retain_set_before_
     good, _ = files
     own = [f"data.forget={good}"]
     with pytest.raises(ConfigError) as info:
-        check_inputs(load_config(overrides=own))  # the default, npo_rt_uw, trains on retain answers
+        check_inputs(load_config(overrides=own))  # the default, npo_kl_uw, reads retain answers
     message = str(info.value)
-    assert "'npo_rt_uw' uses a retain term (nll)" in message
+    assert "'npo_kl_uw' uses a retain term (kl)" in message
     assert "--set data.retain=FILE" in message and "--set unlearn.method=tpo" in message
     check_inputs(load_config(overrides=[*own, "unlearn.method=tpo"]))  # the paper's TPO needs none
     check_inputs(load_config(overrides=[*own, f"data.retain={good}"]))

@@ -394,6 +394,37 @@ def test_tpo_kl_is_tpo_gd_with_the_hinge_pl_and_the_kl_retain_term_at_weight_thr
     )
 
 
+def test_npo_kl_uw_is_npo_rt_uw_with_kl_x10_and_the_ratio_its_stop_criterion_asks_for():
+    from tokenforget.unlearn import concrete_ratio
+
+    forget = stats(uw=[True, False, False, True, True])  # a sample with two UW tokens: per token != sum
+    inputs = LossInputs(forget, ref_stats(), retain=stats(REF_LOGITS), retain_ref=ref_stats(LOGITS))
+    main = METHODS["npo_kl_uw"]
+    forgets = {}
+    for ratio in ("token", "sequence"):
+        main_job = compute(main, inputs, main.settings(ratio=ratio))
+        spelled_out = METHODS["npo_rt_uw"].settings(ratio=ratio, alpha=10.0)
+        expected = compute(METHODS["npo_rt_uw"], inputs, spelled_out, retain="kl")
+        assert {"loss", "forget", "retain_kl"} <= main_job.parts.keys() == expected.parts.keys()
+        for key, value in expected.parts.items():
+            assert main_job.parts[key].item() == pytest.approx(value.item(), rel=1e-6), (ratio, key)
+        assert main_job.parts["retain_kl"].item() > 0  # theta0's retain logits differ from the model's
+        assert main_job.total.item() == pytest.approx(
+            main_job.parts["forget"].item() + 10.0 * main_job.parts["retain_kl"].item(), rel=1e-6
+        )
+        forgets[ratio] = main_job.parts["forget"].item()
+    assert forgets["token"] != pytest.approx(forgets["sequence"])
+    default = main.settings()
+    assert default.ratio == "auto"
+    with pytest.raises(ValueError, match="made concrete when the run starts"):
+        compute(main, inputs, default)
+    assert concrete_ratio(default, ["uw_leak_rate<=0"]).ratio == "token"  # a deletion request's stop
+    assert concrete_ratio(default, ["uw_dlogp<=-3"]).ratio == "sequence"
+    assert concrete_ratio(default, []).ratio == "sequence"
+    published = METHODS["npo_rt_uw"].settings()
+    assert concrete_ratio(published, ["uw_leak_rate<=0"]) is published  # only auto is chosen for
+
+
 def test_rmu_pulls_forget_states_to_the_control_and_anchors_retain():
     h = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 0.0], [0.0, 0.0]])
     s = stats()
@@ -427,9 +458,11 @@ def test_every_method_is_documented_and_runs_on_real_shaped_inputs():
     ref = RefStats(
         gold_logit=torch.randn(n), logp=-torch.rand(n) * 3, logits=torch.randn(n, v), hidden=torch.randn(n, h)
     )
+    from tokenforget.unlearn import concrete_ratio
+
     for name, method in METHODS.items():
         assert method.summary and method.forget.__doc__, name
-        cfg = method.settings()
+        cfg = concrete_ratio(method.settings(), [])  # as a run makes npo_kl_uw's ratio=auto concrete
         inputs = LossInputs(forget, ref, retain=forget, retain_ref=ref, alt=forget, alt_ref=ref)
         bound = with_control(method, torch.ones(h) / 2) if method.needs_hidden else method
         terms = compute(bound, inputs, cfg)

@@ -62,7 +62,9 @@ def test_run_does_every_stage_and_prints_where_the_report_is(finished_run):
     assert 0 <= head["unlearned"]["uw_leak_rate"] <= 1
     assert (folder / "identified.jsonl").is_file()
     assert (folder / "unlearn" / "model" / "config.json").is_file()
-    assert summary["unlearn"]["method"] == "npo_rt_uw"  # the default: NPO on the UW tokens, retain NLL
+    assert summary["unlearn"]["method"] == "npo_kl_uw"  # the default: NPO on the UW tokens, KL on retain
+    assert summary["unlearn"]["settings"]["ratio"] == "sequence"  # identifier labels: no leak criterion
+    assert summary["unlearn"]["stop_when"] == [] and summary["unlearn"]["retain_term"] == "kl"
     assert f"report: {(folder / 'report.html').resolve()}" in first.stdout.replace("\n", "")
     assert "stage times (s): prepare" in first.stdout
     assert EVAL_PASS.search(first.stdout + first.stderr)  # the three models were evaluated
@@ -116,7 +118,7 @@ def test_receipt_verifies_and_notices_a_changed_model(finished_run, tmp_path):
 
     receipt_path = finished_run["folder"] / "receipt.json"
     receipt = json.loads(receipt_path.read_text())
-    assert receipt["method"] == "npo_rt_uw" and receipt["versions"]["torch"]
+    assert receipt["method"] == "npo_kl_uw" and receipt["versions"]["torch"]
     machine = receipt["machine"]
     assert machine["cores"] == os.cpu_count() and set(machine["isa"]) <= set(ARITHMETIC_FLAGS)
     assert receipt["code"]["source_sha256"] == source_sha256()  # which code made it: 0.1.0 says little
@@ -299,6 +301,12 @@ def test_run_on_a_users_own_forget_set_without_a_retain_model(tmp_path, tiny_lla
         and "retain model" in summary["unavailable"]["forget_quality"]
     )
     assert head["unlearned"]["utility_ra_wf"] is not None and head["unlearned"]["kl_on_retain"] > 0
+    # spans marked by hand, but this model gives none back before unlearning: stop_when=auto leaves
+    # the step budget to decide (1 epoch of 2 answers at batch 2), with the leak measured every step
+    assert summary["unlearn"]["stop_when"] == [] and summary["unlearn"]["steps"] == 1
+    assert summary["trajectory"][0]["uw_leak_rate"] == 0
+    assert "the step budget" in summary["verdict"][-1]
+    assert "gives no marked span back before unlearning" in " ".join((result.stdout + result.stderr).split())
     assert 0 <= head["unlearned"]["mia_auc_min_k"] <= 1
     assert head["unlearned"]["uw_dlogp"] != 0 and head["target"]["uw_dlogp"] == 0
     page = (folder / "report.html").read_text()

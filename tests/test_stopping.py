@@ -4,7 +4,7 @@ import pytest
 
 from tokenforget.config import load_config
 from tokenforget.errors import ConfigError
-from tokenforget.stopping import budget_reason, parse_condition, stop_reason, stop_sentence
+from tokenforget.stopping import auto_stop_when, budget_reason, parse_condition, stop_reason, stop_sentence
 
 FIRST = {"step": 0, "retain_Q_A_Prob": 0.5, "uw_leak_rate": 0.8, "uw_dlogp": 0.0}
 
@@ -52,3 +52,16 @@ def test_a_run_no_condition_stopped_names_the_budget_that_did():
     assert budget_reason(3, 4, 8, 15, 100) == "the step cap (unlearn.max_steps=100) before stop_when was met"
     said = stop_sentence({"reason": small, "step": 15})
     assert said == f"Unlearning stopped at step 15: {small}."
+
+
+def test_auto_asks_for_no_leak_only_of_hand_marked_spans_within_the_step_cap():
+    """stop_when=auto (the default) on a four-answer deletion request (25 steps by min_steps, cap 100):
+    until no marked span comes out; on identifier labels or where the epochs outrun the cap, none."""
+    assert auto_stop_when(hand_marked=True, budget=25, cap=100) == ["uw_leak_rate<=0"]
+    assert auto_stop_when(hand_marked=True, budget=100, cap=100) == ["uw_leak_rate<=0"]
+    assert auto_stop_when(hand_marked=False, budget=25, cap=100) == []
+    assert auto_stop_when(hand_marked=True, budget=500, cap=100) == []  # TOFU's 400 answers x 10 epochs
+    assert load_config().unlearn.stop_when == "auto"
+    assert load_config(overrides=["unlearn.stop_when=[]"]).unlearn.stop_when == []
+    with pytest.raises(ConfigError, match="stop_when"):
+        load_config(overrides=["unlearn.stop_when=sometimes"])

@@ -539,6 +539,40 @@ def test_unlearning_stops_when_its_criterion_is_met_and_says_why(tmp_path, tiny_
     assert (result.model_dir / "model.safetensors").is_file()
 
 
+def test_auto_stop_when_asks_hand_marked_spans_to_stop_leaking_and_leaves_the_rest_to_the_budget(
+    tmp_path, tiny_llama_dir, forget_file
+):
+    """stop_when=auto (the default): with spans marked by hand (identify.method=spans) the run goes on
+    until no unwanted word comes out of the greedy answers, checked once per epoch, at most
+    max_steps; with an identifier's labels, or a model that gives no span back before unlearning
+    (this random one), the step budget decides."""
+    from tokenforget.unlearn import concrete_stopping
+
+    def concrete(n, *extra, one_process=True):
+        u = concrete_stopping(load_config(overrides=list(extra)), n, one_process).unlearn
+        return u.stop_when, u.eval_every
+
+    assert concrete(4, "identify.method=spans") == (["uw_leak_rate<=0"], 1)  # a deletion request
+    assert concrete(40, "identify.method=spans") == (["uw_leak_rate<=0"], 5)  # once per epoch at batch 8
+    assert concrete(40, "identify.method=spans", "unlearn.eval_every=2") == (["uw_leak_rate<=0"], 2)
+    assert concrete(400, "identify.method=spans") == ([], None)  # 500 steps by epochs: over the cap
+    assert concrete(4) == ([], None)  # identifier labels
+    assert concrete(4, "identify.method=spans", one_process=False) == ([], None)
+    assert concrete(4, "identify.method=spans", "unlearn.stop_when=[]") == ([], None)
+
+    marked = unlearn(
+        config(tiny_llama_dir, forget_file, "npo_kl_uw", "identify.method=spans"), tmp_path / "marked"
+    )
+    points = read_step_log(marked.folder / "trajectory.jsonl")
+    assert points[0]["uw_leak_rate"] == 0  # nothing to wait for
+    assert marked.summary["stop_when"] == [] and marked.summary["settings"]["ratio"] == "sequence"
+    assert marked.summary["steps"] == 2 and [p["step"] for p in points] == [0, 2]  # once per epoch
+    plain = unlearn(config(tiny_llama_dir, forget_file, "ga"), tmp_path / "plain")
+    assert plain.summary["stop_when"] == [] and plain.summary["steps"] == 2  # 1 epoch of 8 at batch 4
+    assert not (plain.folder / "trajectory.jsonl").exists()
+    assert plain.summary["stopped"]["reason"].startswith("the step budget: 1 epoch of 8")
+
+
 def test_the_utility_guard_and_the_greedy_leak_criterion(tmp_path, tiny_llama_dir, forget_file):
     guard = (
         "unlearn.guard=[retain_Q_A_Prob>=1.5x]",

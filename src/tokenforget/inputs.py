@@ -99,8 +99,9 @@ def refuse_missing_retain(cfg: Config) -> None:
 def refuse_unmeasured_conditions(cfg: Config) -> None:
     """`unlearn.stop_when` and `guard` are read at in-training evaluation points: refuse them without."""
     u = cfg.unlearn
-    if (u.stop_when or u.guard) and u.eval_every is None:
-        which = "stop_when" if u.stop_when else "guard"
+    stop_when = [] if u.stop_when == "auto" else u.stop_when  # auto sets its own eval_every
+    if (stop_when or u.guard) and u.eval_every is None:
+        which = "stop_when" if stop_when else "guard"
         raise ConfigError(
             f"unlearn.{which} is checked at in-training evaluation points, and unlearn.eval_every is off. "
             "Fix: --set unlearn.eval_every=N (1 for a small forget set: each point scores it once)"

@@ -155,6 +155,22 @@ class NpoRtUwSettings(NpoLossSettings):
     )
 
 
+class NpoKlUwSettings(NpoRtUwSettings):
+    """npo_kl_uw: npo_rt_uw's settings with two defaults measured on TOFU-mini and a deletion request,
+    not published (README, "The main job's default"): one log-sigmoid per token, and KL(theta0 ||
+    theta) on the retain answers at weight 10 in place of their NLL."""
+
+    alpha: float = Field(10.0, ge=0, description="npo_kl_uw: weight of KL(theta0 || theta) on retain.")
+    ratio: Literal["sequence", "token", "auto"] = Field(  # type: ignore[assignment]  # adds auto
+        "auto",
+        description=(
+            "npo_kl_uw: auto (default) = token where the run stops on uw_leak_rate (a deletion "
+            "request: a span that lags its answer must still be pushed), else sequence (NPO's "
+            "published form, which forgot TOFU-mini with less KL on retain); or either by name."
+        ),
+    )
+
+
 class WgaSettings(MethodSettings):
     beta: float = Field(1.0, gt=0, description="WGA: exponent of the sg(p^beta) token weight.")
 
@@ -372,6 +388,8 @@ def npo_loss(inputs: LossInputs, cfg: NpoLossSettings) -> LossTerms:
         zero = _zero(stats)
         return LossTerms(total=zero, parts={"forget": zero})
     ratio = (now - before)[has]
+    if cfg.ratio == "auto":
+        raise ValueError("unlearn.ratio=auto is made concrete when the run starts (unlearn.concrete_ratio)")
     if cfg.ratio == "token":
         per_token = -(2.0 / cfg.beta) * F.logsigmoid(-cfg.beta * (stats.logp - ref_logp))
         forget = sequence_logp(per_token, weights, stats)[0][has].mean()
@@ -586,8 +604,11 @@ for _m in (
     Method("npo", npo_loss, "none", "negative preference optimization", NpoLossSettings, needs_ref_logp=True,
            takes_weights=True),
     Method("npo_rt", npo_loss, "nll", "NPO + retain NLL", NpoLossSettings, needs_ref_logp=True),
-    Method("npo_rt_uw", npo_loss, "nll", "NPO on the unwanted words only + retain NLL (the main job's)",
+    Method("npo_rt_uw", npo_loss, "nll", "NPO on the unwanted words only + retain NLL",
            NpoRtUwSettings, needs_ref_logp=True),
+    Method("npo_kl_uw", npo_loss, "kl",
+           "NPO per token on the unwanted words + 10 x KL(theta0||theta) on retain (the main job's)",
+           NpoKlUwSettings, needs_ref_logp=True),
     Method("simnpo", simnpo_loss, "nll", "SimNPO: reference-free, length-normalised NPO", SimNpoSettings,
            takes_weights=True),
     Method("idkpo", idkpo_loss, "nll", "DPO preferring an 'I don't know' answer", NpoSettings,

@@ -74,6 +74,18 @@ def stop_reason(
     return None
 
 
+# unlearn.stop_when=auto on a deletion request: no unwanted word comes out of the greedy answers
+AUTO_CRITERION = ("uw_leak_rate<=0",)
+
+
+def auto_stop_when(hand_marked: bool, budget: int, cap: int) -> list[str]:
+    """`unlearn.stop_when=auto` made concrete: AUTO_CRITERION where the unwanted words are spans marked
+    by hand and the step budget (epochs, at least min_steps) is within the step cap, so the criterion
+    can only lengthen the run; else none. Identifier labels mark words a model may say for other
+    reasons, and a long run's budget is the user's."""
+    return list(AUTO_CRITERION) if hand_marked and budget <= cap else []
+
+
 def steps_by_epochs(epochs: float, forget_samples: int, batch_size: int) -> int:
     """Optimizer steps that `epochs` over the forget set take (the last batch may be short)."""
     return math.ceil(epochs * forget_samples / batch_size)

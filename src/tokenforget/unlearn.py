@@ -42,11 +42,18 @@ from tokenforget.distributed import configure_deepspeed, full_weights, make_acce
 from tokenforget.errors import ConfigError
 from tokenforget.evaluate.trajectory import LeakProbe, Probe, Trajectory, theta0_stamp
 from tokenforget.inputs import check_inputs
+from tokenforget.losses import MethodSettings
 from tokenforget.models import has_weights, resolve_model, save_model
 from tokenforget.progress import console
 from tokenforget.runs import open_folder, trim_step_log, write_json
 from tokenforget.session import Session, start_session
-from tokenforget.stopping import budget_reason, parse_condition, steps_by_epochs, stop_reason
+from tokenforget.stopping import (
+    auto_stop_when,
+    budget_reason,
+    parse_condition,
+    steps_by_epochs,
+    stop_reason,
+)
 from tokenforget.train import (
     SHARDED,
     FitSettings,
@@ -91,6 +98,27 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
         return UnlearnResult(folder, model_dir, json.loads((folder / "unlearn.json").read_text()))
     started = time.perf_counter()
     session = start_session(cfg, folder, accelerator)
+    auto = cfg.unlearn.stop_when == "auto"
+    cfg = concrete_stopping(cfg, len(session.forget), world == 1 and not sharded)
+    u = cfg.unlearn
+    log_path = folder / TRAIN_LOG
+    checkpoint_dir = folder / "checkpoints"
+    saved = resume_state(checkpoint_dir, accelerator)  # the checkpoint run_steps will resume from
+    done = saved["step"] if saved else 0
+    trim_step_log(log_path, done)
+    stop_when, guard = [parse_condition(c) for c in u.stop_when], [parse_condition(c) for c in u.guard]
+    generates = any(c.metric == "uw_leak_rate" for c in [*stop_when, *guard])  # only then: it is slow
+    trajectory = start_trajectory(cfg, session, folder, world, done, generates)
+    if auto and stop_when and trajectory is not None:
+        first = trajectory.first_row()
+        if stop_reason(first, first, stop_when, []):  # theta0 gives no marked span back: nothing to wait for
+            console.print(
+                "[yellow]unlearn[/]: unlearn.stop_when=auto: the model gives no marked span back before "
+                "unlearning (uw_leak_rate 0 at step 0), so the step budget decides"
+            )
+            cfg = cfg.model_copy(update={"unlearn": u.model_copy(update={"stop_when": []})})
+            u, stop_when = cfg.unlearn, []
+    session.settings = concrete_ratio(session.settings, u.stop_when)
     method, settings, retain_term = session.method, session.settings, session.retain_term
     model, tokenizer, precision = session.model, session.tokenizer, session.precision
     forget_lengths = [len(e.input_ids) for e in session.forget]
@@ -157,14 +185,6 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
         parts = {"loss": 0.0, **{name: sums[name] for name in sorted(sums)}}
         return parts, tokens
 
-    log_path = folder / TRAIN_LOG
-    checkpoint_dir = folder / "checkpoints"
-    saved = resume_state(checkpoint_dir, accelerator)  # the checkpoint run_steps will resume from
-    done = saved["step"] if saved else 0
-    trim_step_log(log_path, done)
-    stop_when, guard = [parse_condition(c) for c in u.stop_when], [parse_condition(c) for c in u.guard]
-    generates = any(c.metric == "uw_leak_rate" for c in [*stop_when, *guard])  # only then: it is slow
-    trajectory = start_trajectory(cfg, session, folder, world, done, generates)
     seconds_at_start = time.perf_counter()
 
     stopped: dict[str, Any] = {}
@@ -232,6 +252,7 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
         "forget_samples_with_uw": sum(1 for e in session.forget if e.uw and any(e.uw)),
         "retain_samples": len(session.retain),
         "steps": result.steps,
+        "stop_when": u.stop_when,  # after auto was made concrete
         "stopped": stopped,
         "answer_tokens": result.tokens,
         "processes": world,
@@ -256,6 +277,39 @@ def unlearn(cfg: Config, out: Path) -> UnlearnResult:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the model is safe; free the disk
     accelerator.wait_for_everyone()
     return UnlearnResult(folder=folder, model_dir=model_dir, summary=summary)
+
+
+def concrete_stopping(cfg: Config, forget_samples: int, one_process: bool) -> Config:
+    """cfg with `unlearn.stop_when=auto` made concrete (`stopping.auto_stop_when`). A criterion it adds
+    is checked once per epoch over the forget set unless eval_every says; the in-training evaluation
+    runs in one unsharded process, so elsewhere auto adds none."""
+    u = cfg.unlearn
+    if u.stop_when != "auto":
+        return cfg
+    budget = max(u.min_steps, steps_by_epochs(u.epochs, forget_samples, u.batch_size))
+    conditions = auto_stop_when(cfg.identify.method == "spans" and one_process, budget, u.max_steps)
+    every = u.eval_every
+    if conditions:
+        every = every or steps_by_epochs(1, forget_samples, u.batch_size)
+        console.print(
+            f"[green]unlearn[/]: unlearn.stop_when=auto: until {' and '.join(conditions)} (spans marked by "
+            f"hand), checked every {'step' if every == 1 else f'{every} steps'}, at most {u.max_steps} "
+            "(unlearn.stop_when=[] turns it off)"
+        )
+    update = {"stop_when": conditions, "eval_every": every}
+    return cfg.model_copy(update={"unlearn": u.model_copy(update=update)})
+
+
+def concrete_ratio(settings: MethodSettings, stop_when: list[str]) -> MethodSettings:
+    """NPO's `ratio=auto` (npo_kl_uw) made concrete: per token where the run stops on uw_leak_rate,
+    else the published sequence form. Measured (README, "Unlearning"): on a deletion request the
+    sequence form's log-sigmoid saturated on the tokens that fell far while one span still came out
+    (seed 1, step 39), the per-token form cleared every seed; on TOFU-mini the per-token form forgot
+    less at more KL on retain (0.165 at 0.87x, KL 0.39, against 0.766 at 0.98x, KL 0.019)."""
+    if getattr(settings, "ratio", None) != "auto":
+        return settings
+    on_leak = any(parse_condition(c).metric == "uw_leak_rate" for c in stop_when)
+    return settings.model_copy(update={"ratio": "token" if on_leak else "sequence"})
 
 
 def planned_steps(cfg: Config, forget_samples: int) -> int:
