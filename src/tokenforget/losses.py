@@ -157,8 +157,8 @@ class NpoRtUwSettings(NpoLossSettings):
 
 class NpoKlUwSettings(NpoRtUwSettings):
     """npo_kl_uw: npo_rt_uw's settings with two defaults measured on TOFU-mini and a deletion request,
-    not published (README, "The main job's default"): one log-sigmoid per token, and KL(theta0 ||
-    theta) on the retain answers at weight 10 in place of their NLL."""
+    not published (README, "The main job's default"): KL(theta0 || theta) on the retain answers at
+    weight 10 in place of their NLL, and NPO's ratio chosen by the run's stop criterion (auto)."""
 
     alpha: float = Field(10.0, ge=0, description="npo_kl_uw: weight of KL(theta0 || theta) on retain.")
     ratio: Literal["sequence", "token", "auto"] = Field(  # type: ignore[assignment]  # adds auto
@@ -607,7 +607,7 @@ for _m in (
     Method("npo_rt_uw", npo_loss, "nll", "NPO on the unwanted words only + retain NLL",
            NpoRtUwSettings, needs_ref_logp=True),
     Method("npo_kl_uw", npo_loss, "kl",
-           "NPO per token on the unwanted words + 10 x KL(theta0||theta) on retain (the main job's)",
+           "NPO on the unwanted words + 10 x KL(theta0||theta) on retain (the main job's)",
            NpoKlUwSettings, needs_ref_logp=True),
     Method("simnpo", simnpo_loss, "nll", "SimNPO: reference-free, length-normalised NPO", SimNpoSettings,
            takes_weights=True),
